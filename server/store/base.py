@@ -1,0 +1,171 @@
+"""The prediction store: the single source of truth for every prediction's state.
+
+One interface, two implementations: SQLite (the embedded default, ``sqlite.py``) and Redis
+(several hosts). Rules every implementation keeps:
+
+- a prediction row holds everything the GET answer needs;
+- the queue is FIFO on ``created_at`` (ties broken by insertion order);
+- ``claim_next`` is atomic: two workers never get the same prediction;
+- terminal states (success, error, cancelled) are sticky: no method changes a terminal row's
+  status, output or error again;
+- every method is synchronous and thread-safe; the async API calls them from a thread pool.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+STARTING = "starting"
+PROCESSING = "processing"
+SUCCESS = "success"
+ERROR = "error"
+CANCELLED = "cancelled"
+ALL_STATUSES = (STARTING, PROCESSING, SUCCESS, ERROR, CANCELLED)
+IN_FLIGHT = (STARTING, PROCESSING)
+TERMINAL = (SUCCESS, ERROR, CANCELLED)
+
+WORKER_LOST = "worker lost"
+
+
+@dataclass
+class Prediction:
+    id: str
+    owner: str  # the API key's id (a digest), never the key itself
+    model: str
+    input: dict[str, Any]  # the client's input object, as sent (echoed back on GET)
+    status: str = STARTING
+    output: list[str] = field(default_factory=list)  # stored file names, in order; URLs are built on read
+    logs: str = ""
+    error: str | None = None
+    created_at: float = 0.0  # unix seconds
+    started_at: float | None = None
+    completed_at: float | None = None
+    predict_time: float | None = None
+    attempts: int = 0
+    worker_id: str | None = None
+    cancel_requested: bool = False
+    data_removed: bool = False
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    # Small free-form facts some front end needs (the API flavour that created it, Replicate's
+    # webhook filter, the seed used...). JSON-serialisable.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def queue_time(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return max(0.0, self.started_at - self.created_at)
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"  # was queued: now cancelled, it will never run
+    REQUESTED = "requested"  # is running: the flag is set, the worker stops at its next step
+    ALREADY_FINISHED = "already_finished"  # terminal: left as it is
+    NOT_FOUND = "not_found"
+
+
+class InFlightLimitExceeded(Exception):
+    def __init__(self, in_flight: int, limit: int):
+        super().__init__(f"{in_flight} predictions in flight (limit {limit})")
+        self.in_flight = in_flight
+        self.limit = limit
+
+
+@dataclass
+class ListFilter:
+    owner: str
+    limit: int = 20
+    offset: int = 0
+    status: str | None = None
+    model: str | None = None
+    created_from: float | None = None  # inclusive, unix seconds
+    created_to: float | None = None  # inclusive, unix seconds
+
+
+class PredictionStore(abc.ABC):
+    """Abstract store. See the module docstring for the rules."""
+
+    @abc.abstractmethod
+    def create(self, prediction: Prediction, max_in_flight: int | None = None) -> None:
+        """Insert a new prediction (status starting). When ``max_in_flight`` is set, atomically
+        refuse with InFlightLimitExceeded if the owner already has that many starting/processing."""
+
+    @abc.abstractmethod
+    def get(self, prediction_id: str) -> Prediction | None: ...
+
+    @abc.abstractmethod
+    def list(self, flt: ListFilter) -> tuple[list[Prediction], int]:
+        """The owner's predictions, newest first, and the total matching the filter."""
+
+    @abc.abstractmethod
+    def claim_next(self, worker_id: str) -> Prediction | None:
+        """Atomically take the oldest starting prediction: status processing, started_at now,
+        attempts + 1, worker_id set. None when the queue is empty."""
+
+    @abc.abstractmethod
+    def append_logs(self, prediction_id: str, text: str) -> None:
+        """Append text to the logs (any status but terminal ones; a no-op there)."""
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        prediction_id: str,
+        status: str,
+        *,
+        output: list[str] | None = None,
+        error: str | None = None,
+        predict_time: float | None = None,
+        logs: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move a non-terminal prediction to a terminal status (appending ``logs``, merging
+        ``extra``). Returns False, changing nothing, if it was already terminal."""
+
+    @abc.abstractmethod
+    def request_cancel(self, prediction_id: str) -> CancelOutcome: ...
+
+    @abc.abstractmethod
+    def requeue(self, prediction_id: str, note: str) -> bool:
+        """Put a processing prediction back at the head of the queue (retry after a lost
+        worker). Returns False if it was not processing."""
+
+    @abc.abstractmethod
+    def running(self, worker_id: str | None = None) -> list[Prediction]:
+        """Predictions in processing, optionally only those of one worker."""
+
+    @abc.abstractmethod
+    def in_flight(self, owner: str) -> int: ...
+
+    @abc.abstractmethod
+    def counts_by_status(self) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def finished_before(self, completed_before: float, limit: int = 500) -> list[Prediction]:
+        """Terminal predictions completed before the time whose data was not yet removed."""
+
+    @abc.abstractmethod
+    def mark_data_removed(self, prediction_id: str) -> None: ...
+
+    def recover_after_restart(self, max_attempts: int = 1) -> list[tuple[str, str]]:
+        """Called once at start, before any worker runs: every prediction left in processing
+        by a dead process is requeued when it has attempts left, else ended in error
+        'worker lost'. Returns (id, 'requeued' | 'failed') pairs."""
+        outcomes = []
+        for pred in self.running():
+            if pred.attempts < max_attempts:
+                if self.requeue(pred.id, f"Requeued after the worker was lost (attempt {pred.attempts})."):
+                    outcomes.append((pred.id, "requeued"))
+            elif self.finish(pred.id, ERROR, error=WORKER_LOST, logs="Worker lost: the process running this prediction died.\n"):
+                outcomes.append((pred.id, "failed"))
+        return outcomes
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
