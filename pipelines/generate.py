@@ -1,0 +1,256 @@
+"""Generation: flux-dev inputs in, encoded images and metadata out.
+
+One call runs one prediction on a loaded model: seeds, sizes, text-to-image or img2img,
+progress and cancel every denoising step, the safety stage, and encoding. Not thread-safe
+(diffusers pipelines are not): one call at a time per loaded model.
+"""
+
+from __future__ import annotations
+
+import gc
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from pipelines.encoding import CONTENT_TYPES, encode_image
+from pipelines.errors import GenerationError, NSFWContentError, OutOfMemory
+from pipelines.inputs import FluxInputs, img2img_size
+from pipelines.loading import LoadedModel, compile_transformer
+from pipelines.safety import ALL_FLAGGED_MESSAGE
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, total steps) across all images
+CancelCheck = Callable[[], bool]
+
+RANDOM_SEED_BITS = 32  # random seeds fit in 32 bits so users can type them back in anywhere
+
+
+@dataclass
+class GeneratedImage:
+    data: bytes
+    format: str  # webp, jpg, png (also the file extension)
+    width: int
+    height: int
+    seed: int
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    seed: int
+    width: int
+    height: int
+    num_requested: int
+    cancelled: bool = False
+    nsfw_dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
+    # predict_time: start of the run to the last image encoded; the rest break it down.
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Cancelled(Exception):
+    """Raised inside the run when the cancel flag is seen; never escapes ``generate``."""
+
+
+def pick_seed(requested: int | None) -> int:
+    """null or 0 means random (the contract); random seeds are never 0 so they round-trip."""
+    if requested:
+        return requested
+    return secrets.randbelow(2**RANDOM_SEED_BITS - 1) + 1
+
+
+class FluxGenerator:
+    """Runs predictions on one LoadedModel."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+
+    # -- public -------------------------------------------------------------------------
+    def generate(
+        self,
+        inputs: FluxInputs,
+        source_image: Image.Image | None = None,
+        on_progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GenerationResult:
+        import torch
+
+        started = time.perf_counter()
+        seed = pick_seed(inputs.seed)
+        warnings: list[str] = list(self.model.warnings)
+        warnings += self._go_fast(inputs)
+
+        if source_image is not None:
+            width, height = img2img_size(*source_image.size)
+            if (width, height) != source_image.size:
+                source_image = source_image.resize((width, height), Image.Resampling.LANCZOS)
+        else:
+            width, height = inputs.size
+
+        result = GenerationResult([], seed, width, height, inputs.num_outputs, warnings=warnings)
+        try:
+            pil_images = self._denoise(inputs, seed, width, height, source_image, on_progress, should_cancel, warnings)
+        except Cancelled:
+            result.cancelled = True
+            result.timings["predict_time"] = time.perf_counter() - started
+            return result
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            self._free_memory()
+            raise OutOfMemory(_oom_message(inputs, width, height, exc)) from None
+        denoised = time.perf_counter()
+
+        kept = self._safety_stage(inputs, pil_images, warnings, result)
+        checked = time.perf_counter()
+        for img, image_seed in kept:
+            data = encode_image(img, inputs.output_format, inputs.output_quality)
+            result.images.append(GeneratedImage(data, inputs.output_format, img.width, img.height, image_seed))
+        finished = time.perf_counter()
+        result.timings.update(
+            predict_time=finished - started,
+            denoise_time=denoised - started,
+            safety_time=checked - denoised,
+            encode_time=finished - checked,
+        )
+        return result
+
+    # -- stages ---------------------------------------------------------------------------
+    def _denoise(self, inputs, seed, width, height, source_image, on_progress, should_cancel, warnings):
+        import torch
+
+        pipe = self.model.pipe
+        n = inputs.num_outputs
+        steps = _effective_steps(inputs, source_image is not None)
+        total = steps * n
+        done = 0
+
+        def on_step_end(p, step_index, timestep, callback_kwargs):
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+            return callback_kwargs
+
+        prompt_embeds, pooled, _ = self._encode_prompt(inputs.prompt, warnings)
+        common = dict(
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled,
+            guidance_scale=inputs.guidance,
+            num_inference_steps=inputs.num_inference_steps,
+            callback_on_step_end=on_step_end,
+            output_type="pil",
+        )
+        if source_image is not None:
+            runner = self.model.img2img
+            # At least one denoising step must run, whatever the strength.
+            strength = max(inputs.prompt_strength, 1.0 / inputs.num_inference_steps)
+            common.update(image=source_image, strength=strength, height=height, width=width)
+        else:
+            runner = pipe
+            common.update(height=height, width=width)
+
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        device = self._generator_device()
+        images: list[tuple[Image.Image, int]] = []
+        with torch.inference_mode():
+            if self.model.spec.batch_outputs and n > 1:
+                generators = [torch.Generator(device).manual_seed(seed + i) for i in range(n)]
+                out = runner(generator=generators, num_images_per_prompt=n, **common)
+                images = [(img, seed + i) for i, img in enumerate(out.images)]
+            else:
+                # One image after another: image i is exactly what seed+i gives alone.
+                for i in range(n):
+                    generator = torch.Generator(device).manual_seed(seed + i)
+                    out = runner(generator=generator, num_images_per_prompt=1, **common)
+                    images.append((out.images[0], seed + i))
+        return images
+
+    def _encode_prompt(self, prompt: str, warnings: list[str]):
+        """Encode once for all images; warn when T5 (or CLIP) truncates the prompt."""
+        pipe = self.model.pipe
+        limit = self.model.spec.max_sequence_length
+        t5_tokens = len(pipe.tokenizer_2(prompt, truncation=False, add_special_tokens=True).input_ids)
+        if t5_tokens > limit:
+            warnings.append(f"Prompt is {t5_tokens} T5 tokens; only the first {limit} were used.")
+        clip_tokens = len(pipe.tokenizer(prompt, truncation=False).input_ids)
+        if clip_tokens > pipe.tokenizer.model_max_length:
+            warnings.append(
+                f"Prompt is {clip_tokens} CLIP tokens; CLIP reads the first {pipe.tokenizer.model_max_length} "
+                "(T5 reads the rest up to its limit)."
+            )
+        return pipe.encode_prompt(prompt=prompt, prompt_2=None, num_images_per_prompt=1, max_sequence_length=limit)
+
+    def _safety_stage(self, inputs, images, warnings, result) -> list[tuple[Image.Image, int]]:
+        safety = self.model.safety
+        if safety is None:
+            warnings.append("No safety checker is configured: images were not checked for NSFW content.")
+            return images
+        if inputs.disable_safety_checker and self.model.spec.allow_disable_safety_checker:
+            warnings.append("Safety checker disabled by request.")
+            return images
+        if inputs.disable_safety_checker:
+            warnings.append("disable_safety_checker is not allowed on this server; images were checked.")
+        flags = safety.flags([img for img, _ in images])
+        kept = [pair for pair, flagged in zip(images, flags, strict=True) if not flagged]
+        result.nsfw_dropped = len(images) - len(kept)
+        if not kept:
+            raise NSFWContentError(ALL_FLAGGED_MESSAGE)
+        if result.nsfw_dropped:
+            warnings.append(
+                f"{result.nsfw_dropped} of {len(images)} images contained NSFW content and were removed."
+            )
+        return kept
+
+    def _go_fast(self, inputs: FluxInputs) -> list[str]:
+        spec = self.model.spec
+        if not inputs.go_fast:
+            return []
+        if self.model.compiled or spec.quantize_transformer in ("fp8", "int8"):
+            return []
+        if spec.go_fast_compile:
+            compile_transformer(self.model.pipe)
+            self.model.compiled = True
+            return ["go_fast: compiling the transformer; this first fast run is slower."]
+        return ["go_fast: no faster mode is configured on this server; ran the standard mode."]
+
+    # -- helpers --------------------------------------------------------------------------
+    def _generator_device(self) -> str:
+        # With CPU offload the latents are made on the execution device; generators must match.
+        device = self.model.device
+        return "cpu" if device == "cpu" else device
+
+    @staticmethod
+    def _free_memory() -> None:
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _effective_steps(inputs: FluxInputs, img2img: bool) -> int:
+    """Steps actually run: img2img starts part-way down the schedule (diffusers' get_timesteps)."""
+    if not img2img:
+        return inputs.num_inference_steps
+    strength = max(inputs.prompt_strength, 1.0 / inputs.num_inference_steps)
+    return max(1, min(inputs.num_inference_steps, int(inputs.num_inference_steps * strength)))
+
+
+def _oom_message(inputs: FluxInputs, width: int, height: int, exc: BaseException) -> str:
+    where = "GPU" if "CUDA" in str(exc) or "cuda" in type(exc).__name__.lower() else "host"
+    return (
+        f"Out of {where} memory generating {inputs.num_outputs} image(s) at {width}x{height}. "
+        "Try a smaller size (megapixels 0.25), fewer outputs, or ask the operator to enable "
+        "offload (offload: model) or quantization."
+    )
+
+
+__all__ = ["FluxGenerator", "GenerationResult", "GeneratedImage", "GenerationError", "pick_seed"]

@@ -1,0 +1,359 @@
+"""Loading a FLUX pipeline from a ModelSpec: weights location, dtype, device, memory mode,
+quantization and compile. Everything here runs with the model hub offline.
+
+Text-to-image and img2img share one set of modules (``FluxImg2ImgPipeline.from_pipe``).
+Options that need CUDA are implemented for real and, without CUDA, fail at load time with a
+message saying what is needed; nothing is ignored silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import ModelLoadError
+from pipelines.spec import HF_REPO_ID, ModelSpec
+from pipelines.tiny import is_tiny_model, write_tiny_model
+
+log = logging.getLogger(__name__)
+
+FLUX_PIPELINE_CLASSES = {"FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"}
+FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+TINY_WARNING = "Serving the tiny demo model with random weights: its images are noise."
+DEFAULT_TINY_DIR = Path("~/.cache/fluxserve/tiny-flux").expanduser()
+
+
+@dataclass
+class ResolvedWeights:
+    folder: Path
+    is_tiny: bool
+    source: str  # a human description: "folder", "hf-cache", "tiny"
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    pipe: Any  # diffusers.FluxPipeline
+    img2img: Any  # diffusers.FluxImg2ImgPipeline sharing pipe's modules
+    device: str
+    dtype: Any  # torch.dtype
+    weights: ResolvedWeights
+    safety: Any | None = None  # pipelines.safety.SafetyChecker
+    warnings: list[str] = field(default_factory=list)
+    load_seconds: float = 0.0
+    compiled: bool = False
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.weights.is_tiny
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _hf_cache_snapshot(repo_id: str) -> Path | None:
+    """The newest local snapshot of a repo in the Hugging Face cache, without any network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
+        return None
+
+
+def check_flux_folder(folder: Path) -> None:
+    """Refuse early, with a readable message, a folder that is not a FLUX diffusers pipeline."""
+    if not folder.exists():
+        raise ModelLoadError(f"weights folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ModelLoadError(f"weights {folder} is a file, not a diffusers folder (use transformer_file for a single-file checkpoint)")
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ModelLoadError(f"{folder} is not a diffusers pipeline folder: model_index.json is missing")
+    try:
+        index = json.loads(index_path.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{index_path} is not valid JSON: {exc}") from None
+    cls = index.get("_class_name")
+    if cls not in FLUX_PIPELINE_CLASSES:
+        raise ModelLoadError(f"{folder} is not a FLUX pipeline: model_index.json names {cls!r}, expected FluxPipeline")
+    missing = [c for c in FLUX_COMPONENTS if not (folder / c).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{folder} is missing FLUX components: {', '.join(missing)}")
+
+
+def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
+    """Turn ``spec.weights`` into a local folder: a path, a cached hub snapshot, or the tiny model."""
+    weights = spec.weights
+    if weights == "auto":
+        snapshot = _hf_cache_snapshot(HF_REPO_ID)
+        if snapshot is not None:
+            check_flux_folder(snapshot)
+            return ResolvedWeights(snapshot, False, "hf-cache")
+        tiny_dir = Path(spec.tiny_model_dir).expanduser() if spec.tiny_model_dir else DEFAULT_TINY_DIR
+        if not is_tiny_model(tiny_dir):
+            log.warning("FLUX.1-dev weights not found; building the tiny demo model in %s", tiny_dir)
+            write_tiny_model(tiny_dir)
+        return ResolvedWeights(tiny_dir, True, "tiny")
+    path = Path(weights).expanduser()
+    if path.exists() or not _REPO_ID.fullmatch(weights):
+        check_flux_folder(path)
+        return ResolvedWeights(path, is_tiny_model(path), "folder")
+    # "owner/name": a Hugging Face repo id, read from the local cache only.
+    snapshot = _hf_cache_snapshot(weights)
+    if snapshot is None:
+        raise ModelLoadError(
+            f"weights {weights!r} is neither a folder nor a repo in the local Hugging Face cache "
+            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it first (scripts/download_weights.sh)"
+        )
+    check_flux_folder(snapshot)
+    return ResolvedWeights(snapshot, is_tiny_model(snapshot), "hf-cache")
+
+
+def resolve_device(spec: ModelSpec) -> str:
+    import torch
+
+    if spec.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {spec.device!r} needs a CUDA GPU, but torch sees none (torch {torch.__version__})")
+    if spec.device != "cpu" and not spec.device.startswith("cuda"):
+        raise ModelLoadError(f"device must be auto, cpu, cuda or cuda:N, got {spec.device!r}")
+    return spec.device
+
+
+def resolve_dtype(spec: ModelSpec, device: str):
+    import torch
+
+    if spec.dtype == "auto":
+        # bfloat16 is ~10x slower than float32 on CPU; FLUX was trained in bfloat16.
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, spec.dtype)
+
+
+def check_cuda_options(spec: ModelSpec, device: str) -> None:
+    """Every option that needs CUDA, refused up front on a machine without it."""
+    needs = []
+    if spec.offload != "none":
+        needs.append(f"offload: {spec.offload}")
+    if spec.quantize_transformer != "none":
+        needs.append(f"quantize_transformer: {spec.quantize_transformer}")
+    if spec.quantize_text_encoder != "none":
+        needs.append(f"quantize_text_encoder: {spec.quantize_text_encoder}")
+    if needs and not device.startswith("cuda"):
+        raise ModelLoadError(
+            f"{', '.join(needs)} needs a CUDA GPU, but the model runs on {device}; "
+            "remove the option or run on a machine with an NVIDIA GPU"
+        )
+    for option in (spec.quantize_transformer, spec.quantize_text_encoder):
+        _require_quant_backend(option)
+
+
+def _require_quant_backend(method: str) -> None:
+    import importlib.util
+
+    package = {"fp8": "torchao", "int8": "torchao", "nf4": "bitsandbytes"}.get(method)
+    if package and importlib.util.find_spec(package) is None:
+        raise ModelLoadError(f"quantization {method!r} needs the {package} package: pip install 'fluxserve[quant]'")
+
+
+def _diffusers_quant_config(method: str, dtype):
+    """A diffusers quantization config for the transformer."""
+    if method == "nf4":
+        from diffusers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    from diffusers import TorchAoConfig
+
+    return TorchAoConfig(_torchao_config(method))
+
+
+def _transformers_quant_config(method: str, dtype):
+    """A transformers quantization config for the T5 encoder."""
+    if method == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(_torchao_config(method))
+
+
+def _torchao_config(method: str):
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig
+
+    return Float8DynamicActivationFloat8WeightConfig() if method == "fp8" else Int8WeightOnlyConfig()
+
+
+def _load_error(what: str, exc: BaseException) -> ModelLoadError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        return ModelLoadError(f"out of memory while loading {what}: use offload: model, quantization or a larger GPU ({text})")
+    return ModelLoadError(f"could not load {what}: {type(exc).__name__}: {text}")
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load the pipelines (text-to-image + img2img sharing modules) and the safety checker."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from the worker
+    started = time.perf_counter()
+    weights = resolve_weights(spec)
+    device = resolve_device(spec)
+    check_cuda_options(spec, device)
+    dtype = resolve_dtype(spec, device)
+    warnings: list[str] = [TINY_WARNING] if weights.is_tiny else []
+
+    import torch
+    from diffusers import FluxImg2ImgPipeline, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5EncoderModel
+
+    _quiet_libraries()
+
+    overrides: dict[str, Any] = {}
+    if spec.transformer_file:
+        overrides["transformer"] = _load_single_file_transformer(spec, weights.folder, dtype)
+    elif spec.quantize_transformer != "none":
+        try:
+            overrides["transformer"] = FluxTransformer2DModel.from_pretrained(
+                weights.folder,
+                subfolder="transformer",
+                torch_dtype=dtype,
+                quantization_config=_diffusers_quant_config(spec.quantize_transformer, dtype),
+                local_files_only=True,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _load_error("the quantized transformer", exc) from exc
+    if spec.quantize_text_encoder != "none":
+        try:
+            overrides["text_encoder_2"] = T5EncoderModel.from_pretrained(
+                weights.folder,
+                subfolder="text_encoder_2",
+                torch_dtype=dtype,
+                quantization_config=_transformers_quant_config(spec.quantize_text_encoder, dtype),
+                local_files_only=True,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _load_error("the quantized T5 encoder", exc) from exc
+
+    try:
+        pipe = FluxPipeline.from_pretrained(weights.folder, torch_dtype=dtype, local_files_only=True, **overrides)
+    except Exception as exc:  # noqa: BLE001 - corrupt or incomplete weights end here
+        raise _load_error(f"the FLUX pipeline from {weights.folder}", exc) from exc
+    pipe.set_progress_bar_config(disable=True)
+
+    try:
+        _place(pipe, spec, device)
+    except torch.OutOfMemoryError as exc:
+        raise _load_error("the model onto the GPU", exc) from exc
+    if spec.vae_tiling:
+        pipe.vae.enable_tiling()
+
+    compiled = False
+    if spec.compile:
+        compile_transformer(pipe)
+        compiled = True
+
+    img2img = FluxImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+
+    safety = None
+    if spec.safety_checker:
+        from pipelines.safety import SafetyChecker
+
+        safety = SafetyChecker.load(spec.safety_checker, device if spec.offload == "none" else "cpu", dtype)
+
+    elapsed = time.perf_counter() - started
+    log.info("loaded %s from %s (%s) on %s in %s in %.1f s", spec.name, weights.folder, weights.source, device, dtype, elapsed)
+    return LoadedModel(spec, pipe, img2img, device, dtype, weights, safety, warnings, elapsed, compiled)
+
+
+def _load_single_file_transformer(spec: ModelSpec, config_folder: Path, dtype):
+    from diffusers import FluxTransformer2DModel
+
+    path = Path(spec.transformer_file).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"transformer_file {path} does not exist")
+    if path.suffix != ".safetensors":
+        raise ModelLoadError(f"transformer_file {path} must be a .safetensors checkpoint")
+    _check_safetensors_header(path)
+    kwargs: dict[str, Any] = {}
+    if spec.quantize_transformer != "none":
+        kwargs["quantization_config"] = _diffusers_quant_config(spec.quantize_transformer, dtype)
+    try:
+        return FluxTransformer2DModel.from_single_file(
+            str(path),
+            config=str(config_folder),
+            subfolder="transformer",
+            torch_dtype=dtype,
+            local_files_only=True,
+            **kwargs,
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise _load_error(f"transformer_file {path}", exc) from exc
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """A truncated download is the usual failure: check that the header's tensors fit the file."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            if header_len <= 0 or 8 + header_len > size:
+                raise ValueError("header length exceeds the file")
+            header = json.loads(fh.read(header_len))
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"transformer_file {path} is not a valid safetensors file ({exc})") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise ModelLoadError(
+            f"transformer_file {path} is truncated: {size} bytes on disk, {8 + header_len + end} expected; download it again"
+        )
+
+
+def _quiet_libraries() -> None:
+    """No loading bars or dtype chatter in worker logs; our own log line says what loaded."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    # diffusers >= 0.36 renamed torch_dtype to dtype; older releases only know torch_dtype.
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
+
+
+def _place(pipe, spec: ModelSpec, device: str) -> None:
+    """Put the modules where the memory mode says."""
+    import torch
+
+    if spec.offload == "none":
+        pipe.to(device)
+    elif spec.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif spec.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif spec.offload == "group":
+        onload = torch.device(device)
+        # Leaf-level group offload with a CUDA stream overlaps transfers with compute.
+        for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+            module = getattr(pipe, name)
+            if hasattr(module, "enable_group_offload"):
+                module.enable_group_offload(onload_device=onload, offload_type="leaf_level", use_stream=True)
+            else:
+                from diffusers.hooks import apply_group_offloading
+
+                apply_group_offloading(module, onload_device=onload, offload_type="leaf_level", use_stream=True)
+
+
+def compile_transformer(pipe) -> None:
+    """Compile the transformer's repeated blocks: one graph reused by every block, so the first
+    call is minutes on FLUX.1-dev rather than tens of minutes. Each new image size recompiles."""
+    pipe.transformer.compile_repeated_blocks(fullgraph=True)

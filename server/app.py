@@ -1,0 +1,167 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` wires the parts: store, key ring, rate limiters, output storage,
+change notifications, metrics and the worker supervisor. Tests pass their own settings; the
+CLI's `serve` passes the loaded config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+
+from server.auth import KeyRing
+from server.body_limit import BodySizeLimitMiddleware
+from server.config import Settings
+from server.errors import install_error_handlers
+from server.events import PredictionEvents
+from server.keystore import KeyStore
+from server.metrics import ServerMetrics
+from server.outputs import LocalOutputStorage
+from server.ratelimit import RequestRateLimiter
+from server.store import PredictionStore, open_store
+from server.supervisor import Supervisor
+
+log = logging.getLogger("fluxserve")
+
+RETENTION_SWEEP_S = 300.0
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: PredictionStore
+    keyring: KeyRing
+    create_limiter: RequestRateLimiter
+    read_limiter: RequestRateLimiter
+    outputs: LocalOutputStorage
+    events: PredictionEvents
+    metrics: ServerMetrics
+    supervisor: Supervisor
+    started_at: float = field(default_factory=time.time)
+    background: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url
+
+
+def _keystore_for(settings: Settings, store_url: str) -> KeyStore | None:
+    """Stored keys live in the SQLite database beside the predictions."""
+    if store_url.startswith(("redis://", "rediss://")):
+        return None
+    return KeyStore(settings.db_path)
+
+
+def build_state(settings: Settings, store: PredictionStore | None = None) -> AppState:
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    store = store or open_store(settings.resolved_store_url)
+    keyring = KeyRing(settings.api_keys, _keystore_for(settings, settings.resolved_store_url))
+    events = PredictionEvents()
+    outputs = LocalOutputStorage(settings.outputs_path)
+    metrics = ServerMetrics()
+    state_holder: dict[str, AppState] = {}
+
+    def on_finished(pred) -> None:
+        hook = getattr(state_holder.get("state"), "on_finished", None)
+        if hook is not None:
+            hook(pred)
+
+    supervisor = Supervisor(
+        settings,
+        store,
+        outputs,
+        notify=events.notify,
+        on_finished=on_finished,
+        observe_predict_time=metrics.predict_time.observe,
+    )
+    state = AppState(
+        settings=settings,
+        store=store,
+        keyring=keyring,
+        create_limiter=RequestRateLimiter(settings.limits.requests_per_minute, settings.limits.storage_uri),
+        read_limiter=RequestRateLimiter(settings.limits.reads_per_minute, settings.limits.storage_uri),
+        outputs=outputs,
+        events=events,
+        metrics=metrics,
+        supervisor=supervisor,
+    )
+    state_holder["state"] = state
+    metrics.bind(store, supervisor)
+    return state
+
+
+async def _retention_loop(state: AppState) -> None:
+    """Delete output files older than retention_hours; the predictions keep their status."""
+    hours = state.settings.outputs.retention_hours
+    while True:
+        cutoff = time.time() - hours * 3600
+        try:
+            expired = await asyncio.to_thread(state.store.finished_before, cutoff)
+            for pred in expired:
+                await asyncio.to_thread(state.outputs.delete, pred.id)
+                await asyncio.to_thread(state.store.mark_data_removed, pred.id)
+            if expired:
+                log.info("retention: removed the outputs of %d predictions", len(expired))
+        except Exception:  # noqa: BLE001 - retry on the next sweep
+            log.exception("retention sweep failed")
+        await asyncio.sleep(min(RETENTION_SWEEP_S, max(1.0, hours * 3600 / 10)))
+
+
+def create_app(settings: Settings, store: PredictionStore | None = None, start_workers: bool = True) -> FastAPI:
+    state = build_state(settings, store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if state.keyring.open:
+            log.warning("no API key configured: the server is open to anyone who can reach %s", settings.base_url)
+        if start_workers:
+            await state.supervisor.start()
+        if settings.outputs.retention_hours > 0:
+            state.background.append(asyncio.create_task(_retention_loop(state)))
+        try:
+            yield
+        finally:
+            for task in state.background:
+                task.cancel()
+            if start_workers:
+                await state.supervisor.drain(settings.workers.shutdown_grace_s)
+                await state.supervisor.stop()
+            state.store.close()
+
+    app = FastAPI(
+        title="fluxserve",
+        version="0.1.0",
+        summary="Self-hosted FLUX.1 [dev] behind the Eachlabs prediction contract.",
+        description=(
+            "Create a prediction, poll it until `success`, fetch the image URLs. "
+            "Authenticate with `X-API-Key: KEY` or `Authorization: Bearer KEY`. "
+            f"Limits per key: {settings.limits.requests_per_minute} creates per minute, "
+            f"{settings.limits.max_in_flight} predictions in flight; past either, 429 with Retry-After."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.fluxserve = state
+    app.router.redirect_slashes = False  # both slash forms are routed explicitly; a 307 breaks clients
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    install_error_handlers(app)
+
+    from server.routes import eachlabs, health, outputs
+
+    app.include_router(eachlabs.router)
+    app.include_router(outputs.router)
+    app.include_router(health.router)
+    for extra in _extra_routers():
+        app.include_router(extra)
+    return app
+
+
+def _extra_routers() -> list[Any]:
+    """Routers added by optional front ends (Replicate routes, playground) when present."""
+    return []

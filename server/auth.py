@@ -1,0 +1,163 @@
+"""Who is calling: API keys from the request headers to an :class:`Identity`.
+
+Keys come from two places, used side by side:
+
+- **static keys**, from the config file or ``FLUXSERVE_API_KEYS`` (plain key strings; they are
+  named ``config-1``, ``config-2``... in the order given);
+- **stored keys**, created with the CLI and kept as hashes in the :class:`~server.keystore.KeyStore`.
+
+A prediction's owner is :func:`key_id_for` of the key that made it: a digest, the same whichever
+place the key comes from. The key itself is never stored, logged, put in an error body or shown
+in a repr; the ring keeps only digests of its static keys.
+
+When there is no static key and the store has never held a key, the server runs **open**: every
+request is ``ANONYMOUS``. Revoking every stored key does not reopen it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from server.keystore import KeyStore, hash_key, key_id_from_hash
+
+MAX_KEY_LEN = 1024  # longer credentials are refused without hashing them
+OPEN_RECHECK_S = 1.0  # how often an open ring looks for a newly created stored key
+
+_SCHEMES = ("bearer", "token")  # Authorization schemes; "Token" is Replicate's old one
+_SPLIT_RE = re.compile(r"[\s,]+")
+
+
+def key_id_for(key: str) -> str:
+    """The stable, non-secret id of ``key``: the first 32 hex chars of its sha256."""
+    return key_id_from_hash(hash_key(key))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated caller. ``key_id`` owns predictions; ``name`` is for people and logs."""
+
+    key_id: str
+    name: str
+
+
+ANONYMOUS = Identity("anonymous", "anonymous")
+
+
+def extract_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a request presents, or None.
+
+    ``X-API-Key: KEY`` first, then ``Authorization: Bearer KEY`` or ``Authorization: Token KEY``
+    (scheme case-insensitive). Header names are matched case-insensitively, so a plain dict
+    works as well as Starlette's ``Headers``. Empty values and other schemes give None.
+    """
+    api_key: str | None = None
+    authorization: str | None = None
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "x-api-key" and api_key is None:
+            api_key = value
+        elif lowered == "authorization" and authorization is None:
+            authorization = value
+    if api_key is not None and api_key.strip():
+        return api_key.strip()
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() in _SCHEMES and credentials:
+            return credentials
+    return None
+
+
+def parse_static_keys(value: str | Iterable[str] | None) -> list[str]:
+    """Static keys from ``FLUXSERVE_API_KEYS`` (comma- or whitespace-separated) or a config list.
+
+    Blank entries are dropped and repeats removed, order kept.
+    """
+    if value is None:
+        return []
+    items = _SPLIT_RE.split(value) if isinstance(value, str) else [str(v).strip() for v in value]
+    return list(dict.fromkeys(item for item in items if item))
+
+
+class KeyRing:
+    """Authenticates presented keys against the static keys and the key store."""
+
+    def __init__(
+        self,
+        static_keys: Iterable[str] = (),
+        keystore: KeyStore | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._static: list[tuple[bytes, Identity]] = []
+        seen: set[bytes] = set()
+        for key in static_keys:
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError("static API keys must be non-empty strings")
+            key = key.strip()
+            digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            self._static.append((digest, Identity(key_id_for(key), f"config-{len(self._static) + 1}")))
+        self._keystore = keystore
+        self._clock = clock
+        self._lock = threading.Lock()
+        # None: ask the store. False is a latch: once closed, a ring never reopens.
+        self._open: bool | None = False if self._static else (True if keystore is None else None)
+        self._open_checked_at = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"KeyRing(static_keys={len(self._static)}, keystore={self._keystore!r})"
+
+    @property
+    def open(self) -> bool:
+        """True when there are no static keys and the store has never held a key.
+
+        An open ring re-reads the store at most every ``OPEN_RECHECK_S``, so a key created with
+        the CLI closes a running server within a second. Once closed, it stays closed.
+        """
+        if self._open is False:
+            return False
+        if self._keystore is None:
+            return True
+        now = self._clock()
+        with self._lock:
+            if self._open is None or now - self._open_checked_at >= OPEN_RECHECK_S:
+                self._open = not self._keystore.has_keys()
+                self._open_checked_at = now
+            return self._open
+
+    def authenticate(self, key: str | None) -> Identity | None:
+        """The caller's identity, or None for a missing, wrong or revoked key.
+
+        In open mode every request is ``ANONYMOUS``. Stored keys are read from the store on every
+        call (no cache), so a revocation takes effect on the next request. Blocking (SQLite):
+        call it from a thread pool in async code.
+        """
+        if self.open:
+            return ANONYMOUS
+        if not key or len(key) > MAX_KEY_LEN:
+            return None
+        key_bytes = key.encode("utf-8", "surrogatepass")
+        presented = hashlib.sha256(key_bytes).digest()
+        match: Identity | None = None
+        for digest, identity in self._static:  # every digest compared, no early exit
+            if hmac.compare_digest(presented, digest) and match is None:
+                match = identity
+        if match is not None:
+            return match
+        if self._keystore is None:
+            return None
+        # An index lookup on the hash: its timing says nothing about the key.
+        info = self._keystore.lookup(presented.hex())
+        if info is None:
+            return None
+        self._keystore.touch(info.key_id)
+        return Identity(info.key_id, info.name)

@@ -1,0 +1,74 @@
+"""Server-side subcommands of `fluxserve` (serve, keys); registered by server.cli."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the prediction server (API + GPU workers)")
+    p.add_argument("--config", default=None, help="YAML config file (see configs/)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+
+    def run(args: argparse.Namespace) -> int:
+        from server.serve import cmd_serve
+
+        return cmd_serve(args)
+
+    p.set_defaults(func=run)
+
+
+def _keystore(config: str | None):
+    from server.config import load_settings
+    from server.keystore import KeyStore
+
+    settings = load_settings(config)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    return KeyStore(settings.db_path)
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+
+
+def _add_keys(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="manage API keys stored (as hashes) in the server's database")
+    p.add_argument("--config", default=None, help="YAML config file (for data_dir)")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key; it is printed once and only its hash is stored")
+    create.add_argument("name")
+    keys.add_parser("list", help="names, creation and last use")
+    revoke = keys.add_parser("revoke", help="revoke a key (takes effect on the next request)")
+    revoke.add_argument("name")
+
+    def run(args: argparse.Namespace) -> int:
+        store = _keystore(args.config)
+        if args.keys_command == "create":
+            try:
+                key = store.create(args.name)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(key)
+            print(f"created key {args.name!r}: store it now, it is not shown again", file=sys.stderr)
+            return 0
+        if args.keys_command == "list":
+            rows = store.list()
+            print(f"{'NAME':<24} {'CREATED':<24} {'LAST USED':<24} STATE")
+            for info in rows:
+                state = f"revoked {_when(info.revoked_at)}" if info.revoked else "active"
+                print(f"{info.name:<24} {_when(info.created_at):<24} {_when(info.last_used_at):<24} {state}")
+            return 0
+        if store.revoke(args.name):
+            print(f"revoked key {args.name!r}")
+            return 0
+        print(f"error: no active key named {args.name!r}", file=sys.stderr)
+        return 1
+
+    p.set_defaults(func=run)
+
+
+REGISTER: list = [_add_serve, _add_keys]

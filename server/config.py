@@ -1,0 +1,188 @@
+"""Server settings: a YAML file (configs/*.yaml) overridden by FLUXSERVE_* environment variables.
+
+Nested keys use a double underscore in the environment: ``FLUXSERVE_MODEL__WEIGHTS=/models/flux``,
+``FLUXSERVE_LIMITS__MAX_IN_FLIGHT=4``. ``FLUXSERVE_API_KEYS`` takes a comma-separated list.
+Precedence: explicit arguments > environment > YAML file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import YamlConfigSettingsSource
+
+from pipelines.spec import ModelSpec
+
+MiB = 2**20
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitsSettings(_Section):
+    requests_per_minute: int = Field(60, description="Creates per minute per API key (0: unlimited).")
+    reads_per_minute: int = Field(
+        1200, description="Other authenticated requests (polls, lists) per minute per key (0: unlimited)."
+    )
+    max_in_flight: int = Field(10, description="Predictions starting or processing per API key (0: unlimited).")
+    max_body_bytes: int = Field(16 * MiB, description="Largest request body; larger gets 413.")
+    storage_uri: str = Field("memory://", description="Rate-limit counters: memory:// or redis://host:port/db.")
+
+
+class WorkerSettings(_Section):
+    count: int | Literal["auto"] = Field("auto", description="Worker processes: auto = one per visible GPU, 1 on CPU.")
+    gpus: list[int] | None = Field(None, description="GPU indices to use (default: all visible).")
+    job_timeout_s: float = Field(600, description="A prediction running longer ends in error and its worker is replaced.")
+    max_attempts: int = Field(
+        1, ge=1, description="Runs per prediction when its worker dies; 1 = a lost job ends in error, never runs twice."
+    )
+    load_timeout_s: float = Field(1800, description="Model load longer than this is a setup failure.")
+    shutdown_grace_s: float = Field(60, description="On SIGTERM, how long a running prediction may take to finish.")
+    progress_interval_s: float = Field(0.25, description="Minimum seconds between progress log lines.")
+
+
+class OutputSettings(_Section):
+    dir: str | None = Field(None, description="Where images are written (default: <data_dir>/outputs).")
+    retention_hours: float = Field(0, description="Delete output files after this many hours (0: keep forever).")
+    require_owner_key: bool = Field(
+        False,
+        description="Serve output files only to the key that made them. Off: the unguessable URL is enough "
+        "(a request carrying another key still gets 404).",
+    )
+
+
+class InputImageSettings(_Section):
+    max_bytes: int = Field(10 * MiB, description="Largest input image (data: URL decoded, or downloaded).")
+    max_pixels: int = Field(40_000_000, description="Largest input image in pixels (decompression bombs refused).")
+    fetch_timeout_s: float = Field(15, description="Timeout for downloading an image URL.")
+    allow_private_addresses: bool = Field(
+        False, description="Allow image and webhook URLs on loopback/private/link-local/metadata addresses."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts, IPs or CIDRs allowed even when private (operator allow-list)."
+    )
+
+
+class WebhookSettings(_Section):
+    attempts: int = Field(3, ge=1, description="Delivery attempts per webhook.")
+    interval_s: float = Field(10, ge=0, description="Seconds between attempts.")
+    timeout_s: float = Field(10, gt=0, description="Timeout of one delivery attempt.")
+
+
+class Settings(BaseSettings):
+    """Everything `fluxserve serve` reads. See README.md for each key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLUXSERVE_", env_nested_delimiter="__", extra="forbid", yaml_file=None
+    )
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, description="Port to bind.")
+    public_url: str | None = Field(
+        None, description="Base of absolute URLs in answers (e.g. https://flux.example.com); default http://host:port."
+    )
+    data_dir: str = Field("./fluxserve-data", description="SQLite database, outputs and the tiny model live here.")
+    store_url: str | None = Field(None, description="Default: sqlite:///<data_dir>/fluxserve.db.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Static API keys (FLUXSERVE_API_KEYS: comma-separated)."
+    )
+    log_level: str = Field("info", description="debug, info, warning, error.")
+    run_wait_timeout_s: float = Field(
+        300, description="Longest /v1/prediction/run holds a request before answering with the current state."
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    outputs: OutputSettings = Field(default_factory=OutputSettings)
+    input_images: InputImageSettings = Field(default_factory=InputImageSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [k.strip() for k in v.replace("\n", ",").split(",") if k.strip()]
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = os.environ.get("_FLUXSERVE_CONFIG_FILE")
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file, deep_merge=True))
+        return tuple(sources)
+
+    # -- derived paths --------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path / "fluxserve.db"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.db_path}"
+
+    @property
+    def outputs_path(self) -> Path:
+        return Path(self.outputs.dir).expanduser().resolve() if self.outputs.dir else self.data_path / "outputs"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def model_spec(self) -> ModelSpec:
+        """The model spec with the tiny model's folder placed in the data folder."""
+        if self.model.tiny_model_dir:
+            return self.model
+        return self.model.model_copy(update={"tiny_model_dir": str(self.data_path / "tiny-flux")})
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any), then the environment, then ``overrides``."""
+    from pydantic import ValidationError
+
+    previous = os.environ.get("_FLUXSERVE_CONFIG_FILE")
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        os.environ["_FLUXSERVE_CONFIG_FILE"] = str(path)
+    else:
+        os.environ.pop("_FLUXSERVE_CONFIG_FILE", None)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    finally:
+        if previous is None:
+            os.environ.pop("_FLUXSERVE_CONFIG_FILE", None)
+        else:
+            os.environ["_FLUXSERVE_CONFIG_FILE"] = previous

@@ -1,0 +1,47 @@
+"""Request dependencies shared by the route modules: the app state, the caller, the limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import Request
+
+from server.auth import Identity, extract_key
+from server.errors import ApiError, unauthorized
+
+
+def app_state(request: Request):
+    return request.app.state.fluxserve
+
+
+async def authenticate(request: Request) -> Identity:
+    """401 unless the request carries a valid key (or the server runs open)."""
+    state = app_state(request)
+    key = extract_key(request.headers)
+    identity = await asyncio.to_thread(state.keyring.authenticate, key)
+    if identity is None:
+        raise unauthorized()
+    return identity
+
+
+def too_many(details: str, retry_after: int) -> ApiError:
+    return ApiError(
+        429, "too many requests", details, headers={"Retry-After": str(max(1, int(retry_after)))}
+    )
+
+
+def check_rate(request: Request, identity: Identity, kind: str) -> None:
+    """Count one request against the key's per-minute limit ('create' or 'read')."""
+    state = app_state(request)
+    limiter = state.create_limiter if kind == "create" else state.read_limiter
+    decision = limiter.hit(identity.key_id)
+    if not decision.allowed:
+        what = "creates" if kind == "create" else "requests"
+        raise too_many(f"rate limit of {decision.limit} {what} per minute exceeded", decision.retry_after_s)
+
+
+async def caller(request: Request) -> Identity:
+    """Authenticated and counted as a read."""
+    identity = await authenticate(request)
+    check_rate(request, identity, "read")
+    return identity

@@ -1,0 +1,64 @@
+"""Errors in the contract's shape: ``{"error": "...", "status": N, "details": ...}``.
+
+Every failure a client can cause ends here with a 4xx; only a real server fault is a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("fluxserve.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, details: Any = None, headers: dict[str, str] | None = None):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.details = details
+        self.headers = headers
+
+
+def error_response(status: int, error: str, details: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "status": status}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "Invalid or missing API key")
+
+
+def not_found() -> ApiError:
+    return ApiError(404, "Prediction not found")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.error, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = {}
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "header", "body")]
+            details.setdefault(".".join(loc) or "request", str(err.get("msg", "invalid")).removeprefix("Value error, "))
+        return error_response(400, "Invalid request", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        messages = {404: "Not found", 405: "Method not allowed"}
+        return error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "Internal server error")

@@ -1,0 +1,97 @@
+"""`fluxserve serve`: run the API (and its workers) under uvicorn, with a graceful SIGTERM.
+
+On the first SIGTERM/SIGINT the server stops accepting predictions (creates get 503) while
+polls keep working, lets the running prediction finish within ``workers.shutdown_grace_s``,
+then exits; queued predictions stay in the store for the next start. A second signal exits
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import sys
+
+import uvicorn
+
+from server.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("fluxserve")
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app) -> None:
+        super().__init__(config)
+        self._app = app
+        self._draining = False
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._draining:
+            super().handle_exit(sig, frame)  # second signal: exit now
+            self.force_exit = True
+            return
+        self._draining = True
+        state = self._app.state.fluxserve
+        state.supervisor.accepting = False
+        grace = state.settings.workers.shutdown_grace_s
+        log.warning("shutting down: no new predictions; waiting up to %g s for the running one", grace)
+        loop = asyncio.get_event_loop()
+
+        def start_drain() -> None:
+            async def drain_then_exit() -> None:
+                await state.supervisor.drain(grace)
+                self.should_exit = True
+
+            loop.create_task(drain_then_exit())
+
+        loop.call_soon_threadsafe(start_drain)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(settings: Settings) -> int:
+    from server.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(settings)
+    state = app.state.fluxserve
+    host = settings.host
+    if state.keyring.open:
+        if not _is_loopback(host):
+            log.warning("no API key is configured: binding to 127.0.0.1 instead of %s (set FLUXSERVE_API_KEYS)", host)
+            host = "127.0.0.1"
+        log.warning("no API key is configured: the server is open, reachable from this machine only")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.workers.shutdown_grace_s) + 10,
+        proxy_headers=True,
+    )
+    server = GracefulServer(config, app)
+    log.info("fluxserve on http://%s:%d (public URL %s)", host, settings.port, settings.base_url)
+    server.run()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    overrides = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    try:
+        settings = load_settings(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_server(settings)

@@ -1,0 +1,396 @@
+"""SQLite prediction store: the embedded default.
+
+One table holds each prediction whole (InvokeAI's session-queue shape). The file is in WAL
+mode so readers never block the writer; every read-modify-write runs in a ``BEGIN IMMEDIATE``
+transaction, which takes the write lock up front, so two threads or processes can never both
+claim (or both finish) the same row. Each thread gets its own connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from server.store.base import (
+    ALL_STATUSES,
+    CANCELLED,
+    IN_FLIGHT,
+    PROCESSING,
+    STARTING,
+    TERMINAL,
+    CancelOutcome,
+    InFlightLimitExceeded,
+    ListFilter,
+    Prediction,
+    PredictionStore,
+)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+# MIGRATIONS[v] brings a database from version v-1 to v. Append, never edit a shipped entry.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """
+        CREATE TABLE IF NOT EXISTS predictions (
+            seq              INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO tie-break
+            id               TEXT    NOT NULL UNIQUE,
+            owner            TEXT    NOT NULL,
+            model            TEXT    NOT NULL,
+            input            TEXT    NOT NULL,  -- JSON
+            status           TEXT    NOT NULL,
+            output           TEXT    NOT NULL DEFAULT '[]',  -- JSON list of file names
+            logs             TEXT    NOT NULL DEFAULT '',
+            error            TEXT,
+            created_at       REAL    NOT NULL,
+            started_at       REAL,
+            completed_at     REAL,
+            predict_time     REAL,
+            attempts         INTEGER NOT NULL DEFAULT 0,
+            worker_id        TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            data_removed     INTEGER NOT NULL DEFAULT 0,
+            webhook_url      TEXT,
+            webhook_secret   TEXT,
+            extra            TEXT    NOT NULL DEFAULT '{}'  -- JSON object
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS predictions_queue ON predictions (status, created_at, seq)",
+        # Ascending on purpose: the implicit trailing rowid (seq) is ascending too, so SQLite walks
+        # this index backwards for "created_at DESC, seq DESC" with no sort step.
+        "CREATE INDEX IF NOT EXISTS predictions_owner_created ON predictions (owner, created_at)",
+        "CREATE INDEX IF NOT EXISTS predictions_owner_status ON predictions (owner, status)",
+        "CREATE INDEX IF NOT EXISTS predictions_retention ON predictions (status, completed_at)",
+    ],
+}
+
+_COLUMNS = (
+    "id, owner, model, input, status, output, logs, error, created_at, started_at, completed_at, "
+    "predict_time, attempts, worker_id, cancel_requested, data_removed, webhook_url, "
+    "webhook_secret, extra"
+)
+_PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
+_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL) + ")"
+_IN_FLIGHT_SQL = "(" + ", ".join(f"'{s}'" for s in IN_FLIGHT) + ")"
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _row_to_prediction(row: sqlite3.Row) -> Prediction:
+    return Prediction(
+        id=row["id"],
+        owner=row["owner"],
+        model=row["model"],
+        input=json.loads(row["input"]),
+        status=row["status"],
+        output=json.loads(row["output"]),
+        logs=row["logs"],
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        predict_time=row["predict_time"],
+        attempts=row["attempts"],
+        worker_id=row["worker_id"],
+        cancel_requested=bool(row["cancel_requested"]),
+        data_removed=bool(row["data_removed"]),
+        webhook_url=row["webhook_url"],
+        webhook_secret=row["webhook_secret"],
+        extra=json.loads(row["extra"]),
+    )
+
+
+class SQLitePredictionStore(PredictionStore):
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS_MODES:  # it goes into a PRAGMA: no free text
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
+        self.path = Path(path)
+        if str(self.path) == ":memory:":
+            # Every thread would get its own, empty, database.
+            raise ValueError("SQLitePredictionStore needs a file path, not ':memory:'")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        conn = self.connection()
+        # WAL is a property of the file (it persists), so setting it once here is enough.
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"could not put {self.path} in WAL mode (got {mode!r})")
+        self._migrate(conn)
+
+    # -- connections and transactions ------------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use). Other tables living in the same file
+        (API keys...) may use it; wrap read-modify-writes in ``transaction()``."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        # A connection must never cross a fork: open a fresh one in a child process.
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock before the first read, so
+        what we read cannot change before we write (waits up to the busy timeout for it)."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several SELECTs see one consistent state."""
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            # Read again under the write lock: another process may have just migrated.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this build's "
+                    f"{SCHEMA_VERSION}: upgrade fluxserve"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        return self.connection().execute("PRAGMA user_version").fetchone()[0]
+
+    def integrity_check(self) -> str:
+        """'ok' when the file is sound, else SQLite's list of problems."""
+        rows = self.connection().execute("PRAGMA integrity_check").fetchall()
+        return "\n".join(row[0] for row in rows)
+
+    def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    # -- the store interface ---------------------------------------------------------------------
+
+    def create(self, prediction: Prediction, max_in_flight: int | None = None) -> None:
+        """Insert it as given; a zero ``created_at`` is set to now (on the object too)."""
+        if not prediction.created_at:
+            prediction.created_at = time.time()
+        p = prediction
+        with self.transaction() as conn:
+            if max_in_flight is not None:
+                count = conn.execute(
+                    f"SELECT count(*) FROM predictions WHERE owner = ? AND status IN {_IN_FLIGHT_SQL}",
+                    (p.owner,),
+                ).fetchone()[0]
+                if count >= max_in_flight:
+                    raise InFlightLimitExceeded(count, max_in_flight)
+            conn.execute(
+                f"INSERT INTO predictions ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
+                (
+                    p.id, p.owner, p.model, _to_json(p.input), p.status, _to_json(p.output), p.logs,
+                    p.error, p.created_at, p.started_at, p.completed_at, p.predict_time, p.attempts,
+                    p.worker_id, int(p.cancel_requested), int(p.data_removed), p.webhook_url,
+                    p.webhook_secret, _to_json(p.extra),
+                ),
+            )  # fmt: skip
+
+    def get(self, prediction_id: str) -> Prediction | None:
+        return self._get(self.connection(), prediction_id)
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, prediction_id: str) -> Prediction | None:
+        row = conn.execute(f"SELECT {_COLUMNS} FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
+        return _row_to_prediction(row) if row is not None else None
+
+    def list(self, flt: ListFilter) -> tuple[list[Prediction], int]:
+        where, args = ["owner = ?"], [flt.owner]
+        if flt.status is not None:
+            where.append("status = ?")
+            args.append(flt.status)
+        if flt.model is not None:
+            where.append("model = ?")
+            args.append(flt.model)
+        if flt.created_from is not None:
+            where.append("created_at >= ?")
+            args.append(flt.created_from)
+        if flt.created_to is not None:
+            where.append("created_at <= ?")
+            args.append(flt.created_to)
+        clause = " AND ".join(where)
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM predictions WHERE {clause} "
+                "ORDER BY created_at DESC, seq DESC LIMIT ? OFFSET ?",
+                (*args, flt.limit, flt.offset),
+            ).fetchall()
+            total = conn.execute(f"SELECT count(*) FROM predictions WHERE {clause}", args).fetchone()[0]
+        return [_row_to_prediction(r) for r in rows], total
+
+    def claim_next(self, worker_id: str) -> Prediction | None:
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT id FROM predictions WHERE status = ? AND cancel_requested = 0 "
+                "ORDER BY created_at, seq LIMIT 1",
+                (STARTING,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE predictions SET status = ?, started_at = ?, attempts = attempts + 1, "
+                "worker_id = ? WHERE id = ?",
+                (PROCESSING, time.time(), worker_id, row["id"]),
+            )
+            return self._get(conn, row["id"])
+
+    def append_logs(self, prediction_id: str, text: str) -> None:
+        # One statement is atomic on its own; the status test keeps terminal rows untouched.
+        self.connection().execute(
+            f"UPDATE predictions SET logs = logs || ? WHERE id = ? AND status NOT IN {_TERMINAL_SQL}",
+            (text, prediction_id),
+        )
+
+    def finish(
+        self,
+        prediction_id: str,
+        status: str,
+        *,
+        output: list[str] | None = None,
+        error: str | None = None,
+        predict_time: float | None = None,
+        logs: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bool:
+        if status not in TERMINAL:
+            raise ValueError(f"finish() needs a terminal status {TERMINAL}, not {status!r}")
+        with self.transaction() as conn:
+            current = self._get(conn, prediction_id)
+            if current is None or current.terminal:
+                return False
+            conn.execute(
+                "UPDATE predictions SET status = ?, output = ?, error = ?, predict_time = ?, "
+                "logs = logs || ?, extra = ?, completed_at = ? WHERE id = ?",
+                (
+                    status,
+                    _to_json(output if output is not None else current.output),
+                    error if error is not None else current.error,
+                    predict_time if predict_time is not None else current.predict_time,
+                    logs or "",
+                    _to_json({**current.extra, **(extra or {})}),
+                    time.time(),
+                    prediction_id,
+                ),
+            )
+            return True
+
+    def request_cancel(self, prediction_id: str) -> CancelOutcome:
+        with self.transaction() as conn:
+            row = conn.execute("SELECT status FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
+            if row is None:
+                return CancelOutcome.NOT_FOUND
+            if row["status"] == STARTING:
+                self._cancel_queued(conn, prediction_id, "Cancelled before it started.\n")
+                return CancelOutcome.CANCELLED
+            if row["status"] == PROCESSING:
+                # The worker owns a running row: it sees the flag at its next step and ends it.
+                conn.execute("UPDATE predictions SET cancel_requested = 1 WHERE id = ?", (prediction_id,))
+                return CancelOutcome.REQUESTED
+            return CancelOutcome.ALREADY_FINISHED
+
+    @staticmethod
+    def _cancel_queued(conn: sqlite3.Connection, prediction_id: str, note: str) -> None:
+        conn.execute(
+            "UPDATE predictions SET status = ?, completed_at = ?, logs = logs || ? WHERE id = ?",
+            (CANCELLED, time.time(), note, prediction_id),
+        )
+
+    def requeue(self, prediction_id: str, note: str) -> bool:
+        """Back to starting with its original created_at, so it is the next one claimed. A row
+        whose cancel was requested while it ran is cancelled instead: it must not run again."""
+        if note and not note.endswith("\n"):
+            note += "\n"
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT status, cancel_requested FROM predictions WHERE id = ?", (prediction_id,)
+            ).fetchone()
+            if row is None or row["status"] != PROCESSING:
+                return False
+            if row["cancel_requested"]:
+                self._cancel_queued(conn, prediction_id, note + "Cancelled: a cancel was requested.\n")
+                return True
+            conn.execute(
+                "UPDATE predictions SET status = ?, worker_id = NULL, started_at = NULL, "
+                "logs = logs || ? WHERE id = ?",
+                (STARTING, note, prediction_id),
+            )
+            return True
+
+    def running(self, worker_id: str | None = None) -> list[Prediction]:
+        sql = f"SELECT {_COLUMNS} FROM predictions WHERE status = ?"
+        args: list[Any] = [PROCESSING]
+        if worker_id is not None:
+            sql += " AND worker_id = ?"
+            args.append(worker_id)
+        rows = self.connection().execute(sql + " ORDER BY created_at, seq", args).fetchall()
+        return [_row_to_prediction(r) for r in rows]
+
+    def in_flight(self, owner: str) -> int:
+        return (
+            self.connection()
+            .execute(
+                f"SELECT count(*) FROM predictions WHERE owner = ? AND status IN {_IN_FLIGHT_SQL}", (owner,)
+            )
+            .fetchone()[0]
+        )
+
+    def counts_by_status(self) -> dict[str, int]:
+        counts = dict.fromkeys(ALL_STATUSES, 0)
+        for row in self.connection().execute("SELECT status, count(*) FROM predictions GROUP BY status"):
+            counts[row[0]] = row[1]
+        return counts
+
+    def finished_before(self, completed_before: float, limit: int = 500) -> list[Prediction]:
+        rows = (
+            self.connection()
+            .execute(
+                f"SELECT {_COLUMNS} FROM predictions WHERE status IN {_TERMINAL_SQL} "
+                "AND completed_at < ? AND data_removed = 0 ORDER BY completed_at LIMIT ?",
+                (completed_before, limit),
+            )
+            .fetchall()
+        )
+        return [_row_to_prediction(r) for r in rows]
+
+    def mark_data_removed(self, prediction_id: str) -> None:
+        self.connection().execute("UPDATE predictions SET data_removed = 1 WHERE id = ?", (prediction_id,))

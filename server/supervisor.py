@@ -1,0 +1,471 @@
+"""The supervisor: starts worker processes, hands them queued predictions, records what they
+report, and replaces them when they die or hang.
+
+It runs on the API process's event loop. Each worker has a reader thread (blocking Pipe
+reads) that forwards messages to the loop, and an asyncio queue so one worker's messages are
+applied to the store in the order they were sent. Store calls run in the default thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.inputs import InvalidInputs, parse_inputs
+from server.outputs import LocalOutputStorage, OutputStorageError, output_name
+from server.store import ERROR, PredictionStore
+from server.store.base import CANCELLED, SUCCESS, WORKER_LOST, Prediction
+from server.worker.messages import (
+    CancelJob,
+    JobCancelled,
+    JobFailed,
+    JobLog,
+    JobSucceeded,
+    RunJob,
+    SetupFailed,
+    Shutdown,
+    WorkerReady,
+)
+from server.worker.process import WorkerConfig, worker_main
+
+log = logging.getLogger("fluxserve.supervisor")
+
+# Worker states, also the values of the fluxserve_workers metric's "state" label.
+W_STARTING, W_READY, W_BUSY, W_FAILED, W_STOPPED = "starting", "ready", "busy", "failed", "stopped"
+WORKER_STATES = (W_STARTING, W_READY, W_BUSY, W_FAILED, W_STOPPED)
+
+# Health states of /health-check.
+STARTING, READY, BUSY, SETUP_FAILED, SHUTTING_DOWN = "STARTING", "READY", "BUSY", "SETUP_FAILED", "SHUTTING_DOWN"
+
+MAX_LOAD_CRASHES = 3  # consecutive deaths while loading before a slot is declared failed
+CANCEL_POLL_S = 0.5  # how often running jobs' cancel flags are re-read (cancels made by other API hosts)
+FALLBACK_DISPATCH_S = 1.0  # dispatch runs at least this often even without a wake-up
+
+
+@dataclass
+class WorkerSlot:
+    index: int
+    gpu: int | None
+    state: str = W_STARTING
+    process: Any = None  # multiprocessing.Process
+    conn: Any = None
+    generation: int = 0
+    job: Prediction | None = None
+    job_started: float = 0.0
+    started_at: float = 0.0
+    timed_out: bool = False
+    stopping: bool = False
+    load_crashes: int = 0
+    setup_error: str | None = None
+    ready: WorkerReady | None = None
+    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    @property
+    def worker_id(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:w{self.index}.{self.generation}"
+
+
+def visible_gpus() -> list[int]:
+    """GPU indices without importing torch in the API process (nvidia-smi's view, or
+    CUDA_VISIBLE_DEVICES when set)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [i for i, part in enumerate(p for p in env.split(",") if p.strip() and p.strip() != "-1")]
+    try:
+        import subprocess
+
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return [int(line) for line in out.split() if line.strip().isdigit()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings,
+        store: PredictionStore,
+        outputs: LocalOutputStorage,
+        notify: Callable[[str], None],
+        on_finished: Callable[[Prediction], None] | None = None,
+        observe_predict_time: Callable[[float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.outputs = outputs
+        self._notify = notify
+        self._on_finished = on_finished
+        self._observe = observe_predict_time
+        self.slots: list[WorkerSlot] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ctx = multiprocessing.get_context("spawn")
+        self.accepting = True
+        self._stopped = False
+        self.model_defaults = settings.model.defaults
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def plan_slots(self) -> list[tuple[int, int | None]]:
+        cfg = self.settings.workers
+        device = self.settings.model.device
+        gpus = cfg.gpus if cfg.gpus is not None else ([] if device == "cpu" else visible_gpus())
+        if cfg.count == "auto":
+            if device.startswith("cuda:"):
+                return [(0, None)]  # the spec pins a device: one worker, no masking
+            return [(i, g) for i, g in enumerate(gpus)] or [(0, None)]
+        count = int(cfg.count)
+        if not gpus:
+            return [(i, None) for i in range(count)]
+        return [(i, gpus[i % len(gpus)]) for i in range(count)]
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        outcomes = await asyncio.to_thread(self.store.recover_after_restart, self.settings.workers.max_attempts)
+        for pid, outcome in outcomes:
+            log.warning("prediction %s was running when the server stopped: %s", pid, outcome)
+        for index, gpu in self.plan_slots():
+            slot = WorkerSlot(index=index, gpu=gpu)
+            self.slots.append(slot)
+            self._spawn(slot)
+            self._tasks.append(asyncio.create_task(self._consume(slot), name=f"worker-{index}-inbox"))
+        self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="dispatch"))
+        self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
+
+    def _worker_config(self, slot: WorkerSlot) -> WorkerConfig:
+        s = self.settings
+        return WorkerConfig(
+            model=s.model_spec().model_dump(),
+            gpu=slot.gpu,
+            max_image_bytes=s.input_images.max_bytes,
+            max_image_pixels=s.input_images.max_pixels,
+            fetch_timeout_s=s.input_images.fetch_timeout_s,
+            allow_private_addresses=s.input_images.allow_private_addresses,
+            allowed_hosts=list(s.input_images.allowed_hosts),
+            progress_interval_s=s.workers.progress_interval_s,
+            fault_injection=os.environ.get("FLUXSERVE_FAULT_INJECTION") == "1",
+            log_level=s.log_level,
+        )
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        slot.generation += 1
+        slot.state = W_STARTING
+        slot.ready = None
+        slot.timed_out = False
+        slot.started_at = time.monotonic()
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(child_conn, self._worker_config(slot)),
+            name=f"fluxserve-worker-{slot.index}",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        slot.process, slot.conn = proc, parent_conn
+        log.info("worker %d started (pid %d%s)", slot.index, proc.pid, f", GPU {slot.gpu}" if slot.gpu is not None else "")
+        threading.Thread(
+            target=self._reader, args=(slot, parent_conn, slot.generation), daemon=True, name=f"worker-{slot.index}-reader"
+        ).start()
+
+    def _reader(self, slot: WorkerSlot, conn, generation: int) -> None:
+        """Blocking reads of one worker's pipe, forwarded to the loop; EOF means the process ended."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # noqa: BLE001 - an unpicklable message must not kill the reader
+                log.error("bad message from worker %d: %s", slot.index, exc)
+                continue
+            loop.call_soon_threadsafe(slot.inbox.put_nowait, (generation, msg))
+        loop.call_soon_threadsafe(slot.inbox.put_nowait, (generation, None))
+
+    # -- messages -------------------------------------------------------------------------
+    async def _consume(self, slot: WorkerSlot) -> None:
+        while True:
+            generation, msg = await slot.inbox.get()
+            if generation != slot.generation:
+                continue  # from a previous incarnation of this slot
+            try:
+                if msg is None:
+                    await self._on_exit(slot)
+                else:
+                    await self._on_message(slot, msg)
+            except Exception:  # noqa: BLE001 - keep consuming whatever one message did
+                log.exception("handling a message from worker %d", slot.index)
+
+    async def _on_message(self, slot: WorkerSlot, msg) -> None:
+        if isinstance(msg, WorkerReady):
+            slot.ready, slot.state, slot.load_crashes = msg, W_READY, 0
+            log.info(
+                "worker %d ready: %s on %s (%s) in %.1f s", slot.index, msg.weights, msg.device, msg.dtype, msg.load_seconds
+            )
+            for warning in msg.warnings:
+                log.warning("worker %d: %s", slot.index, warning)
+            self.wake()
+        elif isinstance(msg, SetupFailed):
+            slot.state, slot.setup_error = W_FAILED, msg.reason
+            log.error("worker %d could not load the model: %s", slot.index, msg.reason)
+        elif isinstance(msg, JobLog):
+            await asyncio.to_thread(self.store.append_logs, msg.prediction_id, msg.text)
+            self._notify(msg.prediction_id)
+        elif isinstance(msg, JobSucceeded | JobFailed | JobCancelled):
+            await self._finish_job(slot, msg)
+
+    async def _finish_job(self, slot: WorkerSlot, msg) -> None:
+        pid = msg.prediction_id
+        if isinstance(msg, JobSucceeded):
+            await self._store_success(pid, msg)
+        elif isinstance(msg, JobFailed):
+            await asyncio.to_thread(self.store.finish, pid, ERROR, error=msg.error)
+        else:
+            await asyncio.to_thread(self.store.finish, pid, CANCELLED)
+        if slot.job is not None and slot.job.id == pid:
+            slot.job = None
+            if slot.state == W_BUSY:
+                slot.state = W_READY
+        await self._finished(pid)
+        self.wake()
+
+    async def _store_success(self, pid: str, msg: JobSucceeded) -> None:
+        current = await asyncio.to_thread(self.store.get, pid)
+        if current is None or current.terminal:
+            return
+        if current.cancel_requested:
+            # Cancelled after the last step: the contract discards the images.
+            await asyncio.to_thread(
+                self.store.finish, pid, CANCELLED, logs="Cancelled: the images were discarded.\n"
+            )
+            return
+        files = [(output_name(i, img.extension), img.data) for i, img in enumerate(msg.images)]
+        try:
+            names = await asyncio.to_thread(self.outputs.save_all, pid, files)
+        except OutputStorageError as exc:
+            log.error("prediction %s: %s", pid, exc)
+            await asyncio.to_thread(self.store.finish, pid, ERROR, error=str(exc))
+            return
+        ok = await asyncio.to_thread(
+            self.store.finish, pid, SUCCESS, output=names, predict_time=msg.predict_time, extra=msg.extra
+        )
+        if ok and self._observe is not None:
+            self._observe(msg.predict_time)
+
+    async def _finished(self, pid: str) -> None:
+        self._notify(pid)
+        if self._on_finished is not None:
+            pred = await asyncio.to_thread(self.store.get, pid)
+            if pred is not None and pred.terminal:
+                self._on_finished(pred)
+
+    async def _on_exit(self, slot: WorkerSlot) -> None:
+        """The worker process ended: settle its job and start a new one unless we are stopping."""
+        proc = slot.process
+        await asyncio.to_thread(proc.join, 5)
+        code = proc.exitcode
+        job, slot.job = slot.job, None
+        was_loading = slot.state == W_STARTING
+        if job is not None:
+            await self._settle_lost_job(slot, job, code)
+        if slot.stopping or self._stopped:
+            slot.state = W_STOPPED
+            return
+        if slot.state == W_FAILED:
+            return  # setup failed: restarting would fail the same way
+        if was_loading:
+            slot.load_crashes += 1
+            if slot.load_crashes >= MAX_LOAD_CRASHES:
+                slot.state = W_FAILED
+                slot.setup_error = f"the worker process died while loading the model {slot.load_crashes} times (exit code {code})"
+                log.error("worker %d: %s", slot.index, slot.setup_error)
+                return
+        log.warning("worker %d exited (code %s); starting a new one", slot.index, code)
+        await asyncio.sleep(min(5.0, 0.5 * slot.load_crashes))
+        self._spawn(slot)
+
+    async def _settle_lost_job(self, slot: WorkerSlot, job: Prediction, code: int | None) -> None:
+        if slot.timed_out:
+            limit = self.settings.workers.job_timeout_s
+            await asyncio.to_thread(
+                self.store.finish,
+                job.id,
+                ERROR,
+                error=f"timed out after {limit:g} s",
+                logs=f"Timed out after {limit:g} s: the worker was stopped and replaced.\n",
+            )
+        elif job.attempts < self.settings.workers.max_attempts:
+            await asyncio.to_thread(
+                self.store.requeue, job.id, f"Worker lost (exit code {code}); requeued for attempt {job.attempts + 1}.\n"
+            )
+        else:
+            await asyncio.to_thread(
+                self.store.finish,
+                job.id,
+                ERROR,
+                error=WORKER_LOST,
+                logs=f"Worker lost: the process running this prediction died (exit code {code}).\n",
+            )
+        await self._finished(job.id)
+
+    # -- dispatch -------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Something may be runnable now (a create, a worker freed): dispatch without waiting."""
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopped:
+            try:
+                await asyncio.wait_for(self._wake.wait(), FALLBACK_DISPATCH_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if not self.accepting:
+                continue
+            try:
+                await self._dispatch()
+            except Exception:  # noqa: BLE001 - a store hiccup must not stop dispatching for good
+                log.exception("dispatch failed")
+
+    async def _dispatch(self) -> None:
+        for slot in self.slots:
+            if slot.state != W_READY or slot.job is not None:
+                continue
+            pred = await asyncio.to_thread(self.store.claim_next, slot.worker_id)
+            if pred is None:
+                return
+            try:
+                inputs = parse_inputs(pred.input, self.model_defaults)
+            except InvalidInputs as exc:  # stored before a config change made it invalid
+                await asyncio.to_thread(self.store.finish, pred.id, ERROR, error=f"Invalid input: {exc}")
+                await self._finished(pred.id)
+                continue
+            slot.job, slot.state, slot.job_started = pred, W_BUSY, time.monotonic()
+            try:
+                slot.conn.send(RunJob(pred.id, inputs.model_dump(), pred.attempts))
+            except OSError:
+                log.warning("worker %d pipe closed while sending a job; it will be settled on exit", slot.index)
+            self._notify(pred.id)
+
+    async def cancel(self, prediction_id: str) -> None:
+        """Tell the worker running this prediction to stop at its next step."""
+        for slot in self.slots:
+            if slot.job is not None and slot.job.id == prediction_id:
+                try:
+                    slot.conn.send(CancelJob(prediction_id))
+                except OSError:
+                    pass
+
+    async def _watchdog_loop(self) -> None:
+        """Timeouts (hung steps, hung loads) and cancel flags set by other API processes."""
+        last_cancel_poll = 0.0
+        while not self._stopped:
+            await asyncio.sleep(0.2)
+            now = time.monotonic()
+            cfg = self.settings.workers
+            for slot in self.slots:
+                if slot.state == W_BUSY and slot.job and now - slot.job_started > cfg.job_timeout_s and not slot.timed_out:
+                    log.error("prediction %s timed out after %g s; killing worker %d", slot.job.id, cfg.job_timeout_s, slot.index)
+                    slot.timed_out = True
+                    slot.process.kill()
+                elif slot.state == W_STARTING and now - slot.started_at > cfg.load_timeout_s and not slot.timed_out:
+                    slot.timed_out = True
+                    slot.state = W_FAILED
+                    slot.setup_error = f"loading the model took longer than {cfg.load_timeout_s:g} s"
+                    slot.process.kill()
+            if now - last_cancel_poll >= CANCEL_POLL_S:
+                last_cancel_poll = now
+                for slot in self.slots:
+                    if slot.job is not None:
+                        row = await asyncio.to_thread(self.store.get, slot.job.id)
+                        if row is not None and row.cancel_requested and slot.job is not None:
+                            await self.cancel(row.id)
+
+    # -- health ---------------------------------------------------------------------------
+    def health(self) -> tuple[str, dict[str, Any]]:
+        states = [s.state for s in self.slots]
+        details: dict[str, Any] = {"workers": [self._slot_info(s) for s in self.slots]}
+        if not self.accepting:
+            return SHUTTING_DOWN, details
+        if states and all(s == W_FAILED for s in states):
+            details["reason"] = "; ".join(sorted({s.setup_error or "unknown" for s in self.slots}))
+            return SETUP_FAILED, details
+        if any(s == W_READY for s in states):
+            return READY, details
+        if any(s == W_BUSY for s in states):
+            return BUSY, details
+        return STARTING, details
+
+    @staticmethod
+    def _slot_info(slot: WorkerSlot) -> dict[str, Any]:
+        info: dict[str, Any] = {"index": slot.index, "state": slot.state}
+        if slot.gpu is not None:
+            info["gpu"] = slot.gpu
+        if slot.ready is not None:
+            info.update(device=slot.ready.device, dtype=slot.ready.dtype, tiny_model=slot.ready.is_tiny)
+        if slot.setup_error:
+            info["error"] = slot.setup_error
+        return info
+
+    @property
+    def serving_tiny_model(self) -> bool:
+        return any(s.ready is not None and s.ready.is_tiny for s in self.slots)
+
+    def worker_state_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(WORKER_STATES, 0)
+        for slot in self.slots:
+            counts[slot.state] += 1
+        return counts
+
+    # -- shutdown -------------------------------------------------------------------------
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking jobs and give running ones up to ``grace_s`` seconds to finish."""
+        self.accepting = False
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(s.job is not None for s in self.slots):
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        """Stop every worker. Jobs still running are settled like a lost worker; queued ones stay."""
+        self.accepting = False
+        for slot in self.slots:
+            slot.stopping = True
+            if slot.process is not None and slot.process.is_alive():
+                try:
+                    slot.conn.send(Shutdown())
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 5
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            if slot.job is not None:
+                slot.process.kill()  # it is mid-job: nothing to wait for
+            await asyncio.to_thread(slot.process.join, max(0.1, deadline - time.monotonic()))
+            if slot.process.is_alive():
+                slot.process.kill()
+                await asyncio.to_thread(slot.process.join, 5)
+        # Let the inbox consumers settle exits (lost jobs), then end the tasks.
+        await asyncio.sleep(0.2)
+        for slot in self.slots:
+            while not slot.inbox.empty():
+                await asyncio.sleep(0.05)
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

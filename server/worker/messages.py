@@ -1,0 +1,85 @@
+"""Messages between the supervisor (parent) and a worker process (child), over a multiprocessing Pipe.
+
+Small picklable dataclasses; the child never touches the store, the parent never touches torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- parent -> child -----------------------------------------------------------------------
+
+
+@dataclass
+class RunJob:
+    prediction_id: str
+    inputs: dict[str, Any]  # validated FluxInputs as a dict
+    attempt: int = 1
+
+
+@dataclass
+class CancelJob:
+    prediction_id: str
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+# -- child -> parent -----------------------------------------------------------------------
+
+
+@dataclass
+class WorkerReady:
+    device: str
+    dtype: str
+    weights: str
+    is_tiny: bool
+    load_seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SetupFailed:
+    reason: str
+
+
+@dataclass
+class JobLog:
+    prediction_id: str
+    text: str  # whole lines, each ending in "\n"
+
+
+@dataclass
+class OutputImage:
+    data: bytes
+    extension: str
+    content_type: str
+    width: int
+    height: int
+    seed: int
+
+
+@dataclass
+class JobSucceeded:
+    prediction_id: str
+    images: list[OutputImage]
+    seed: int
+    predict_time: float
+    logs: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobFailed:
+    prediction_id: str
+    error: str
+    logs: str = ""
+
+
+@dataclass
+class JobCancelled:
+    prediction_id: str
+    logs: str = ""
