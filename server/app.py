@@ -163,5 +163,16 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
 
 
 def _extra_routers() -> list[Any]:
-    """Routers added by optional front ends (Replicate routes, playground) when present."""
-    return []
+    """Routers of the other front ends (Replicate routes, playground), each in its own module."""
+    import importlib
+
+    routers = []
+    for name in ("server.routes.replicate", "server.routes.playground"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        routers.append(module.router)
+    return routers
