@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
-from pydantic_settings import YamlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from pipelines.spec import ModelSpec
 
@@ -53,6 +58,11 @@ class OutputSettings(_Section):
         False,
         description="Serve output files only to the key that made them. Off: the unguessable URL is enough "
         "(a request carrying another key still gets 404).",
+    )
+    share_pages: bool = Field(
+        True,
+        description="Serve the share page /p/{id}: anyone holding the (unguessable) link sees that prediction's "
+        "inputs and images. Off, or with require_owner_key on, /p/{id} answers 404.",
     )
 
 

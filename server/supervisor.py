@@ -53,7 +53,7 @@ FALLBACK_DISPATCH_S = 1.0  # dispatch runs at least this often even without a wa
 @dataclass
 class WorkerSlot:
     index: int
-    gpu: int | None
+    gpu: str | None  # a CUDA_VISIBLE_DEVICES entry, or None to leave it alone
     state: str = W_STARTING
     process: Any = None  # multiprocessing.Process
     conn: Any = None
@@ -73,12 +73,13 @@ class WorkerSlot:
         return f"{socket.gethostname()}:{os.getpid()}:w{self.index}.{self.generation}"
 
 
-def visible_gpus() -> list[int]:
-    """GPU indices without importing torch in the API process (nvidia-smi's view, or
-    CUDA_VISIBLE_DEVICES when set)."""
+def visible_gpus() -> list[str]:
+    """The GPUs a worker can be pinned to, as CUDA_VISIBLE_DEVICES entries, found without
+    importing torch in the API process: the parent's own CUDA_VISIBLE_DEVICES entries when set
+    (so "2,3" pins workers to physical GPUs 2 and 3), else nvidia-smi's indices."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return [i for i, part in enumerate(p for p in env.split(",") if p.strip() and p.strip() != "-1")]
+        return [p.strip() for p in env.split(",") if p.strip() and p.strip() != "-1"]
     try:
         import subprocess
 
@@ -89,7 +90,7 @@ def visible_gpus() -> list[int]:
             timeout=10,
             check=True,
         ).stdout
-        return [int(line) for line in out.split() if line.strip().isdigit()]
+        return [line.strip() for line in out.split() if line.strip().isdigit()]
     except (OSError, subprocess.SubprocessError, ValueError):
         return []
 
@@ -120,10 +121,13 @@ class Supervisor:
         self.model_defaults = settings.model.defaults
 
     # -- lifecycle ------------------------------------------------------------------------
-    def plan_slots(self) -> list[tuple[int, int | None]]:
+    def plan_slots(self) -> list[tuple[int, str | None]]:
         cfg = self.settings.workers
         device = self.settings.model.device
-        gpus = cfg.gpus if cfg.gpus is not None else ([] if device == "cpu" else visible_gpus())
+        if cfg.gpus is not None:
+            gpus = [str(g) for g in cfg.gpus]
+        else:
+            gpus = [] if device == "cpu" else visible_gpus()
         if cfg.count == "auto":
             if device.startswith("cuda:"):
                 return [(0, None)]  # the spec pins a device: one worker, no masking

@@ -37,7 +37,7 @@ class WorkerConfig:
     """What a worker needs, as plain picklable data."""
 
     model: dict[str, Any]  # a ModelSpec as a dict
-    gpu: int | None = None  # None: leave CUDA_VISIBLE_DEVICES as it is
+    gpu: str | None = None  # a CUDA_VISIBLE_DEVICES entry; None: leave it as it is
     max_image_bytes: int = 10 * 2**20
     max_image_pixels: int = 40_000_000
     fetch_timeout_s: float = 15
@@ -80,7 +80,7 @@ class _JobControl:
 def worker_main(conn, config: WorkerConfig) -> None:
     """Entry point of the spawned process."""
     if config.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(config.gpu)  # before torch is imported
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu  # before torch is imported
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # SIGINT goes to the whole process group on Ctrl-C; the supervisor decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

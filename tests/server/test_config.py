@@ -1,0 +1,103 @@
+"""Settings: YAML < environment < arguments, clear errors, and the README documents every key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, load_settings
+from server.supervisor import Supervisor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_yaml_values_are_read(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("port: 9001\nmodel:\n  weights: /models/flux\nlimits:\n  max_in_flight: 3\n")
+    s = load_settings(cfg)
+    assert (s.port, s.model.weights, s.limits.max_in_flight) == (9001, "/models/flux", 3)
+    assert s.limits.requests_per_minute == 60  # untouched defaults stay
+
+
+def test_environment_overrides_yaml(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("port: 9001\nlimits:\n  requests_per_minute: 5\n")
+    monkeypatch.setenv("FLUXSERVE_PORT", "9002")
+    monkeypatch.setenv("FLUXSERVE_LIMITS__REQUESTS_PER_MINUTE", "7")
+    monkeypatch.setenv("FLUXSERVE_MODEL__OFFLOAD", "model")
+    s = load_settings(cfg)
+    assert (s.port, s.limits.requests_per_minute, s.model.offload) == (9002, 7, "model")
+
+
+def test_api_keys_from_environment_are_comma_separated(monkeypatch):
+    monkeypatch.setenv("FLUXSERVE_API_KEYS", "alpha, beta,,gamma")
+    assert load_settings().api_keys == ["alpha", "beta", "gamma"]
+
+
+def test_arguments_override_environment(monkeypatch):
+    monkeypatch.setenv("FLUXSERVE_PORT", "9002")
+    assert load_settings(port=9003).port == 9003
+
+
+def test_unknown_key_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("limits:\n  request_per_minute: 5\n")
+    with pytest.raises(ConfigError, match=r"limits\.request_per_minute"):
+        load_settings(cfg)
+
+
+def test_bad_value_names_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  offload: sometimes\n")
+    with pytest.raises(ConfigError, match=r"model\.offload"):
+        load_settings(cfg)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    load_settings(ROOT / "configs" / name)
+
+
+def test_public_url_builds_absolute_urls():
+    assert load_settings(public_url="https://flux.example.com/").base_url == "https://flux.example.com"
+    assert load_settings(host="0.0.0.0", port=8123).base_url == "http://127.0.0.1:8123"
+
+
+def test_readme_documents_every_config_key():
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "config_reference.py")], capture_output=True, text=True, check=True
+    ).stdout
+    readme = (ROOT / "README.md").read_text()
+    missing = [line.split("`")[1] for line in table.splitlines()[2:] if line.split("|")[1].strip() not in readme]
+    assert not missing, f"README.md lacks config keys (rerun scripts/config_reference.py): {missing}"
+
+
+def _slots(monkeypatch, env: str | None, **workers):
+    if env is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
+    settings = load_settings(workers=workers) if workers else load_settings()
+    sup = Supervisor.__new__(Supervisor)
+    sup.settings = settings
+    return sup.plan_slots()
+
+
+def test_auto_workers_pin_one_per_visible_gpu_keeping_physical_ids(monkeypatch):
+    assert _slots(monkeypatch, "2,3") == [(0, "2"), (1, "3")]
+
+
+def test_auto_workers_on_a_machine_without_gpus_start_one_cpu_worker(monkeypatch):
+    assert _slots(monkeypatch, "") == [(0, None)]
+
+
+def test_explicit_worker_count_shares_gpus_round_robin(monkeypatch):
+    assert _slots(monkeypatch, "0,1", count=3) == [(0, "0"), (1, "1"), (2, "0")]
