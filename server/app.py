@@ -27,6 +27,7 @@ from server.outputs import LocalOutputStorage
 from server.ratelimit import RequestRateLimiter
 from server.store import PredictionStore, open_store
 from server.supervisor import Supervisor
+from server.webhooks import WebhookDispatcher
 
 log = logging.getLogger("fluxserve")
 
@@ -46,6 +47,7 @@ class AppState:
     supervisor: Supervisor
     started_at: float = field(default_factory=time.time)
     background: list[asyncio.Task] = field(default_factory=list)
+    webhooks: WebhookDispatcher | None = None
 
     @property
     def base_url(self) -> str:
@@ -66,7 +68,12 @@ def build_state(settings: Settings, store: PredictionStore | None = None) -> App
     events = PredictionEvents()
     outputs = LocalOutputStorage(settings.outputs_path)
     metrics = ServerMetrics()
+    webhooks = WebhookDispatcher(settings, store)
     state_holder: dict[str, AppState] = {}
+
+    def notify(prediction_id: str) -> None:
+        events.notify(prediction_id)
+        webhooks.on_change(prediction_id)
 
     def on_finished(pred) -> None:
         hook = getattr(state_holder.get("state"), "on_finished", None)
@@ -77,7 +84,7 @@ def build_state(settings: Settings, store: PredictionStore | None = None) -> App
         settings,
         store,
         outputs,
-        notify=events.notify,
+        notify=notify,
         on_finished=on_finished,
         observe_predict_time=metrics.predict_time.observe,
     )
@@ -91,7 +98,9 @@ def build_state(settings: Settings, store: PredictionStore | None = None) -> App
         events=events,
         metrics=metrics,
         supervisor=supervisor,
+        webhooks=webhooks,
     )
+    state.on_finished = webhooks.on_finished  # type: ignore[attr-defined]
     state_holder["state"] = state
     metrics.bind(store, supervisor)
     return state
@@ -121,6 +130,7 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
     async def lifespan(app: FastAPI):
         if state.keyring.open:
             log.warning("no API key configured: the server is open to anyone who can reach %s", settings.base_url)
+        await state.webhooks.start()
         if start_workers:
             await state.supervisor.start()
         if settings.outputs.retention_hours > 0:
@@ -133,6 +143,7 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
             if start_workers:
                 await state.supervisor.drain(settings.workers.shutdown_grace_s)
                 await state.supervisor.stop()
+            await state.webhooks.stop()
             state.store.close()
 
     app = FastAPI(

@@ -142,6 +142,8 @@ class Supervisor:
         outcomes = await asyncio.to_thread(self.store.recover_after_restart, self.settings.workers.max_attempts)
         for pid, outcome in outcomes:
             log.warning("prediction %s was running when the server stopped: %s", pid, outcome)
+            if outcome == "failed":
+                await self._finished(pid)  # its webhook is owed like any other end
         for index, gpu in self.plan_slots():
             slot = WorkerSlot(index=index, gpu=gpu)
             self.slots.append(slot)

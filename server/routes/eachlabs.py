@@ -75,7 +75,7 @@ async def _read_json(request: Request) -> Any:
         raise ApiError(400, "Request body is required", {"body": "expected a JSON object"})
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise ApiError(400, "Invalid JSON body", {"body": str(exc)[:200]}) from None
 
 
@@ -246,6 +246,13 @@ async def cancel_prediction(request: Request, identity: Identity, prediction_id:
         raise ApiError(409, f"Prediction already finished with status {pred.status}; it was left as it is")
     if outcome is CancelOutcome.REQUESTED:
         await state.supervisor.cancel(prediction_id)
+    elif outcome is CancelOutcome.CANCELLED:
+        # A queued prediction ends here, not in a worker: tell the end-of-prediction hooks
+        # (Replicate's "completed" webhook is sent on cancel too).
+        on_finished = getattr(state, "on_finished", None)
+        ended = await asyncio.to_thread(state.store.get, prediction_id)
+        if on_finished is not None and ended is not None:
+            on_finished(ended)
     state.events.notify(prediction_id)
     return pred
 

@@ -114,6 +114,12 @@ class PredictionStore(abc.ABC):
     def append_logs(self, prediction_id: str, text: str) -> None:
         """Append text to the logs (any status but terminal ones; a no-op there)."""
 
+    def append_note(self, prediction_id: str, text: str) -> None:
+        """Append text to the logs whatever the status, terminal ones included (notes made after
+        the end, such as webhook deliveries); nothing else changes. Implementations override
+        this: the default reaches non-terminal rows only."""
+        self.append_logs(prediction_id, text)
+
     @abc.abstractmethod
     def finish(
         self,

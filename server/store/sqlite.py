@@ -281,6 +281,9 @@ class SQLitePredictionStore(PredictionStore):
             (text, prediction_id),
         )
 
+    def append_note(self, prediction_id: str, text: str) -> None:
+        self.connection().execute("UPDATE predictions SET logs = logs || ? WHERE id = ?", (text, prediction_id))
+
     def finish(
         self,
         prediction_id: str,
