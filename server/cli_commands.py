@@ -72,3 +72,10 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
 
 
 REGISTER: list = [_add_serve, _add_keys]
+def _add_client(sub: argparse._SubParsersAction) -> None:
+    from server.client.cli import register
+
+    register(sub)
+
+
+REGISTER.append(_add_client)

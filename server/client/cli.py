@@ -1,0 +1,233 @@
+"""`fluxserve client generate|batch`: use a running fluxserve server from the command line.
+
+    fluxserve client generate "a red fox" --url http://127.0.0.1:8000 --key KEY -o fox.webp
+    fluxserve client batch prompts.jsonl --out runs/foxes --max-in-flight 10
+
+``--url`` defaults to $FLUXSERVE_URL (else http://127.0.0.1:8000), ``--key`` to $FLUXSERVE_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import mimetypes
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+IMAGE_SUFFIXES = ("webp", "jpg", "jpeg", "png")
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``client`` subcommand (with ``generate`` and ``batch``) to ``fluxserve``."""
+    p = sub.add_parser("client", help="use a running fluxserve server (generate, batch)")
+    commands = p.add_subparsers(dest="client_command", required=True)
+
+    gen = commands.add_parser("generate", help="one prediction: wait with a progress bar, write the image(s)")
+    gen.add_argument("prompt")
+    _add_connection(gen)
+    gen.add_argument("-o", "--output", required=True, help="output file; several outputs get -0, -1... before the extension")
+    gen.add_argument("--aspect-ratio", default=None)
+    gen.add_argument("--megapixels", default=None, help="1 or 0.25")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--num-outputs", type=int, default=None)
+    gen.add_argument("--steps", type=int, default=None, dest="num_inference_steps")
+    gen.add_argument("--guidance", type=float, default=None)
+    gen.add_argument("--image", default=None, help="img2img source image file (sent inline as a data: URL)")
+    gen.add_argument("--prompt-strength", type=float, default=None)
+    gen.add_argument("--output-format", default=None, help="webp, jpg or png (default: from -o's extension)")
+    gen.add_argument("--output-quality", type=int, default=None)
+    gen.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
+    gen.set_defaults(func=cmd_generate)
+
+    batch = commands.add_parser(
+        "batch",
+        help="run a JSONL file of inputs (one object per line) into a folder; resumable",
+        description="Runs every line of INPUTS (flux-dev inputs as JSON objects) and writes NNNNNN-i.ext "
+        "images plus manifest.jsonl to --out. Run it again to resume: finished lines are skipped and "
+        "submitted ones are polled by id, never created twice.",
+    )
+    batch.add_argument("inputs", help="JSONL file: one JSON object of flux-dev inputs per line")
+    batch.add_argument("--out", required=True, help="output folder (images, manifest.jsonl, pending.jsonl)")
+    _add_connection(batch)
+    batch.add_argument("--max-in-flight", type=int, default=10, help="predictions in flight at once (default 10)")
+    batch.set_defaults(func=cmd_batch)
+
+
+def _add_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=None, help=f"server address (default: $FLUXSERVE_URL or {DEFAULT_URL})")
+    p.add_argument("--key", default=None, help="API key (default: $FLUXSERVE_API_KEY)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+
+
+def _client(args: argparse.Namespace, **kwargs: Any):
+    from server.client.api import FluxClient
+
+    url = args.url or os.environ.get("FLUXSERVE_URL") or DEFAULT_URL
+    key = args.key or os.environ.get("FLUXSERVE_API_KEY") or None
+    return FluxClient(url, key, timeout=args.timeout, **kwargs)
+
+
+def image_data_url(path: str | Path) -> str:
+    """A file as a ``data:`` URL (PNG, JPEG or WEBP, told from its bytes, else its name)."""
+    data = Path(path).read_bytes()
+    mime = next((m for magic, m in _MAGIC if data.startswith(magic)), None)
+    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        mime = "image/webp"
+    mime = mime or mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def output_paths(output: str, fmt: str, count: int) -> list[Path]:
+    """Where the images go: ``output`` itself for one, ``stem-i.ext`` for several (as `fluxserve generate`)."""
+    path = Path(output)
+    if path.suffix.lstrip(".").lower() not in IMAGE_SUFFIXES:
+        path = path.with_name(path.name + "." + fmt)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+
+
+def _print_error(exc: Exception) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from server.client.api import FluxAPIError, WaitTimeout, output_urls, parse_progress, parse_seed
+
+    inputs: dict[str, Any] = {"prompt": args.prompt}
+    for name in (
+        "aspect_ratio",
+        "megapixels",
+        "seed",
+        "num_outputs",
+        "num_inference_steps",
+        "guidance",
+        "prompt_strength",
+        "output_format",
+        "output_quality",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            inputs[name] = value
+    if "output_format" not in inputs:
+        ext = Path(args.output).suffix.lstrip(".").lower()
+        inputs["output_format"] = {"jpeg": "jpg"}.get(ext, ext) if ext in IMAGE_SUFFIXES else "webp"
+    if args.image:
+        try:
+            inputs["image"] = image_data_url(args.image)
+        except OSError as exc:
+            print(f"error: --image: {exc}", file=sys.stderr)
+            return 2
+
+    with _client(args) as client:
+        try:
+            prediction_id = client.create(inputs)
+        except FluxAPIError as exc:
+            _print_error(exc)
+            return 2 if exc.status == 400 else 1
+        except KeyboardInterrupt:
+            print("\ninterrupted while creating the prediction", file=sys.stderr)
+            return 130
+        bar = tqdm(total=None, unit="step", desc="queued", file=sys.stderr, delay=0.2)
+
+        def progress(prediction: dict[str, Any]) -> None:
+            if prediction.get("status") == "processing":
+                bar.set_description("denoising", refresh=False)
+            step = parse_progress(prediction.get("logs"))
+            if step is not None:
+                done, total = step
+                if bar.total != total:
+                    bar.total = total
+                bar.update(done - bar.n)
+
+        try:
+            print(f"prediction {prediction_id}", file=sys.stderr)
+            prediction = client.wait(prediction_id, on_progress=progress, timeout=args.wait_timeout)
+        except KeyboardInterrupt:
+            bar.close()
+            try:
+                client.cancel(prediction_id)
+                print(f"\ninterrupted: cancelled prediction {prediction_id}", file=sys.stderr)
+            except FluxAPIError as exc:
+                print(f"\ninterrupted; cancelling {prediction_id} failed: {exc}", file=sys.stderr)
+            return 130
+        except WaitTimeout as exc:
+            bar.close()
+            print(f"error: {exc}; it keeps running on the server", file=sys.stderr)
+            return 1
+        except FluxAPIError as exc:
+            bar.close()
+            _print_error(exc)
+            return 1
+        bar.close()
+
+        if prediction.get("status") != "success":
+            print(f"error: prediction {prediction.get('status')}: {prediction.get('error') or ''}".rstrip(), file=sys.stderr)
+            return 1
+        urls = output_urls(prediction)
+        if not urls:
+            print("error: the prediction succeeded but returned no images", file=sys.stderr)
+            return 1
+        fmt = Path(urlsplit(urls[0]).path).suffix.lstrip(".") or str(inputs["output_format"])
+        try:
+            for path, url in zip(output_paths(args.output, fmt, len(urls)), urls, strict=True):
+                data = client.download(url)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                print(f"wrote {path}")
+        except (FluxAPIError, OSError) as exc:
+            _print_error(exc)
+            return 1
+    for line in (prediction.get("logs") or "").splitlines():
+        if line.startswith("Warning:"):
+            print(line, file=sys.stderr)
+    predict_time = (prediction.get("metrics") or {}).get("predict_time")
+    shown = f"{predict_time:.2f} s" if isinstance(predict_time, int | float) else "unknown"
+    print(f"Using seed: {parse_seed(prediction.get('logs'))}; predict time {shown}")
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from server.client.batch import BatchLocked, BatchRunner
+
+    if args.max_in_flight < 1:
+        print("error: --max-in-flight must be at least 1", file=sys.stderr)
+        return 2
+    if not Path(args.inputs).is_file():
+        print(f"error: {args.inputs} is not a file", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            os._exit(130)  # second signal: leave now (running lines resume by id next time)
+        stop.set()
+        print("\nstopping after the creates in progress (again to quit at once)...", file=sys.stderr, flush=True)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        # 429s are waited out by the runner (it can notice a stop while it waits).
+        with _client(args, rate_limit_retries=0) as client:
+            summary = BatchRunner(client, args.inputs, args.out, max_in_flight=args.max_in_flight, stop=stop).run()
+    except BatchLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(str(summary))
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed or summary.unfinished else 0
