@@ -241,7 +241,8 @@ def _effective_steps(inputs: FluxInputs, img2img: bool) -> int:
     if not img2img:
         return inputs.num_inference_steps
     strength = max(inputs.prompt_strength, 1.0 / inputs.num_inference_steps)
-    return max(1, min(inputs.num_inference_steps, int(inputs.num_inference_steps * strength)))
+    steps = inputs.num_inference_steps
+    return steps - int(max(steps - min(steps * strength, steps), 0))  # = get_timesteps' count
 
 
 def _oom_message(inputs: FluxInputs, width: int, height: int, exc: BaseException) -> str:

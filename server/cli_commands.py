@@ -1,4 +1,4 @@
-"""Server-side subcommands of `fluxserve` (serve, keys); registered by server.cli."""
+"""Server-side subcommands of `fluxserve` (serve, keys, client); registered by server.cli."""
 
 from __future__ import annotations
 
@@ -71,11 +71,10 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-REGISTER: list = [_add_serve, _add_keys]
 def _add_client(sub: argparse._SubParsersAction) -> None:
     from server.client.cli import register
 
     register(sub)
 
 
-REGISTER.append(_add_client)
+REGISTER: list = [_add_serve, _add_keys, _add_client]

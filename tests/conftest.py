@@ -8,6 +8,7 @@ not pay for torch or diffusers.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +21,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One torch thread unless told otherwise (FLUXSERVE_TEST_THREADS): the tiny model gains little
+    # from two, and on a busy 2-core machine spinning OpenMP threads make each step ~10x slower.
+    threads = os.environ.get("FLUXSERVE_TEST_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    if "torch" in sys.modules:  # imported by a plugin before us: set it directly
+        sys.modules["torch"].set_num_threads(int(threads))
 
 
 class SafetyDirs(NamedTuple):

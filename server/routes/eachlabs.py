@@ -11,7 +11,7 @@ import json
 import re
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -271,23 +271,48 @@ async def cancel(request: Request, prediction_id: str, identity: Identity = Depe
 # -- list -----------------------------------------------------------------------------------
 
 
-def parse_time(name: str, value: str | None) -> float | None:
-    """Unix seconds or ISO 8601 (a date alone means midnight UTC)."""
+def parse_time(name: str, value: str | None, *, end: bool = False) -> float | None:
+    """Unix seconds or ISO 8601 (a date alone means midnight UTC; no zone means UTC).
+
+    With ``end`` (an inclusive upper bound) an ISO time stands for the whole span it names at
+    its own precision: ``2026-05-01`` the whole day, ``...T10:00:00`` that second,
+    ``...T10:00:00.123Z`` that millisecond. So the ``created_at`` of an answer (written to the
+    millisecond) used as ``to`` includes that prediction.
+    """
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            raise ApiError(400, "Invalid request", {name: "must be a finite number of unix seconds"})
+        return seconds
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ApiError(400, "Invalid request", {name: "must be an ISO 8601 time or unix seconds"}) from None
     if parsed.tzinfo is None:
-        from datetime import UTC
-
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    ts = parsed.timestamp()
+    if end:
+        ts += _iso_span(value) - 1e-6
+    return ts
+
+
+def _iso_span(value: str) -> float:
+    """Seconds covered by an ISO 8601 time at the precision it is written with."""
+    match = re.match(r"\d{4}-?\d\d-?\d\d(?:[T ](\d\d)(?::?(\d\d)(?::?(\d\d)(?:[.,](\d+))?)?)?)?", value)
+    if match is None or match.group(1) is None:
+        return 86400.0
+    if match.group(2) is None:
+        return 3600.0
+    if match.group(3) is None:
+        return 60.0
+    if match.group(4) is None:
+        return 1.0
+    return 10.0 ** -min(len(match.group(4)), 6)
 
 
 @both("/v1/executions")(
@@ -302,7 +327,7 @@ async def list_executions(
     model: str | None = Query(None, max_length=100),
     status: str | None = Query(None, description="starting, processing, success, error or cancelled"),
     created_from: str | None = Query(None, alias="from", description="ISO 8601 or unix seconds, inclusive"),
-    created_to: str | None = Query(None, alias="to", description="ISO 8601 or unix seconds, inclusive"),
+    created_to: str | None = Query(None, alias="to", description="ISO 8601 or unix seconds, inclusive (an ISO time covers the day, second or millisecond it names)"),
     identity: Identity = Depends(caller),
 ) -> dict:
     state = app_state(request)
@@ -315,7 +340,7 @@ async def list_executions(
         status=status,
         model=model,
         created_from=parse_time("from", created_from),
-        created_to=parse_time("to", created_to),
+        created_to=parse_time("to", created_to, end=True),
     )
     preds, total = await asyncio.to_thread(state.store.list, flt)
     return {

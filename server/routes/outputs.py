@@ -11,6 +11,7 @@ from server.auth import extract_key
 from server.deps import app_state
 from server.errors import ApiError
 from server.outputs import content_type_for
+from server.protocol import ErrorResponse
 
 router = APIRouter()
 
@@ -20,7 +21,10 @@ router = APIRouter()
     summary="An output image",
     description="Output URLs are unguessable (the id carries 122 random bits). A request carrying another "
     "key's credentials gets 404; with `outputs.require_owner_key` only the owner's key is served.",
-    responses={200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}}, 404: {}},
+    responses={
+        200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}},
+        404: {"model": ErrorResponse, "description": "No such output (or another key's)."},
+    },
     tags=["outputs"],
 )
 async def get_output(prediction_id: str, name: str, request: Request):

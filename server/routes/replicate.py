@@ -39,10 +39,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from server.auth import Identity
 from server.deps import app_state, authenticate, check_rate
 from server.errors import ApiError
+from server.protocol import ErrorResponse
 from server.replicate_render import (
     API,
     EVENTS,
@@ -67,6 +69,41 @@ BODY_FIELDS = frozenset(
 
 
 # -- plumbing -------------------------------------------------------------------------------
+
+
+class ReplicateError(BaseModel):
+    """Replicate's error body (for the OpenAPI document)."""
+
+    detail: str
+    status: int
+    title: str
+    invalid_fields: list[dict[str, str]] | None = None
+
+
+_ERROR_TEXT = {
+    400: "Bad request (body not a JSON object, invalid cursor).",
+    401: "Invalid or missing API token.",
+    404: "No such prediction for this token, or not the model this server serves.",
+    422: "Invalid input: `invalid_fields` names each one.",
+    429: "Too many requests (per-minute or in-flight limit); see Retry-After.",
+    503: "Not accepting predictions (model failed to load, shutting down).",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for the error statuses a route can answer (all in Replicate's shape,
+    but 413, which the body-size middleware answers for every route in the Eachlabs shape)."""
+    documented: dict[int | str, dict[str, Any]] = {
+        code: {"model": ReplicateError, "description": _ERROR_TEXT[code]} for code in codes
+    }
+    documented[413] = {"model": ErrorResponse, "description": "Body too large."}
+    return documented
+
+
+CREATED = {
+    201: {"description": "Created (and, with `Prefer: wait`, finished in time): the prediction."},
+    202: {"description": "With `Prefer: wait`: still running when the wait ended; the prediction as it is."},
+}
 
 
 def both(method: str, path: str, **kwargs):
@@ -264,6 +301,7 @@ def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
     "/v1/models/{owner}/{name}/predictions",
     summary="Create a prediction (Replicate, official model)",
     status_code=201,
+    responses={**CREATED, **errors(400, 401, 404, 422, 429, 503)},
     description='Body `{"input": {...}, "webhook": ..., "webhook_events_filter": [...]}`. '
     "`Prefer: wait[=n]` holds the request up to n seconds (60 for a bare `wait`): 201 when it ended, else 202.",
 )
@@ -281,6 +319,7 @@ async def create_for_model(request: Request, owner: str, name: str):
     "/v1/predictions",
     summary="Create a prediction (Replicate, with `version`)",
     status_code=201,
+    responses={**CREATED, **errors(400, 401, 422, 429, 503)},
     description="`version`: `black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, or any version id "
     "(this server serves one model). Otherwise as the model route.",
 )
@@ -306,7 +345,7 @@ def _encode_cursor(created_to: float | None, offset: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-@both("get", "/v1/predictions", summary="List predictions (Replicate), newest first")
+@both("get", "/v1/predictions", summary="List predictions (Replicate), newest first", responses=errors(400, 401, 429))
 @replicate_errors
 async def list_predictions(request: Request, cursor: str | None = None):
     state = app_state(request)
@@ -338,7 +377,7 @@ async def list_predictions(request: Request, cursor: str | None = None):
     }
 
 
-@both("get", "/v1/predictions/{prediction_id}", summary="Get a prediction (Replicate)")
+@both("get", "/v1/predictions/{prediction_id}", summary="Get a prediction (Replicate)", responses=errors(401, 404, 429))
 @replicate_errors
 async def get_prediction(request: Request, prediction_id: str):
     state = app_state(request)
@@ -347,7 +386,12 @@ async def get_prediction(request: Request, prediction_id: str):
     return prediction_object(state.base_url, pred)
 
 
-@both("post", "/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction (Replicate)")
+@both(
+    "post",
+    "/v1/predictions/{prediction_id}/cancel",
+    summary="Cancel a prediction (Replicate)",
+    responses=errors(401, 404, 429),
+)
 @replicate_errors
 async def cancel(request: Request, prediction_id: str):
     state = app_state(request)
@@ -370,7 +414,12 @@ async def cancel(request: Request, prediction_id: str):
 # -- models and webhooks --------------------------------------------------------------------
 
 
-@both("get", "/v1/models/{owner}/{name}", summary="The model (Replicate), with its latest version")
+@both(
+    "get",
+    "/v1/models/{owner}/{name}",
+    summary="The model (Replicate), with its latest version",
+    responses=errors(401, 404, 429),
+)
 @replicate_errors
 async def get_model(request: Request, owner: str, name: str):
     state = app_state(request)
@@ -381,7 +430,7 @@ async def get_model(request: Request, owner: str, name: str):
     return model_object(state.base_url, model_name, description="FLUX.1 [dev] served by fluxserve.")
 
 
-@both("get", "/v1/models/{owner}/{name}/versions", summary="The model's versions (Replicate)")
+@both("get", "/v1/models/{owner}/{name}/versions", summary="The model's versions (Replicate)", responses=errors(401, 404, 429))
 @replicate_errors
 async def list_versions(request: Request, owner: str, name: str):
     state = app_state(request)
@@ -392,7 +441,12 @@ async def list_versions(request: Request, owner: str, name: str):
     return {"next": None, "previous": None, "results": [version_object(model_name)]}
 
 
-@both("get", "/v1/models/{owner}/{name}/versions/{version}", summary="One version of the model (Replicate)")
+@both(
+    "get",
+    "/v1/models/{owner}/{name}/versions/{version}",
+    summary="One version of the model (Replicate)",
+    responses=errors(401, 404, 429),
+)
 @replicate_errors
 async def get_version(request: Request, owner: str, name: str, version: str):
     state = app_state(request)
@@ -405,7 +459,7 @@ async def get_version(request: Request, owner: str, name: str, version: str):
     return body
 
 
-@both("get", "/v1/webhooks/default/secret", summary="The webhook signing secret (Replicate)")
+@both("get", "/v1/webhooks/default/secret", summary="The webhook signing secret (Replicate)", responses=errors(401, 429))
 @replicate_errors
 async def webhook_secret(request: Request):
     state = app_state(request)
