@@ -138,7 +138,7 @@ class FluxGenerator:
                 raise Cancelled()
             return callback_kwargs
 
-        prompt_embeds, pooled, _ = self._encode_prompt(inputs.prompt, warnings)
+        prompt_embeds, pooled, _ = torch.inference_mode()(self._encode_prompt)(inputs.prompt, warnings)  # no autograd graph
         common = dict(
             prompt_embeds=prompt_embeds,
             pooled_prompt_embeds=pooled,

@@ -30,6 +30,7 @@ __all__ = [
     "InputImageError",
     "decode_image",
     "format_bytes",
+    "data_url_size_problem",
     "parse_data_url",
 ]
 
@@ -191,6 +192,24 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def data_url_size_problem(url: str, max_bytes: int) -> str | None:
+    """Why a ``data:`` URL is surely over ``max_bytes`` decoded, judged on its length alone (cheap:
+    nothing is decoded or copied, so the API can refuse it at create), or None.
+
+    The exact decoded size of a clean payload is 3/4 of its length; ~5% is allowed for line breaks
+    so wrapped base64 is not refused here (``parse_data_url`` checks the exact size after)."""
+    if not isinstance(url, str) or url[:5].lower() != "data:":
+        return None
+    comma = url.find(",", 0, 1024)  # the header is short; don't scan a huge payload for it
+    if comma < 0:
+        return None
+    encoded_len = len(url) - comma - 1
+    max_encoded = 4 * ((max_bytes + 2) // 3)
+    if encoded_len > max_encoded + max_encoded // 20 + 16:
+        return f"data URL image is larger than {format_bytes(max_bytes)}"
+    return None
+
+
 def parse_data_url(url: str, max_bytes: int) -> bytes:
     """``data:[<mime>];base64,<payload>`` -> the decoded bytes.
 
@@ -210,12 +229,9 @@ def parse_data_url(url: str, max_bytes: int) -> bytes:
     if "base64" not in params[1:]:
         raise InputImageError("data URL must be base64-encoded (data:image/png;base64,...)")
 
-    encoded_len = len(url) - comma - 1
-    # Exact decoded size of a clean payload is 3/4 of its length; allow ~5% for line breaks so wrapped
-    # base64 is not refused, and refuse anything longer before touching it.
-    max_encoded = 4 * ((max_bytes + 2) // 3)
-    if encoded_len > max_encoded + max_encoded // 20 + 16:
-        raise InputImageError(f"data URL image is larger than {format_bytes(max_bytes)}")
+    too_large = data_url_size_problem(url, max_bytes)
+    if too_large:
+        raise InputImageError(too_large)
 
     payload = url[comma + 1 :]
     if any(c in payload for c in " \t\r\n"):

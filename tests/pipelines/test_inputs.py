@@ -134,7 +134,9 @@ def test_unknown_fields_are_ignored():
     assert inputs == parse_inputs({"prompt": "a cat"})
 
 
-@pytest.mark.parametrize("url", ["https://example.com/a.png", "http://example.com/a.png", "data:image/png;base64,AAAA"])
+@pytest.mark.parametrize(
+    "url", ["https://example.com/a.png", "http://example.com/a.png", "data:image/png;base64,AAAA"]
+)
 def test_image_accepts_http_and_data_urls(url):
     assert parse_inputs({"prompt": "a", "image": url}).image == url
 
