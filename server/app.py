@@ -16,9 +16,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from server import openapi
 from server.auth import KeyRing
 from server.body_limit import BodySizeLimitMiddleware
 from server.config import Settings
+from server.datalock import DataDirLock
 from server.errors import install_error_handlers
 from server.events import PredictionEvents
 from server.keystore import KeyStore
@@ -130,6 +132,9 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
     async def lifespan(app: FastAPI):
         if state.keyring.open:
             log.warning("no API key configured: the server is open to anyone who can reach %s", settings.base_url)
+        lock = DataDirLock(settings.data_path)
+        if start_workers:
+            lock.acquire()  # before restart recovery: never settle another live server's jobs
         await state.webhooks.start()
         if start_workers:
             await state.supervisor.start()
@@ -145,6 +150,7 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
                 await state.supervisor.stop()
             await state.webhooks.stop()
             state.store.close()
+            lock.release()
 
     app = FastAPI(
         title="fluxserve",
@@ -162,6 +168,7 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
     app.router.redirect_slashes = False  # both slash forms are routed explicitly; a 307 breaks clients
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     install_error_handlers(app)
+    openapi.install(app)  # document what the handlers answer (400s, hand-parsed bodies)
 
     from server.routes import eachlabs, health, outputs
 

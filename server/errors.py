@@ -5,7 +5,6 @@ Every failure a client can cause ends here with a 4xx; only a real server fault 
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -64,41 +63,3 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "Internal server error")
 
-    _document_validation_errors(app)
-
-
-def _document_validation_errors(app: FastAPI) -> None:
-    """FastAPI documents a 422 ``HTTPValidationError`` on every route with parameters, but the
-    handler above answers a bad parameter with a 400 in the contract's shape: the OpenAPI
-    document says so instead (a 422 a route declares itself, like Replicate's, is kept)."""
-    build = app.openapi
-    default_422 = "#/components/schemas/HTTPValidationError"
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for path_item in schema.get("paths", {}).values():
-                for operation in path_item.values():
-                    responses = operation.get("responses", {})
-                    ref = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
-                    if ref.get("$ref") != default_422:
-                        continue
-                    del responses["422"]
-                    responses.setdefault(
-                        "400",
-                        {
-                            "description": "Invalid request: `details` names each bad parameter.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-                        },
-                    )
-            if "ErrorResponse" not in components:
-                from server.protocol import ErrorResponse
-
-                components["ErrorResponse"] = ErrorResponse.model_json_schema()
-            for unused in ("HTTPValidationError", "ValidationError"):
-                if unused in components and f'"#/components/schemas/{unused}"' not in json.dumps(schema["paths"]):
-                    del components[unused]
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -22,6 +22,21 @@ class OutputStorageError(RuntimeError):
     """Writing outputs failed (disk full, read-only folder...); nothing partial is kept."""
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries durable (after a power cut the folder lists what it listed now).
+    Best effort: some filesystems refuse to fsync a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def output_name(index: int, extension: str) -> str:
     return f"out-{index}.{extension}"
 
@@ -61,8 +76,10 @@ class LocalOutputStorage:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
+            _fsync_dir(staging)  # the files' names, before the folder is published
             os.replace(staging, final)
             staging = None
+            _fsync_dir(self.root)  # the rename itself: the store records success right after
         except OSError as exc:
             raise OutputStorageError(f"could not store the images: {exc.strerror or exc}") from None
         finally:

@@ -118,6 +118,7 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self.accepting = True
         self._stopped = False
+        self._drain_deadline: float | None = None  # one grace period, however many callers wait on it
         self.model_defaults = settings.model.defaults
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -442,8 +443,9 @@ class Supervisor:
     async def drain(self, grace_s: float) -> None:
         """Stop taking jobs and give running ones up to ``grace_s`` seconds to finish."""
         self.accepting = False
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(s.job is not None for s in self.slots):
+        if self._drain_deadline is None:  # `serve` drains on SIGTERM, then the app's shutdown drains again
+            self._drain_deadline = time.monotonic() + grace_s
+        while time.monotonic() < self._drain_deadline and any(s.job is not None for s in self.slots):
             await asyncio.sleep(0.1)
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from pipelines.images import data_url_size_problem
 from pipelines.inputs import FluxInputs, InvalidInputs, parse_inputs
 from server.auth import Identity
 from server.deps import app_state, authenticate, caller, check_rate, too_many
@@ -41,6 +42,24 @@ router = APIRouter(tags=["predictions"])
 MAX_WAIT_S = 60.0
 WAIT_FALLBACK_POLL_S = 0.5  # re-read the store this often while waiting (changes made elsewhere)
 IN_FLIGHT_RETRY_AFTER_S = 5
+# `input` is stored and echoed in every answer; pydantic's JSON encoder gives up past 255 levels, so
+# a deeper one would make each later read of the prediction (and the key's list) a 500.
+MAX_INPUT_DEPTH = 32
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists/objects in ``value`` nest more than ``limit`` levels (``value`` itself is level 1)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
 
 ERRORS = {
     400: {"model": ErrorResponse, "description": "Bad request: `details` names each bad field and why."},
@@ -69,13 +88,35 @@ def both(path: str):
 # -- create ---------------------------------------------------------------------------------
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def decode_json_body(raw: bytes) -> Any:
+    """``json.loads`` for request bodies; every way a body can be bad is a ValueError.
+
+    Besides syntax and encoding errors: nesting deep enough to exhaust the parser's recursion,
+    and unpaired UTF-16 surrogates (``"\\ud800"``), which JSON's escapes allow but no UTF-8 text
+    can hold (SQLite and the JSON answers would fail on them later, as a 500).
+    """
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):  # rare: only then pay for the full check
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("unpaired UTF-16 surrogate escape (\\ud800-\\udfff): text must be valid Unicode") from None
+    return value
+
+
 async def _read_json(request: Request) -> Any:
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "Request body is required", {"body": "expected a JSON object"})
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
+        return decode_json_body(raw)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise ApiError(400, "Invalid JSON body", {"body": str(exc)[:200]}) from None
 
 
@@ -115,10 +156,16 @@ async def create_prediction(
         )
     if "input" not in body or body["input"] is None:
         raise ApiError(400, "Invalid input for model", {"input": "required"})
+    if _nested_deeper_than(body["input"], MAX_INPUT_DEPTH):
+        raise ApiError(400, "Invalid input for model", {"input": f"nested deeper than {MAX_INPUT_DEPTH} levels"})
     try:
-        parse_inputs(body["input"], state.settings.model.defaults)
+        inputs = parse_inputs(body["input"], state.settings.model.defaults)
     except InvalidInputs as exc:
         raise ApiError(400, "Invalid input for model", exc.details) from None
+    # A data: URL's size is known now: refuse it here rather than store it and fail in the worker.
+    too_large = data_url_size_problem(inputs.image, state.settings.input_images.max_bytes) if inputs.image else None
+    if too_large:
+        raise ApiError(400, "Invalid input for model", {"image": too_large})
     webhook_url, webhook_secret = _validate_webhook(body)
 
     check_rate(request, identity, "create")

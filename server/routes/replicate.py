@@ -56,7 +56,13 @@ from server.replicate_render import (
     version_id,
     version_object,
 )
-from server.routes.eachlabs import cancel_prediction, create_prediction, owned_prediction, wait_for_end
+from server.routes.eachlabs import (
+    cancel_prediction,
+    create_prediction,
+    decode_json_body,
+    owned_prediction,
+    wait_for_end,
+)
 from server.store import ListFilter
 
 router = APIRouter(tags=["replicate"])
@@ -188,8 +194,8 @@ def prefer_wait(request: Request) -> float:
 async def read_body(request: Request) -> dict[str, Any] | JSONResponse:
     raw = await request.body()
     try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
+        body = decode_json_body(raw) if raw.strip() else None
+    except ValueError as exc:
         return error_response(400, f"Invalid JSON body: {str(exc)[:200]}", title="Bad request")
     if not isinstance(body, dict):
         return error_response(400, "The request body must be a JSON object", title="Bad request")

@@ -1,0 +1,80 @@
+"""Corrections to the OpenAPI document FastAPI generates, so it describes what the server answers.
+
+- **Bodies parsed by hand.** The create routes read their JSON themselves (so every error has the
+  contract's shape) and point their ``requestBody`` at ``#/components/schemas/CreateRequest``
+  through ``openapi_extra``; FastAPI never sees that model, so it is added here (with the models
+  it refers to), else the reference dangles.
+- **Validation errors are 400, not 422.** FastAPI documents a 422 ``HTTPValidationError`` on
+  every route with parameters, but ``server.errors`` answers a bad parameter with a 400 in the
+  contract's shape. Those 422s are replaced by that 400; a 422 a route declares itself (the
+  Replicate routes' invalid input) is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+REF = "#/components/schemas/"
+_DEFAULT_422 = REF + "HTTPValidationError"
+
+
+def _models() -> dict[str, type[BaseModel]]:
+    """Models routes refer to by name without FastAPI knowing them."""
+    from server.protocol import CreateRequest, ErrorResponse
+
+    return {"CreateRequest": CreateRequest, "ErrorResponse": ErrorResponse}
+
+
+def _add_model(components: dict[str, Any], model: type[BaseModel]) -> None:
+    schema = model.model_json_schema(ref_template=REF + "{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        components.setdefault(name, sub)
+    components.setdefault(model.__name__, schema)
+
+
+def _validation_errors_are_400(schema: dict[str, Any]) -> None:
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses", {})
+            body = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if body.get("$ref") != _DEFAULT_422:
+                continue
+            del responses["422"]
+            responses.setdefault(
+                "400",
+                {
+                    "description": "Invalid request: `details` names each bad parameter.",
+                    "content": {"application/json": {"schema": {"$ref": REF + "ErrorResponse"}}},
+                },
+            )
+
+
+def complete(schema: dict[str, Any]) -> dict[str, Any]:
+    """Apply the corrections to a generated document (in place) and return it."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    _validation_errors_are_400(schema)
+    text = json.dumps(schema)
+    for name, model in _models().items():
+        if f'"{REF}{name}"' in text and name not in components:
+            _add_model(components, model)
+    paths = json.dumps(schema.get("paths", {}))
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if unused in components and f'"{REF}{unused}"' not in paths:
+            del components[unused]
+    return schema
+
+
+def install(app: FastAPI) -> None:
+    """Make ``app.openapi()`` (and /openapi.json) return the corrected document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,472 @@
+"""A real `fluxserve serve` in a subprocess, for tests that need to kill, hang or restart it.
+
+``LiveServer`` writes a YAML config (the same test settings ``conftest.server_settings`` builds:
+the tiny model on CPU, the two static keys, no rate limits unless asked) into its own data folder,
+runs ``fluxserve serve --config ... --port N`` in its **own process group** (so the API process
+and its spawned workers can be signalled together), and talks to it over real HTTP with httpx.
+
+    with LiveServer(tmp_path, tiny_model_dir, workers={"job_timeout_s": 3},
+                    env={"FLUXSERVE_FAULT_INJECTION": "1"}) as srv:
+        pid = srv.create(KEY, {"prompt": "a cat [[fault:hang]]"})
+        srv.wait_for_end(KEY, pid)["error"]  # 'timed out after 3 s'
+
+``kill()`` is SIGKILL to the whole group (power-cut of the server: API process and workers),
+``stop()`` is SIGTERM to the API process (graceful shutdown), ``start()`` runs it again on the
+same data folder and config (a restart). Everything the server prints goes to ``server.log``
+in the data folder; ``log_text()`` reads it.
+
+No torch here: the tests that use this module drive the server only through HTTP, ``/proc`` and
+the SQLite file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.server.conftest import FAST, STATIC_KEYS, TERMINAL, server_settings
+
+FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))
+KEY_A, KEY_B = STATIC_KEYS
+
+# The model settings of the live tests: the tiny pipeline with a short T5 sequence, so a job is a
+# fraction of a second on a loaded 2-core box (max_sequence_length 512 makes the first job ~4 s).
+FAST_MODEL = {"max_sequence_length": 64}
+
+
+def png_data_url(width: int = 64, height: int = 64, color: tuple[int, int, int] = (200, 40, 40)) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# The quickest normal job: img2img from a 64x64 PNG (the output is 64x64), 2 steps.
+SMALL_IMAGE = png_data_url()
+QUICK = {"image": SMALL_IMAGE, "num_inference_steps": "2"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc (Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(p) for p in text.split()]
+    except OSError:
+        pass
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may contain spaces and parentheses
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class LiveServer:
+    """One `fluxserve serve` subprocess on a free loopback port with its own data folder."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        weights: Path | str,
+        *,
+        env: dict[str, str] | None = None,
+        api_keys: Iterable[str] | None = None,
+        port: int | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.weights = str(weights)
+        self.env_overrides = dict(env or {})
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_dir / "server.log"
+        self.config_path = self.data_dir / "config.yaml"
+        self._log_file = None
+        self.write_config(api_keys=api_keys, **overrides)
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    # -- config ---------------------------------------------------------------------------------
+    def write_config(self, *, api_keys: Iterable[str] | None = None, **overrides: Any) -> None:
+        """(Re)write the YAML config; takes effect on the next ``start()``."""
+        overrides.setdefault("model", {})
+        overrides["model"] = {"weights": self.weights, **overrides["model"]}
+        settings = server_settings(self.data_dir, self.weights, **overrides)
+        data = settings.model_dump(mode="json", exclude_none=True)
+        data["api_keys"] = list(STATIC_KEYS if api_keys is None else api_keys)
+        data.pop("port", None)
+        self.settings = settings
+        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "fluxserve.db"
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(
+        self, wait: str | tuple[str, ...] | None = "READY", timeout: float = 120
+    ) -> dict[str, Any] | None:
+        """Run the server; wait until /health-check says ``wait`` (None: until it answers at all)."""
+        self.launch()
+        return self.wait_started(wait, timeout)
+
+    def launch(self) -> None:
+        """Start the process and return at once (``wait_started`` waits): lets a test start
+        several servers side by side."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+        env.update(
+            HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1"
+        )
+        env.update(self.env_overrides)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - kept open while the server runs
+        self._log_file.write(f"\n===== start on port {self.port} at {time.time():.3f} =====\n".encode())
+        self._log_file.flush()
+        self.proc = subprocess.Popen(
+            [FLUXSERVE, "serve", "--config", str(self.config_path), "--port", str(self.port)],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=str(self.data_dir),
+            start_new_session=True,  # its own process group: kill() reaches the workers too
+        )
+
+    def wait_started(
+        self, wait: str | tuple[str, ...] | None = "READY", timeout: float = 120
+    ) -> dict[str, Any] | None:
+        assert self.proc is not None
+        wanted = (wait,) if isinstance(wait, str) else wait
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fluxserve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                body = self.health()
+                if wanted is None or body["status"] in wanted:
+                    return body
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not {wanted} after {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group (API process and workers), as a power cut would."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._wait_group_gone()
+        self._close_log()
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM to the API process (a graceful shutdown); returns its exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._close_log()
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"server did not stop within {timeout} s after SIGTERM:\n{self.log_tail()}"
+            ) from None
+        self._wait_group_gone(kill_after=10)
+        self._close_log()
+        return code
+
+    def restart(self, **start_kwargs: Any) -> dict[str, Any] | None:
+        self.stop()
+        return self.start(**start_kwargs)
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting (then ``close()``): lets a test stop several servers side by side."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Stop whatever is left (tests' finalizer): SIGTERM, then SIGKILL to the group."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(10)
+        finally:
+            self._close_log()
+            self.http.close()
+
+    def __enter__(self) -> LiveServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _wait_group_gone(self, kill_after: float | None = None) -> None:
+        """Wait until no process of the group is left (workers are reparented when the API dies)."""
+        assert self.proc is not None
+        pgid = self.proc.pid
+        deadline = time.monotonic() + (kill_after or 10)
+        while True:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:  # pragma: no cover
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                if kill_after is None:
+                    return
+                kill_after = None
+                deadline = time.monotonic() + 10
+            time.sleep(0.05)
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    # -- processes ------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        """The live worker processes: the API process's spawned children (not the resource tracker)."""
+        return [p for p in _children(self.pid) if "multiprocessing.spawn" in _cmdline(p) and pid_alive(p)]
+
+    def worker_pid(self, timeout: float = 30) -> int:
+        """The one worker's PID (waits for it to exist)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.worker_pids()
+            if len(pids) == 1:
+                return pids[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected one worker process, found {pids}")
+            time.sleep(0.05)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_text()[-chars:]
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    @staticmethod
+    def headers(key: str | None) -> dict[str, str]:
+        return {"X-API-Key": key} if key else {}
+
+    def health(self) -> dict[str, Any]:
+        r = self.http.get("/health-check", timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+    def wait_health(self, status: str | tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
+        wanted = (status,) if isinstance(status, str) else status
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.health()
+            if body["status"] in wanted:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"health did not become {wanted} in {timeout} s: {body}\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def post_create(
+        self, key: str | None, input: dict[str, Any] | None = None, **body: Any
+    ) -> httpx.Response:
+        payload = {
+            "model": "flux-dev",
+            "input": {"prompt": "a lighthouse at dawn", **FAST, **(input or {})},
+            **body,
+        }
+        return self.http.post("/v1/prediction", json=payload, headers=self.headers(key))
+
+    def create(self, key: str | None, input: dict[str, Any] | None = None, **body: Any) -> str:
+        r = self.post_create(key, input, **body)
+        assert r.status_code == 200, r.text
+        return r.json()["predictionID"]
+
+    def get(self, key: str | None, prediction_id: str, wait: float = 0) -> dict[str, Any]:
+        params = {"wait": wait} if wait else None
+        r = self.http.get(
+            f"/v1/prediction/{prediction_id}", params=params, headers=self.headers(key), timeout=wait + 30
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_until(
+        self, key: str | None, prediction_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(key, prediction_id)
+            if done(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"prediction {prediction_id} did not get there in {timeout} s: {body}")
+            time.sleep(0.05)
+
+    def wait_for_end(self, key: str | None, prediction_id: str, timeout: float = 90) -> dict[str, Any]:
+        """Long-poll (?wait=) until the prediction is terminal."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(key, prediction_id, wait=min(10.0, max(0.1, deadline - time.monotonic())))
+            if body["status"] in TERMINAL:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"prediction {prediction_id} did not end in {timeout} s: {body}\n{self.log_tail()}"
+                )
+
+    def run(
+        self, key: str | None, input: dict[str, Any] | None = None, timeout: float = 90
+    ) -> dict[str, Any]:
+        """Create and wait for the end; asserts it succeeded."""
+        body = self.wait_for_end(key, self.create(key, input), timeout)
+        assert body["status"] == "success", body
+        return body
+
+    def output_path(self, url: str) -> str:
+        assert url.startswith(self.settings.base_url.rsplit(":", 1)[0]), url
+        return "/" + url.split("/", 3)[3]
+
+    # -- the store, read directly -----------------------------------------------------------------
+    def db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=10)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def integrity_check(self) -> str:
+        with contextlib.closing(self.db()) as conn:
+            return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+class HealthWatch:
+    """Polls /health-check from a thread while a fault happens: every answer must be a 200.
+
+    with HealthWatch(srv) as watch:
+        ...  # kill a worker
+    assert watch.failures == []
+    """
+
+    def __init__(self, server: LiveServer, interval: float = 0.05) -> None:
+        import threading
+
+        self.server = server
+        self.interval = interval
+        self.statuses: list[str] = []
+        self.failures: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="health-watch")
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.server.url, timeout=5) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.get("/health-check")
+                    if r.status_code != 200:
+                        self.failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                    else:
+                        self.answered += 1
+                        status = r.json()["status"]
+                        if not self.statuses or self.statuses[-1] != status:
+                            self.statuses.append(status)
+                except (httpx.HTTPError, ValueError) as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                self._stop.wait(self.interval)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def raw_request(port: int, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    """Send bytes as they are (no client-side normalisation of paths, encodings or bodies) and
+    return the status code and the body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            try:
+                data = s.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body
