@@ -9,7 +9,7 @@ and never again.
 - Rows are never deleted, so "this server has had keys" stays true after every key is revoked
   (see ``KeyRing.open``: revoking the last key must lock the server, not open it).
 - Every method is synchronous and thread-safe: each thread gets its own connection (WAL,
-  busy_timeout), like the prediction store. The async API calls them from a thread pool.
+  busy_timeout) from ``server/store/sqlite_db.py``, like the prediction store. The async API calls them from a thread pool.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from server.store.sqlite_db import SQLiteDatabase
 
 log = logging.getLogger(__name__)
 
@@ -96,42 +98,19 @@ class KeyInfo:
 
 class KeyStore:
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
-        self.path = os.fspath(path)
-        if self.path == ":memory:" or self.path.startswith("file:"):
-            raise ValueError("KeyStore needs a database file path (each thread opens its own connection)")
+        self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self.path = self._db.path
         self._clock = clock
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()  # guards _last_touch
         self._last_touch: dict[str, float] = {}
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+        self._db.connection().executescript(_SCHEMA)
 
     def __repr__(self) -> str:
         return f"KeyStore(path={self.path!r})"
 
-    # -- connections ----------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            # check_same_thread=False only so that close() may close every thread's connection;
-            # each connection is used by the thread that opened it.
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
     def close(self) -> None:
         """Close every connection this instance opened. Call it once no thread uses the store."""
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
+        self._db.close()
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -140,9 +119,8 @@ class KeyStore:
         validate_name(name)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_hash = hash_key(key)
-        conn = self._connect()
         try:
-            with conn:
+            with self._db.transaction() as conn:
                 conn.execute(
                     "INSERT INTO api_keys (key_hash, key_id, name, created_at) VALUES (?, ?, ?, ?)",
                     (key_hash, key_id_from_hash(key_hash), name, self._clock()),
@@ -154,14 +132,15 @@ class KeyStore:
     def list(self) -> list[KeyInfo]:
         """Every key ever created, revoked ones included, oldest first."""
         rows = (
-            self._connect().execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, rowid").fetchall()
+            self._db.connection()
+            .execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, rowid")
+            .fetchall()
         )
         return [KeyInfo(*row) for row in rows]
 
     def revoke(self, name: str) -> bool:
         """Revoke the active key named ``name``. False when there is none."""
-        conn = self._connect()
-        with conn:
+        with self._db.transaction() as conn:
             cur = conn.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 (self._clock(), name),
@@ -171,7 +150,7 @@ class KeyStore:
     def lookup(self, key_hash: str) -> KeyInfo | None:
         """The active key whose sha256 hex is ``key_hash``; None if unknown or revoked."""
         row = (
-            self._connect()
+            self._db.connection()
             .execute(
                 f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
                 (key_hash,),
@@ -182,7 +161,7 @@ class KeyStore:
 
     def has_keys(self) -> bool:
         """True once any key has been created, even if every key is revoked since."""
-        return self._connect().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+        return self._db.connection().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
 
     def touch(self, key_id: str) -> None:
         """Record that ``key_id`` was used now; writes at most once a minute per key.
@@ -195,9 +174,8 @@ class KeyStore:
             if last is not None and now - last < TOUCH_INTERVAL_S:
                 return
             self._last_touch[key_id] = now
-        conn = self._connect()
         try:
-            with conn:
+            with self._db.transaction() as conn:
                 conn.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (now, key_id))
         except sqlite3.OperationalError as exc:
             log.warning("could not record key use for key_id %s: %s", key_id, exc)

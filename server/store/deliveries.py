@@ -11,23 +11,22 @@ them after its next start.
 - Claiming a row pushes its ``next_attempt_at`` forward by a lease, so a second API process
   sharing the file does not post it at the same time; a process that dies mid-attempt leaves
   the row to be retried once the lease has passed (delivery is at least once).
-- Each thread gets its own connection (WAL, busy timeout), like ``server/keystore.py``.
+- Connections (one per thread, WAL, busy timeout) come from ``server/store/sqlite_db.py``.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import secrets
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from server.store.sqlite_db import SQLiteDatabase
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 BUSY_TIMEOUT_MS = 10_000
@@ -102,56 +101,15 @@ def _row(row: sqlite3.Row) -> Delivery:
 
 class DeliveryStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        if self.path == ":memory:" or self.path.startswith("file:"):
-            raise ValueError(
-                "DeliveryStore needs a database file path (each thread opens its own connection)"
-            )
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._connect().executescript(_SCHEMA)
+        self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self.path = self._db.path
+        self._db.connection().executescript(_SCHEMA)
 
     def __repr__(self) -> str:
         return f"DeliveryStore(path={self.path!r})"
 
-    # -- connections ----------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            # check_same_thread=False only so close() can close every thread's connection.
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-            self._local.pid = os.getpid()
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-        self._local = threading.local()
+        self._db.close()
 
     # -- deliveries -----------------------------------------------------------------------
 
@@ -170,7 +128,7 @@ class DeliveryStore:
         has a delivery for this event (nothing is changed)."""
         now = time.time() if now is None else now
         delivery_id = "msg_" + uuid.uuid4().hex
-        cur = self._connect().execute(
+        cur = self._db.connection().execute(
             "INSERT OR IGNORE INTO webhook_deliveries (id, prediction_id, event, flavour, url, payload, "
             "headers, next_attempt_at, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -183,7 +141,7 @@ class DeliveryStore:
 
     def get(self, delivery_id: str) -> Delivery | None:
         row = (
-            self._connect()
+            self._db.connection()
             .execute(f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE id = ?", (delivery_id,))
             .fetchone()
         )
@@ -191,7 +149,7 @@ class DeliveryStore:
 
     def for_prediction(self, prediction_id: str) -> list[Delivery]:
         rows = (
-            self._connect()
+            self._db.connection()
             .execute(
                 f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE prediction_id = ? ORDER BY created_at",
                 (prediction_id,),
@@ -204,7 +162,7 @@ class DeliveryStore:
         """Pending deliveries due now, oldest first; each is leased (its next_attempt_at moved
         ``lease_s`` ahead) so no other process takes it while this one posts it."""
         now = time.time() if now is None else now
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE state = ? AND next_attempt_at <= ? "
                 "ORDER BY next_attempt_at LIMIT ?",
@@ -229,7 +187,7 @@ class DeliveryStore:
         """Store the outcome of attempt number ``attempts``: delivered, failed for good, or
         pending again at ``next_attempt_at``."""
         now = time.time() if now is None else now
-        self._connect().execute(
+        self._db.connection().execute(
             "UPDATE webhook_deliveries SET attempts = ?, state = ?, last_error = ?, updated_at = ?, "
             "next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ?",
             (attempts, state, error, now, next_attempt_at, delivery_id),
@@ -238,7 +196,7 @@ class DeliveryStore:
     def release(self, delivery_id: str, *, now: float | None = None) -> None:
         """Give a leased delivery back (due now): its attempt did not run to the end."""
         now = time.time() if now is None else now
-        self._connect().execute(
+        self._db.connection().execute(
             "UPDATE webhook_deliveries SET next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = ?",
             (now, now, delivery_id, PENDING),
         )
@@ -246,7 +204,7 @@ class DeliveryStore:
     def next_due_at(self) -> float | None:
         """When the earliest pending delivery is due (None when nothing is pending)."""
         row = (
-            self._connect()
+            self._db.connection()
             .execute("SELECT min(next_attempt_at) FROM webhook_deliveries WHERE state = ?", (PENDING,))
             .fetchone()
         )
@@ -254,7 +212,7 @@ class DeliveryStore:
 
     def prune(self, finished_before: float) -> int:
         """Delete delivered and failed rows last touched before the given time."""
-        cur = self._connect().execute(
+        cur = self._db.connection().execute(
             "DELETE FROM webhook_deliveries WHERE state != ? AND updated_at < ?", (PENDING, finished_before)
         )
         return cur.rowcount
@@ -264,7 +222,7 @@ class DeliveryStore:
     def signing_secret(self, name: str = "default") -> str:
         """The server's webhook signing secret, ``whsec_<base64 of 32 random bytes>``, made on
         first use and the same ever after (every process sharing the file sees the same one)."""
-        conn = self._connect()
+        conn = self._db.connection()
         row = conn.execute("SELECT secret FROM webhook_signing_keys WHERE name = ?", (name,)).fetchone()
         if row is not None:
             return row[0]

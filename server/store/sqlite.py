@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +28,10 @@ from server.store.base import (
     Prediction,
     PredictionStore,
 )
+from server.store.sqlite_db import SQLiteDatabase
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 10.0
-SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+BUSY_TIMEOUT_MS = 10_000
 
 # MIGRATIONS[v] brings a database from version v-1 to v. Append, never edit a shipped entry.
 MIGRATIONS: dict[int, list[str]] = {
@@ -112,64 +109,22 @@ def _row_to_prediction(row: sqlite3.Row) -> Prediction:
 
 class SQLitePredictionStore(PredictionStore):
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
-        synchronous = synchronous.upper()
-        if synchronous not in SYNCHRONOUS_MODES:  # it goes into a PRAGMA: no free text
-            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
         self.path = Path(path)
-        if str(self.path) == ":memory:":
-            # Every thread would get its own, empty, database.
-            raise ValueError("SQLitePredictionStore needs a file path, not ':memory:'")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.synchronous = synchronous
-        self._local = threading.local()
-        conn = self.connection()
-        # WAL is a property of the file (it persists), so setting it once here is enough.
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"could not put {self.path} in WAL mode (got {mode!r})")
-        self._migrate(conn)
+        self._db = SQLiteDatabase(self.path, synchronous=synchronous, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self.synchronous: str = synchronous.upper()
+        self._migrate(self.connection())
 
     # -- connections and transactions ------------------------------------------------------------
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use). Other tables living in the same file
         (API keys...) may use it; wrap read-modify-writes in ``transaction()``."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        # A connection must never cross a fork: open a fresh one in a child process.
-        if conn is not None and self._local.pid == os.getpid():
-            return conn
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        self._local.conn = conn
-        self._local.pid = os.getpid()
-        return conn
+        return self._db.connection()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock before the first read, so
-        what we read cannot change before we write (waits up to the busy timeout for it)."""
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: several SELECTs see one consistent state."""
-        conn = self.connection()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            if conn.in_transaction:
-                conn.execute("COMMIT")
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE): see ``SQLiteDatabase.transaction``."""
+        return self._db.transaction()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
@@ -196,10 +151,7 @@ class SQLitePredictionStore(PredictionStore):
         return "\n".join(row[0] for row in rows)
 
     def close(self) -> None:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            conn.close()
-        self._local.conn = None
+        self._db.close()
 
     # -- the store interface ---------------------------------------------------------------------
 
@@ -249,7 +201,7 @@ class SQLitePredictionStore(PredictionStore):
             where.append("created_at <= ?")
             args.append(flt.created_to)
         clause = " AND ".join(where)
-        with self._snapshot() as conn:
+        with self._db.snapshot() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM predictions WHERE {clause} "
                 "ORDER BY created_at DESC, seq DESC LIMIT ? OFFSET ?",

@@ -1,0 +1,117 @@
+"""The SQLite plumbing the prediction store, the key store and the delivery store share.
+
+Each thread gets its own connection (a sqlite3 connection is not for two threads at once), and
+a process that forked opens fresh ones (a connection must never cross a fork). The file is in
+WAL mode so readers never block the writer. Autocommit is on (``isolation_level=None``): the
+only transactions are the explicit ones below. Schemas stay with the stores that own them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterator
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that remembers which process opened it (and, unlike the base class, can
+    be weakly referenced)."""
+
+    pid: int
+
+
+class SQLiteDatabase:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str | None = None,
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        """``synchronous=None`` keeps SQLite's compiled-in default."""
+        self.path = os.fspath(path)
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            # Every thread would get its own, empty, database (and a URI is not a file path).
+            raise ValueError(
+                f"SQLite needs a database file path, not {self.path!r} (each thread opens its own connection)"
+            )
+        if synchronous is not None:
+            synchronous = synchronous.upper()
+            if synchronous not in SYNCHRONOUS_MODES:  # it goes into a PRAGMA: no free text
+                raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
+        self.synchronous = synchronous
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # Weak, so the connection of a thread that has ended is freed (and closed) with it.
+        self._opened: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        # WAL is a property of the file (it persists), so setting it once here is enough.
+        mode = self.connection().execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"could not put {self.path} in WAL mode (got {mode!r})")
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (and again in a forked child)."""
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.pid == os.getpid():
+            return conn
+        # check_same_thread=False only so close() can close every thread's connection; each
+        # connection is used by the thread that opened it.
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_Connection,
+        )
+        conn.pid = os.getpid()
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        if self.synchronous is not None:
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        self._local.conn = conn
+        with self._lock:
+            self._opened.add(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock before the first read, so
+        what we read cannot change before we write (waits up to the busy timeout for it)."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several SELECTs see one consistent state."""
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection this process opened here. Call it once no thread uses them;
+        a thread that comes back later opens a new one."""
+        with self._lock:
+            opened, self._opened = list(self._opened), weakref.WeakSet()
+        pid = os.getpid()
+        for conn in opened:
+            if conn.pid == pid:  # one inherited across a fork is the parent's to close
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._local = threading.local()
