@@ -40,7 +40,7 @@ class LimitsSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    count: int | Literal["auto"] = Field("auto", description="Worker processes: auto = one per visible GPU, 1 on CPU.")
+    count: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="Worker processes: auto = one per visible GPU, 1 on CPU.")
     gpus: list[int] | None = Field(None, description="GPU indices to use (default: all visible).")
     job_timeout_s: float = Field(600, description="A prediction running longer ends in error and its worker is replaced.")
     max_attempts: int = Field(
