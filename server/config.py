@@ -40,7 +40,11 @@ class LimitsSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    count: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="Worker processes: auto = one per visible GPU, 1 on CPU.")
+    count: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Worker processes: auto = one per visible GPU, 1 on CPU; 0 = API only (nothing runs "
+        "predictions here: /health-check stays STARTING and says so).",
+    )
     gpus: list[int] | None = Field(None, description="GPU indices to use (default: all visible).")
     job_timeout_s: float = Field(600, description="A prediction running longer ends in error and its worker is replaced.")
     max_attempts: int = Field(

@@ -416,6 +416,8 @@ class Supervisor:
             return READY, details
         if any(s == W_BUSY for s in states):
             return BUSY, details
+        if not states:
+            details["reason"] = "no worker processes in this server (workers.count: 0)"
         return STARTING, details
 
     @staticmethod
