@@ -134,6 +134,18 @@ class KeyRing:
                 self._open_checked_at = now
             return self._open
 
+    def static_identity(self, key: str | None) -> Identity | None:
+        """The identity of a static (config/env) key, without touching the store: cheap enough
+        to call on the event loop. None means "not a static key", not "refused"."""
+        if not self._static or not key or len(key) > MAX_KEY_LEN:
+            return None
+        presented = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+        match: Identity | None = None
+        for digest, identity in self._static:  # every digest compared, no early exit
+            if hmac.compare_digest(presented, digest) and match is None:
+                match = identity
+        return match
+
     def authenticate(self, key: str | None) -> Identity | None:
         """The caller's identity, or None for a missing, wrong or revoked key.
 
@@ -145,16 +157,12 @@ class KeyRing:
             return ANONYMOUS
         if not key or len(key) > MAX_KEY_LEN:
             return None
-        key_bytes = key.encode("utf-8", "surrogatepass")
-        presented = hashlib.sha256(key_bytes).digest()
-        match: Identity | None = None
-        for digest, identity in self._static:  # every digest compared, no early exit
-            if hmac.compare_digest(presented, digest) and match is None:
-                match = identity
+        match = self.static_identity(key)
         if match is not None:
             return match
         if self._keystore is None:
             return None
+        presented = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         # An index lookup on the hash: its timing says nothing about the key.
         info = self._keystore.lookup(presented.hex())
         if info is None:

@@ -250,3 +250,14 @@ def test_authentication_logs_no_key(store, caplog):
             ring.authenticate(key)
     for key in (STATIC, stored, "fsk_wrong-guess"):
         assert key not in caplog.text
+
+
+def test_static_identity_matches_only_static_keys_without_the_store(tmp_path):
+    store = KeyStore(tmp_path / "keys.db")
+    stored = store.create("alice")
+    ring = KeyRing(["static-key"], store)
+    assert ring.static_identity("static-key") == Identity(key_id_for("static-key"), "config-1")
+    assert ring.static_identity(stored) is None  # a stored key is for authenticate(), not refused here
+    assert ring.authenticate(stored) == Identity(key_id_for(stored), "alice")
+    assert ring.static_identity("wrong") is None
+    assert KeyRing([], store).static_identity("static-key") is None
