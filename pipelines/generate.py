@@ -223,9 +223,9 @@ class FluxGenerator:
 
     # -- helpers --------------------------------------------------------------------------
     def _generator_device(self) -> str:
-        # With CPU offload the latents are made on the execution device; generators must match.
-        device = self.model.device
-        return "cpu" if device == "cpu" else device
+        # With CPU offload the latents are still made on the execution device (the configured
+        # one, not where the idle weights sit); the generators must be on it too.
+        return self.model.device
 
     @staticmethod
     def _free_memory() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download FLUX.1-dev into the Hugging Face cache (or a folder) on a machine with internet.
 # FLUX.1-dev is gated: accept the licence at https://huggingface.co/black-forest-labs/FLUX.1-dev
-# with your account, then `huggingface-cli login` (or set HF_TOKEN).
+# with your account, then `.venv/bin/hf auth login` (or set HF_TOKEN).
 # Usage: scripts/download_weights.sh [TARGET_DIR]
 #   no TARGET_DIR: into the HF cache (~/.cache/huggingface); `weights: auto` then finds it.
 #   TARGET_DIR:    a plain diffusers folder; point model.weights at it.
@@ -13,4 +13,4 @@ args=(black-forest-labs/FLUX.1-dev --exclude "flux1-dev.safetensors" --exclude "
 if [ -n "$target" ]; then
   args+=(--local-dir "$target")
 fi
-.venv/bin/hf download "${args[@]}" 2>/dev/null || .venv/bin/huggingface-cli download "${args[@]}"
+if [ -x .venv/bin/hf ]; then .venv/bin/hf download "${args[@]}"; else .venv/bin/huggingface-cli download "${args[@]}"; fi

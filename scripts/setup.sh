@@ -21,8 +21,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   elif command -v nvidia-smi >/dev/null 2>&1; then
     pip install "torch>=2.5"
   else
-    # CPU-only machine: a CPU build (an unpinned torch would pull a multi-GB CUDA build).
-    pip install "torch==2.13.0" || pip install "torch>=2.5" --index-url https://download.pytorch.org/whl/cpu
+    # CPU-only machine: PyTorch's CPU index (PyPI's default Linux wheel is a multi-GB CUDA build);
+    # the plain install is the fallback for machines that serve wheels from a local mirror only.
+    pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu --timeout 10 --retries 0 \
+      || pip install "torch==2.13.0"
   fi
 fi
 

@@ -238,16 +238,25 @@ class Supervisor:
 
     async def _finish_job(self, slot: WorkerSlot, msg) -> None:
         pid = msg.prediction_id
-        if isinstance(msg, JobSucceeded):
-            await self._store_success(pid, msg)
-        elif isinstance(msg, JobFailed):
-            await asyncio.to_thread(self.store.finish, pid, ERROR, error=msg.error)
-        else:
-            await asyncio.to_thread(self.store.finish, pid, CANCELLED)
+        try:
+            if isinstance(msg, JobSucceeded):
+                await self._store_success(pid, msg)
+            elif isinstance(msg, JobFailed):
+                await asyncio.to_thread(self.store.finish, pid, ERROR, error=msg.error)
+            else:
+                await asyncio.to_thread(self.store.finish, pid, CANCELLED)
+        except Exception:  # noqa: BLE001 - the prediction must still end and the slot be freed
+            log.exception("prediction %s: recording the result failed", pid)
+            try:
+                await asyncio.to_thread(self.store.finish, pid, ERROR, error="Failed to record the result")
+            except Exception:  # noqa: BLE001 - the store is down: recovery at restart settles it
+                log.exception("prediction %s: could not end it in error", pid)
         if slot.job is not None and slot.job.id == pid:
             slot.job = None
             if slot.state == W_BUSY:
-                slot.state = W_READY
+                # A worker that reported a fatal device error is exiting: give it no new job.
+                exiting = isinstance(msg, JobFailed) and msg.worker_exiting
+                slot.state = W_STOPPED if exiting else W_READY
         await self._finished(pid)
         self.wake()
 
@@ -283,11 +292,13 @@ class Supervisor:
 
     async def _on_exit(self, slot: WorkerSlot) -> None:
         """The worker process ended: settle its job and start a new one unless we are stopping."""
+        was_loading = slot.state == W_STARTING
+        if slot.state != W_FAILED:
+            slot.state = W_STOPPED  # nothing is dispatched to this slot until it is replaced
         proc = slot.process
         await asyncio.to_thread(proc.join, 5)
         code = proc.exitcode
         job, slot.job = slot.job, None
-        was_loading = slot.state == W_STARTING
         if job is not None:
             await self._settle_lost_job(slot, job, code)
         if slot.stopping or self._stopped:
@@ -304,6 +315,8 @@ class Supervisor:
                 return
         log.warning("worker %d exited (code %s); starting a new one", slot.index, code)
         await asyncio.sleep(min(5.0, 0.5 * slot.load_crashes))
+        if slot.stopping or self._stopped:  # stop() began while we waited
+            return
         self._spawn(slot)
 
     async def _settle_lost_job(self, slot: WorkerSlot, job: Prediction, code: int | None) -> None:
@@ -353,9 +366,15 @@ class Supervisor:
         for slot in self.slots:
             if slot.state != W_READY or slot.job is not None:
                 continue
+            generation = slot.generation
             pred = await asyncio.to_thread(self.store.claim_next, slot.worker_id)
             if pred is None:
                 return
+            if slot.generation != generation or slot.state != W_READY or slot.job is not None:
+                # The worker exited (or was replaced) while the claim ran: put the job back.
+                await asyncio.to_thread(self.store.requeue, pred.id, "Requeued: its worker stopped before it started.")
+                self.wake()
+                continue
             try:
                 inputs = parse_inputs(pred.input, self.model_defaults)
             except InvalidInputs as exc:  # stored before a config change made it invalid
@@ -384,24 +403,33 @@ class Supervisor:
         while not self._stopped:
             await asyncio.sleep(0.2)
             now = time.monotonic()
-            cfg = self.settings.workers
-            for slot in self.slots:
-                if slot.state == W_BUSY and slot.job and now - slot.job_started > cfg.job_timeout_s and not slot.timed_out:
-                    log.error("prediction %s timed out after %g s; killing worker %d", slot.job.id, cfg.job_timeout_s, slot.index)
-                    slot.timed_out = True
-                    slot.process.kill()
-                elif slot.state == W_STARTING and now - slot.started_at > cfg.load_timeout_s and not slot.timed_out:
-                    slot.timed_out = True
-                    slot.state = W_FAILED
-                    slot.setup_error = f"loading the model took longer than {cfg.load_timeout_s:g} s"
-                    slot.process.kill()
+            self._check_timeouts(now)
             if now - last_cancel_poll >= CANCEL_POLL_S:
                 last_cancel_poll = now
-                for slot in self.slots:
-                    if slot.job is not None:
-                        row = await asyncio.to_thread(self.store.get, slot.job.id)
-                        if row is not None and row.cancel_requested and slot.job is not None:
-                            await self.cancel(row.id)
+                try:
+                    await self._forward_cancels()
+                except Exception:  # noqa: BLE001 - a store hiccup must not end cancel polling for good
+                    log.exception("polling cancel flags failed")
+
+    def _check_timeouts(self, now: float) -> None:
+        cfg = self.settings.workers
+        for slot in self.slots:
+            if slot.state == W_BUSY and slot.job and now - slot.job_started > cfg.job_timeout_s and not slot.timed_out:
+                log.error("prediction %s timed out after %g s; killing worker %d", slot.job.id, cfg.job_timeout_s, slot.index)
+                slot.timed_out = True
+                slot.process.kill()
+            elif slot.state == W_STARTING and now - slot.started_at > cfg.load_timeout_s and not slot.timed_out:
+                slot.timed_out = True
+                slot.state = W_FAILED
+                slot.setup_error = f"loading the model took longer than {cfg.load_timeout_s:g} s"
+                slot.process.kill()
+
+    async def _forward_cancels(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None:
+                row = await asyncio.to_thread(self.store.get, slot.job.id)
+                if row is not None and row.cancel_requested and slot.job is not None:
+                    await self.cancel(row.id)
 
     # -- health ---------------------------------------------------------------------------
     def health(self) -> tuple[str, dict[str, Any]]:

@@ -77,6 +77,7 @@ class JobFailed:
     prediction_id: str
     error: str
     logs: str = ""
+    worker_exiting: bool = False  # the worker exits right after (a fatal device error): send it no job
 
 
 @dataclass

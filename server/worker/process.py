@@ -120,7 +120,12 @@ def worker_main(conn, config: WorkerConfig) -> None:
             return
         control.start(job.prediction_id)
         try:
-            conn.send(_run_job(job, generator, config, conn, control))
+            try:
+                outcome = _run_job(job, generator, config, conn, control)
+            except Exception as exc:  # noqa: BLE001 - a failure outside generation must end the job, not the worker
+                log.exception("prediction %s failed", job.prediction_id)
+                outcome = JobFailed(job.prediction_id, f"Prediction failed: {type(exc).__name__}: {exc}")
+            conn.send(outcome)
         finally:
             control.done()
 
@@ -198,7 +203,7 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
     except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
         log.exception("prediction %s failed", pid)
         if _is_fatal_device_error(exc):
-            conn.send(JobFailed(pid, f"GPU error, worker restarting: {exc}", "".join(logs)))
+            conn.send(JobFailed(pid, f"GPU error, worker restarting: {exc}", "".join(logs), worker_exiting=True))
             os._exit(70)
         return JobFailed(pid, f"Prediction failed: {type(exc).__name__}: {exc}", "".join(logs))
 
@@ -220,7 +225,7 @@ def _is_fatal_device_error(exc: BaseException) -> bool:
 
 
 def _inject_fault(prompt: str, step: int) -> None:
-    """Test-only faults, enabled by workers.fault_injection: they really happen in the real worker."""
+    """Test-only faults, enabled by FLUXSERVE_FAULT_INJECTION=1: they really happen in the real worker."""
     if step != 1 or "[[fault:" not in prompt:
         return
     if "[[fault:hang]]" in prompt:
