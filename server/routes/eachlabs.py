@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 import uuid
@@ -61,6 +62,24 @@ def _nested_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+def _non_finite_fields(value: dict[str, Any]) -> dict[str, str]:
+    """Fields of ``input`` holding NaN or an infinity anywhere inside (JSON's ``NaN``, ``Infinity``,
+    ``1e999``). Stored, they would make every later JSON answer carrying the input a 500."""
+    bad = {}
+    for name, item in value.items():
+        stack = [item]
+        while stack:
+            current = stack.pop()
+            if isinstance(current, float) and not math.isfinite(current):
+                bad[str(name)] = "must be a finite number"
+                break
+            if isinstance(current, dict):
+                stack.extend(current.values())
+            elif isinstance(current, list):
+                stack.extend(current)
+    return bad
+
+
 ERRORS = {
     400: {"model": ErrorResponse, "description": "Bad request: `details` names each bad field and why."},
     401: {"model": ErrorResponse, "description": "Invalid or missing API key."},
@@ -96,7 +115,8 @@ def decode_json_body(raw: bytes) -> Any:
 
     Besides syntax and encoding errors: nesting deep enough to exhaust the parser's recursion,
     and unpaired UTF-16 surrogates (``"\\ud800"``), which JSON's escapes allow but no UTF-8 text
-    can hold (SQLite and the JSON answers would fail on them later, as a 500).
+    can hold (SQLite and the JSON answers would fail on them later, as a 500). ``NaN`` and
+    ``Infinity`` are let through: the input parser names the field (see ``_non_finite_fields``).
     """
     try:
         value = json.loads(raw)
@@ -162,6 +182,9 @@ async def create_prediction(
         inputs = parse_inputs(body["input"], state.settings.model.defaults)
     except InvalidInputs as exc:
         raise ApiError(400, "Invalid input for model", exc.details) from None
+    non_finite = _non_finite_fields(body["input"])
+    if non_finite:
+        raise ApiError(400, "Invalid input for model", non_finite)
     # A data: URL's size is known now: refuse it here rather than store it and fail in the worker.
     too_large = data_url_size_problem(inputs.image, state.settings.input_images.max_bytes) if inputs.image else None
     if too_large:
@@ -290,7 +313,9 @@ async def cancel_prediction(request: Request, identity: Identity, prediction_id:
     if outcome is CancelOutcome.NOT_FOUND:
         raise not_found()
     if outcome is CancelOutcome.ALREADY_FINISHED:
-        raise ApiError(409, f"Prediction already finished with status {pred.status}; it was left as it is")
+        # It may have ended since it was read above: name the status it ended with.
+        ended = await asyncio.to_thread(state.store.get, prediction_id) or pred
+        raise ApiError(409, f"Prediction already finished with status {ended.status}; it was left as it is")
     if outcome is CancelOutcome.REQUESTED:
         await state.supervisor.cancel(prediction_id)
     elif outcome is CancelOutcome.CANCELLED:

@@ -34,6 +34,7 @@ import asyncio
 import base64
 import functools
 import json
+import math
 import re
 from typing import Any
 
@@ -69,6 +70,7 @@ router = APIRouter(tags=["replicate"])
 
 MAX_WAIT_S = 60
 PAGE_SIZE = 100
+MAX_CURSOR_OFFSET = 10**9
 BODY_FIELDS = frozenset(
     {"input", "version", "stream", "webhook", "webhook_completed", "webhook_events_filter"}
 )
@@ -335,14 +337,20 @@ async def create_with_version(request: Request):
 
 
 def _decode_cursor(cursor: str) -> tuple[float | None, int] | None:
+    """(created_to, offset) from a cursor; None for anything this server did not write (a
+    non-finite time or an offset SQLite cannot hold would otherwise be a 500)."""
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        data = decode_json_body(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         created_to = data.get("t")
-        offset = int(data["o"])
-        if offset < 0 or (created_to is not None and not isinstance(created_to, int | float)):
+        offset = data["o"]
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_CURSOR_OFFSET:
+            return None
+        if created_to is not None and (
+            isinstance(created_to, bool) or not isinstance(created_to, int | float) or not math.isfinite(created_to)
+        ):
             return None
         return created_to, offset
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
 
 
@@ -409,11 +417,9 @@ async def cancel(request: Request, prediction_id: str):
         except ApiError as exc:
             if exc.status != 409:  # it ended meanwhile: answer with it as it is
                 raise
+    # A queued prediction cancelled here has had its "completed" webhook queued by
+    # cancel_prediction; a running one gets it from the supervisor when the worker stops.
     current = await asyncio.to_thread(state.store.get, prediction_id) or pred
-    if current.terminal and not pred.terminal and state.webhooks is not None:
-        # A queued prediction is cancelled by the store alone (the supervisor never sees it):
-        # Replicate's "completed" event is queued here (once: the queue keeps one per event).
-        state.webhooks.on_finished(current)
     return prediction_object(state.base_url, current)
 
 

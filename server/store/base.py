@@ -1,7 +1,7 @@
 """The prediction store: the single source of truth for every prediction's state.
 
-One interface, two implementations: SQLite (the embedded default, ``sqlite.py``) and Redis
-(several hosts). Rules every implementation keeps:
+One interface; this build has one implementation, SQLite (``sqlite.py``). Rules every
+implementation keeps:
 
 - a prediction row holds everything the GET answer needs;
 - the queue is FIFO on ``created_at`` (ties broken by insertion order);

@@ -4,6 +4,7 @@ through the store, as the supervisor would."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 
@@ -410,3 +411,18 @@ def test_webhook_secret_is_a_whsec_key(client):
 
 def test_webhook_secret_needs_a_key(client):
     assert client.get("/v1/webhooks/default/secret").status_code == 401
+
+
+@pytest.mark.parametrize("payload", ['{"o": 1e400}', '{"o": 1000000000000000000000000000000}', '{"o": 0, "t": Infinity}'])
+def test_list_with_a_crafted_out_of_range_cursor_is_400(client, payload):
+    cursor = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+    response = client.get(f"/v1/predictions?cursor={cursor}", headers=AUTH)
+    assert response.status_code == 400
+
+
+def test_a_non_finite_number_in_an_unknown_input_field_is_refused_and_not_stored(client):
+    body = '{"input": {"prompt": "x", "extra_field": NaN}}'
+    response = client.post(MODEL_ROUTE, content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code in (400, 422)
+    assert "extra_field" in response.text
+    assert client.get("/v1/predictions", headers=AUTH).json()["results"] == []
