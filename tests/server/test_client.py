@@ -288,10 +288,15 @@ def test_cli_generate_ctrl_c_cancels_the_prediction(server: LiveServer, tmp_path
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     with FluxClient(server.url, OTHER_KEY) as other:
+        before = {p["id"] for p in other.list(limit=100)["executions"]}
         deadline = time.monotonic() + 60
-        while other.list(limit=1, status="processing")["total"] == 0 and other.list(limit=1, status="starting")["total"] == 0:
+        # Interrupt only once this run's own prediction is running (and so being waited on).
+        while not [
+            p for p in other.list(limit=5, status="processing")["executions"] if p["id"] not in before
+        ]:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.1)
+        time.sleep(0.5)  # the CLI is now inside wait(): its Ctrl-C path cancels on the server
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 130, output
