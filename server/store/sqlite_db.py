@@ -12,15 +12,13 @@ import contextlib
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Iterator
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 class _Connection(sqlite3.Connection):
-    """A connection that remembers which process opened it (and, unlike the base class, can
-    be weakly referenced)."""
+    """A connection that remembers which process opened it."""
 
     pid: int
 
@@ -47,9 +45,6 @@ class SQLiteDatabase:
         self.synchronous = synchronous
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._local = threading.local()
-        self._lock = threading.Lock()
-        # Weak, so the connection of a thread that has ended is freed (and closed) with it.
-        self._opened: weakref.WeakSet[_Connection] = weakref.WeakSet()
         # WAL is a property of the file (it persists), so setting it once here is enough.
         mode = self.connection().execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
@@ -60,8 +55,8 @@ class SQLiteDatabase:
         conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.pid == os.getpid():
             return conn
-        # check_same_thread=False only so close() can close every thread's connection; each
-        # connection is used by the thread that opened it.
+        # check_same_thread=False because the last reference to a dropped connection may go
+        # away in another thread; each connection is only ever used by the thread that opened it.
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout_ms / 1000,
@@ -75,8 +70,6 @@ class SQLiteDatabase:
         if self.synchronous is not None:
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         self._local.conn = conn
-        with self._lock:
-            self._opened.add(conn)
         return conn
 
     @contextlib.contextmanager
@@ -105,13 +98,12 @@ class SQLiteDatabase:
                 conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Close every connection this process opened here. Call it once no thread uses them;
-        a thread that comes back later opens a new one."""
-        with self._lock:
-            opened, self._opened = list(self._opened), weakref.WeakSet()
-        pid = os.getpid()
-        for conn in opened:
-            if conn.pid == pid:  # one inherited across a fork is the parent's to close
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+        """Close this thread's connection and drop every other thread's. Another thread's
+        connection is never closed from here: it may be mid-query (closing a sqlite3 connection
+        under a running statement crashes the process). A dropped connection closes itself
+        when its last user lets go of it; a thread that comes back later opens a new one."""
+        mine: _Connection | None = getattr(self._local, "conn", None)
         self._local = threading.local()
+        if mine is not None and mine.pid == os.getpid():  # one inherited across a fork is the parent's
+            with contextlib.suppress(sqlite3.Error):
+                mine.close()
