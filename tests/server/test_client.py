@@ -286,6 +286,9 @@ def test_cli_generate_ctrl_c_cancels_the_prediction(server: LiveServer, tmp_path
         [str(exe), "client", "generate", "slow", "-o", str(tmp_path / "x.webp"), "--megapixels", "1",
          "--steps", "50", "--num-outputs", "4"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        # A shell runs background jobs with SIGINT ignored, and children inherit that: restore
+        # the default so Ctrl-C reaches the CLI however the test run itself was started.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     with FluxClient(server.url, OTHER_KEY) as other:
         before = {p["id"] for p in other.list(limit=100)["executions"]}
