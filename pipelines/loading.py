@@ -163,26 +163,12 @@ def _require_quant_backend(method: str) -> None:
         raise ModelLoadError(f"quantization {method!r} needs the {package} package: pip install 'fluxserve[quant]'")
 
 
-def _diffusers_quant_config(method: str, dtype):
-    """A diffusers quantization config for the transformer."""
+def _quant_config(library, method: str, dtype):
+    """A quantization config from ``library`` (the diffusers module for the transformer, the
+    transformers module for T5: each has its own BitsAndBytesConfig and TorchAoConfig)."""
     if method == "nf4":
-        from diffusers import BitsAndBytesConfig
-
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-    from diffusers import TorchAoConfig
-
-    return TorchAoConfig(_torchao_config(method))
-
-
-def _transformers_quant_config(method: str, dtype):
-    """A transformers quantization config for the T5 encoder."""
-    if method == "nf4":
-        from transformers import BitsAndBytesConfig
-
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-    from transformers import TorchAoConfig
-
-    return TorchAoConfig(_torchao_config(method))
+        return library.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return library.TorchAoConfig(_torchao_config(method))
 
 
 def _torchao_config(method: str):
@@ -208,7 +194,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     dtype = resolve_dtype(spec, device)
     warnings: list[str] = [TINY_WARNING] if weights.is_tiny else []
 
+    import diffusers
     import torch
+    import transformers
     from diffusers import FluxImg2ImgPipeline, FluxPipeline, FluxTransformer2DModel
     from transformers import T5EncoderModel
 
@@ -223,7 +211,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
                 weights.folder,
                 subfolder="transformer",
                 torch_dtype=dtype,
-                quantization_config=_diffusers_quant_config(spec.quantize_transformer, dtype),
+                quantization_config=_quant_config(diffusers, spec.quantize_transformer, dtype),
                 local_files_only=True,
             )
         except Exception as exc:  # noqa: BLE001
@@ -234,7 +222,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
                 weights.folder,
                 subfolder="text_encoder_2",
                 torch_dtype=dtype,
-                quantization_config=_transformers_quant_config(spec.quantize_text_encoder, dtype),
+                quantization_config=_quant_config(transformers, spec.quantize_text_encoder, dtype),
                 local_files_only=True,
             )
         except Exception as exc:  # noqa: BLE001
@@ -273,6 +261,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 
 def _load_single_file_transformer(spec: ModelSpec, config_folder: Path, dtype):
+    import diffusers
     from diffusers import FluxTransformer2DModel
 
     path = Path(spec.transformer_file).expanduser()
@@ -283,7 +272,7 @@ def _load_single_file_transformer(spec: ModelSpec, config_folder: Path, dtype):
     _check_safetensors_header(path)
     kwargs: dict[str, Any] = {}
     if spec.quantize_transformer != "none":
-        kwargs["quantization_config"] = _diffusers_quant_config(spec.quantize_transformer, dtype)
+        kwargs["quantization_config"] = _quant_config(diffusers, spec.quantize_transformer, dtype)
     try:
         return FluxTransformer2DModel.from_single_file(
             str(path),

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -170,27 +169,9 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
     install_error_handlers(app)
     openapi.install(app)  # document what the handlers answer (400s, hand-parsed bodies)
 
-    from server.routes import eachlabs, health, outputs
+    from server.routes import eachlabs, health, outputs, playground, replicate
 
-    app.include_router(eachlabs.router)
-    app.include_router(outputs.router)
-    app.include_router(health.router)
-    for extra in _extra_routers():
-        app.include_router(extra)
+    for module in (eachlabs, outputs, health, replicate, playground):
+        app.include_router(module.router)
     return app
 
-
-def _extra_routers() -> list[Any]:
-    """Routers of the other front ends (Replicate routes, playground), each in its own module."""
-    import importlib
-
-    routers = []
-    for name in ("server.routes.replicate", "server.routes.playground"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        routers.append(module.router)
-    return routers
