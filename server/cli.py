@@ -31,15 +31,6 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-def _output_paths(output: str, fmt: str, count: int) -> list[Path]:
-    path = Path(output)
-    if path.suffix.lstrip(".").lower() not in ("webp", "jpg", "jpeg", "png"):
-        path = path.with_name(path.name + "." + fmt)
-    if count == 1:
-        return [path]
-    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     import time
 
@@ -113,7 +104,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for w in result.warnings:
         if w not in model.warnings:
             print(f"warning: {w}", file=sys.stderr)
-    paths = _output_paths(args.output, inputs.output_format, len(result.images))
+    from server.client.cli import output_paths
+
+    paths = output_paths(args.output, inputs.output_format, len(result.images))
     for path, image in zip(paths, result.images, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image.data)
