@@ -12,6 +12,21 @@ import asyncio
 from collections import defaultdict
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; True when set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives in the same
+    loop turn as the event, so a loop cancelled at shutdown could go on forever.
+    ``asyncio.timeout`` lets the cancellation through.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
+
+
 class PredictionEvents:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -26,10 +41,7 @@ class PredictionEvents:
         event = asyncio.Event()
         self._waiters[prediction_id].add(event)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            return await wait_event(event, timeout)
         finally:
             waiters = self._waiters.get(prediction_id)
             if waiters is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.inputs import InvalidInputs, parse_inputs
+from server.events import wait_event
 from server.outputs import LocalOutputStorage, OutputStorageError, output_name
 from server.store import ERROR, PredictionStore
 from server.store.base import CANCELLED, SUCCESS, WORKER_LOST, Prediction
@@ -350,10 +351,7 @@ class Supervisor:
 
     async def _dispatch_loop(self) -> None:
         while not self._stopped:
-            try:
-                await asyncio.wait_for(self._wake.wait(), FALLBACK_DISPATCH_S)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, FALLBACK_DISPATCH_S)
             self._wake.clear()
             if not self.accepting:
                 continue

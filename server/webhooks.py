@@ -49,6 +49,7 @@ from typing import Any
 
 import httpx
 
+from server.events import wait_event
 from server.fetching import AddressPolicy, FetchError, post_json
 from server.render import output_urls
 from server.replicate_render import API, DEFAULT_EVENTS, prediction_object
@@ -184,11 +185,10 @@ class WebhookDispatcher:
         then stop. Attempts cut short stay pending for the next start."""
         if self._pending_enqueues:
             await asyncio.wait(list(self._pending_enqueues), timeout=grace_s)
-        self._stopping = True
+        self._stopping = True  # the loop checks this too, in case a cancellation is lost
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait([self._task], timeout=grace_s)
         for follow in self._follows.values():
             if follow.task is not None:
                 follow.task.cancel()
@@ -278,7 +278,7 @@ class WebhookDispatcher:
     async def _run(self) -> None:
         assert self._wake is not None
         lease = self.settings.webhooks.timeout_s + LEASE_MARGIN_S
-        while True:
+        while not self._stopping:
             self._wake.clear()
             next_due: float | None = None
             try:
@@ -295,8 +295,7 @@ class WebhookDispatcher:
                 log.exception("webhook delivery loop")
             delay = POLL_S if next_due is None else min(POLL_S, max(0.0, next_due - time.time()))
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_event(self._wake, delay)
 
     async def _attempt(self, delivery: Delivery) -> None:
         cfg = self.settings.webhooks
