@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from limits.errors import StorageError
 
-from server.ratelimit import RateDecision, RequestRateLimiter
+from server.ratelimit import InlinePruningMemoryStorage, RateDecision, RequestRateLimiter
 
 
 def test_sixty_per_minute_allows_sixty_then_refuses():
@@ -86,3 +87,31 @@ def test_repr_hides_the_storage_uri_credentials():
     limiter = RequestRateLimiter(0, "redis://:s3cret@redis.internal:6379/0")
     assert "s3cret" not in repr(limiter)
     assert "redis" in repr(limiter)
+
+
+def test_the_in_process_storage_starts_no_thread_per_request(monkeypatch):
+    limiter = RequestRateLimiter(10_000)
+    assert isinstance(limiter._limiter.storage, InlinePruningMemoryStorage), (
+        "limits changed its memory storage's internals: the stock one (a timer thread per hit) is in use"
+    )
+    started: list[object] = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self), real_start(self)))
+    for i in range(300):
+        assert limiter.hit(f"key-{i % 3}").allowed
+        time.sleep(0.0001 if i % 50 else 0.02)  # let a 10 ms timer have run now and then
+    assert started == []
+
+
+def test_the_in_process_storage_still_prunes_expired_entries(monkeypatch):
+    limiter = RequestRateLimiter(5)
+    storage = limiter._limiter.storage
+    for key in ("a", "b"):
+        limiter.hit(key)
+    assert len(storage.events) == 2
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(time, "monotonic", lambda: later)  # past the next prune
+    assert limiter.hit("c").allowed
+    left = {key.split("/")[1]: len(entries) for key, entries in storage.events.items()}
+    assert left == {"a": 0, "b": 0, "c": 1}  # limits keeps the emptied lists
