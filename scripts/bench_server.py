@@ -75,7 +75,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, root: Path, weights: Path, workers_log: Path, reads_per_minute: int) -> None:
+    def __init__(
+        self, root: Path, weights: Path, workers_log: Path, reads_per_minute: int, worker_nice: int
+    ) -> None:
         self.root = root
         self.data_dir = root / "data"
         self.port = free_port()
@@ -95,6 +97,8 @@ class Server:
                     "  requests_per_minute: 0",
                     f"  reads_per_minute: {reads_per_minute}",
                     "  max_in_flight: 0",
+                    "workers:",
+                    f"  nice: {worker_nice}",
                     "",
                 ]
             )
@@ -376,6 +380,9 @@ def main() -> int:
         "--reads-per-minute", type=int, default=1_000_000, help="the server's read limit (0: no limiter)"
     )
     parser.add_argument(
+        "--worker-nice", type=int, default=0, help="the server's workers.nice (configs/cpu.yaml uses 10)"
+    )
+    parser.add_argument(
         "--parts",
         default="throughput,start,latency",
         help="comma-separated subset of throughput,start,latency",
@@ -393,12 +400,12 @@ def main() -> int:
     inputs = {"prompt": "a lighthouse at dawn", "megapixels": "0.25", "aspect_ratio": "1:1",
               "num_inference_steps": str(args.steps), "output_format": "webp"}  # fmt: skip
     results: dict = {"machine": machine(), "load_average_start": os.getloadavg(), "size": "512x512 (0.25 MP, 1:1)",
-                     "steps": args.steps, "n": args.n}  # fmt: skip
+                     "steps": args.steps, "n": args.n, "worker_nice": args.worker_nice}  # fmt: skip
 
     print(f"machine: {results['machine']}; load average {os.getloadavg()[0]:.2f}", flush=True)
     parts = set(args.parts.split(","))
     direct = Direct(weights) if "throughput" in parts else None
-    server = Server(work, weights, work / "server.log", args.reads_per_minute)
+    server = Server(work, weights, work / "server.log", args.reads_per_minute, args.worker_nice)
     try:
         server.wait_ready()
         if direct is not None:

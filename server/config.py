@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from pipelines.spec import ModelSpec
+from server.auth import parse_static_keys
 
 MiB = 2**20
 
@@ -53,6 +54,13 @@ class WorkerSettings(_Section):
     load_timeout_s: float = Field(1800, description="Model load longer than this is a setup failure.")
     shutdown_grace_s: float = Field(60, description="On SIGTERM, how long a running prediction may take to finish.")
     progress_interval_s: float = Field(0.25, description="Minimum seconds between progress log lines.")
+    nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Raise the workers' nice value by this much, so the API answers promptly while a "
+        "worker keeps the CPU busy (a CPU-only box; on a GPU the worker mostly waits on the GPU).",
+    )
 
 
 class OutputSettings(_Section):
@@ -103,7 +111,8 @@ class Settings(BaseSettings):
     data_dir: str = Field("./fluxserve-data", description="SQLite database, outputs and the tiny model live here.")
     store_url: str | None = Field(None, description="Default: sqlite:///<data_dir>/fluxserve.db.")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Static API keys (FLUXSERVE_API_KEYS: comma-separated)."
+        default_factory=list,
+        description="Static API keys (FLUXSERVE_API_KEYS: separated by commas or whitespace).",
     )
     log_level: str = Field("info", description="debug, info, warning, error.")
     run_wait_timeout_s: float = Field(
@@ -119,8 +128,14 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
+        # A string (the environment) splits on commas or whitespace. In a list, a blank entry is
+        # a mistake, not "no key": refused, so a typo never leaves the server open.
         if isinstance(v, str):
-            return [k.strip() for k in v.replace("\n", ",").split(",") if k.strip()]
+            return parse_static_keys(v)
+        if isinstance(v, list) and all(isinstance(k, str) for k in v):
+            if any(not k.strip() for k in v):
+                raise ValueError("an API key is blank")
+            return parse_static_keys(v)
         return v
 
     @classmethod

@@ -9,6 +9,7 @@ at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import sys
@@ -78,6 +79,11 @@ def run_server(settings: Settings) -> int:
         proxy_headers=True,
     )
     server = GracefulServer(config, app)
+    # What imports and set-up made lives as long as the process: move it out of the collector's
+    # reach, so a full collection scans only what requests allocate (it took ~20 ms otherwise,
+    # and every request in flight waited for it).
+    gc.collect()
+    gc.freeze()
     log.info("fluxserve on http://%s:%d (public URL %s)", host, settings.port, settings.base_url)
     server.run()
     return 0

@@ -165,6 +165,7 @@ class Supervisor:
             allow_private_addresses=s.input_images.allow_private_addresses,
             allowed_hosts=list(s.input_images.allowed_hosts),
             progress_interval_s=s.workers.progress_interval_s,
+            nice=s.workers.nice,
             fault_injection=os.environ.get("FLUXSERVE_FAULT_INJECTION") == "1",
             log_level=s.log_level,
         )

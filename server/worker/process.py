@@ -44,6 +44,7 @@ class WorkerConfig:
     allow_private_addresses: bool = False
     allowed_hosts: list[str] = field(default_factory=list)
     progress_interval_s: float = 0.25
+    nice: int = 0  # added to the process's nice value at start
     fault_injection: bool = False  # tests only: prompts containing [[fault:...]] cause real faults
     log_level: str = "info"
 
@@ -85,6 +86,9 @@ def worker_main(conn, config: WorkerConfig) -> None:
     # SIGINT goes to the whole process group on Ctrl-C; the supervisor decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s worker %(levelname)s %(message)s")
+    if config.nice:
+        # Before torch starts its threads: they inherit the priority.
+        os.nice(config.nice)
 
     from pipelines.errors import ModelLoadError
     from pipelines.generate import FluxGenerator
@@ -162,6 +166,8 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
         conn.send(JobLog(pid, line + "\n"))
 
     inputs = FluxInputs.model_validate(job.inputs)
+    if config.fault_injection and "[[fault:prepare]]" in inputs.prompt:
+        raise RuntimeError("injected failure while preparing the job")
     seed = pick_seed(inputs.seed)
     inputs = inputs.model_copy(update={"seed": seed})
     emit(f"Using seed: {seed}")
@@ -236,5 +242,7 @@ def _inject_fault(prompt: str, step: int) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
     if "[[fault:host-oom]]" in prompt:
         raise MemoryError("injected host out of memory")
+    if "[[fault:cuda-error]]" in prompt:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
     if "[[fault:crash]]" in prompt:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -37,6 +37,24 @@ def test_api_keys_from_environment_are_comma_separated(monkeypatch):
     assert load_settings().api_keys == ["alpha", "beta", "gamma"]
 
 
+def test_api_keys_from_environment_may_be_separated_by_whitespace_too(monkeypatch):
+    monkeypatch.setenv("FLUXSERVE_API_KEYS", "alpha beta\ngamma,alpha")
+    assert load_settings().api_keys == ["alpha", "beta", "gamma"]
+
+
+def test_api_keys_in_yaml_are_stripped_and_deduplicated(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("api_keys:\n  - ' alpha '\n  - beta\n  - alpha\n")
+    assert load_settings(cfg).api_keys == ["alpha", "beta"]
+
+
+def test_a_blank_api_key_in_yaml_is_refused_not_taken_as_no_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("api_keys:\n  - alpha\n  - ''\n")
+    with pytest.raises(ConfigError, match=r"api_keys.*blank"):
+        load_settings(cfg)
+
+
 def test_arguments_override_environment(monkeypatch):
     monkeypatch.setenv("FLUXSERVE_PORT", "9002")
     assert load_settings(port=9003).port == 9003

@@ -137,6 +137,31 @@ def test_out_of_memory_ends_in_error_with_advice_and_the_same_worker_keeps_servi
     assert faulty.worker_pids() == [worker]  # not restarted: OOM is recoverable in-process
 
 
+def test_a_failure_before_generation_ends_the_job_and_the_same_worker_keeps_serving(faulty):
+    worker = faulty.worker_pid()
+    body = faulty.wait_for_end(KEY_A, faulty.create(KEY_A, {**QUICK, "prompt": "a lighthouse [[fault:prepare]]"}))
+
+    assert body["status"] == "error"
+    assert body["error"] == "Prediction failed: RuntimeError: injected failure while preparing the job"
+    assert faulty.run(KEY_A, QUICK)["status"] == "success"
+    assert faulty.worker_pids() == [worker]
+
+
+def test_a_cuda_error_ends_the_job_and_the_worker_is_replaced_before_the_next_job(faulty):
+    worker = faulty.worker_pid()
+    failed = faulty.create(KEY_A, {**QUICK, "prompt": "a lighthouse [[fault:cuda-error]]"})
+    queued_behind = faulty.create(KEY_A, QUICK)  # must wait for the new worker, not go to the dying one
+    body = faulty.wait_for_end(KEY_A, failed)
+    after = faulty.wait_for_end(KEY_A, queued_behind, timeout=120)
+
+    assert body["status"] == "error"
+    assert body["error"].startswith("GPU error, worker restarting: CUDA error: an illegal memory access")
+    assert after["status"] == "success", after
+    assert "worker lost" not in after["logs"].lower()
+    assert _wait_new_worker(faulty, worker) != worker
+    assert not pid_alive(worker)
+
+
 # -- storage --------------------------------------------------------------------------------------
 
 
