@@ -9,6 +9,7 @@ applied to the store in the order they were sent. Store calls run in the default
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -68,6 +69,7 @@ class WorkerSlot:
     setup_error: str | None = None
     ready: WorkerReady | None = None
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    reader: threading.Thread | None = None  # forwards the pipe to ``inbox``; ends at the worker's exit
 
     @property
     def worker_id(self) -> str:
@@ -187,9 +189,10 @@ class Supervisor:
         child_conn.close()
         slot.process, slot.conn = proc, parent_conn
         log.info("worker %d started (pid %d%s)", slot.index, proc.pid, f", GPU {slot.gpu}" if slot.gpu is not None else "")
-        threading.Thread(
+        slot.reader = threading.Thread(
             target=self._reader, args=(slot, parent_conn, slot.generation), daemon=True, name=f"worker-{slot.index}-reader"
-        ).start()
+        )
+        slot.reader.start()
 
     def _reader(self, slot: WorkerSlot, conn, generation: int) -> None:
         """Blocking reads of one worker's pipe, forwarded to the loop; EOF means the process ended."""
@@ -210,15 +213,17 @@ class Supervisor:
     async def _consume(self, slot: WorkerSlot) -> None:
         while True:
             generation, msg = await slot.inbox.get()
-            if generation != slot.generation:
-                continue  # from a previous incarnation of this slot
             try:
+                if generation != slot.generation:
+                    continue  # from a previous incarnation of this slot
                 if msg is None:
                     await self._on_exit(slot)
                 else:
                     await self._on_message(slot, msg)
             except Exception:  # noqa: BLE001 - keep consuming whatever one message did
                 log.exception("handling a message from worker %d", slot.index)
+            finally:
+                slot.inbox.task_done()  # stop() waits on inbox.join() for exits to be settled
 
     async def _on_message(self, slot: WorkerSlot, msg) -> None:
         if isinstance(msg, WorkerReady):
@@ -497,11 +502,15 @@ class Supervisor:
             if slot.process.is_alive():
                 slot.process.kill()
                 await asyncio.to_thread(slot.process.join, 5)
-        # Let the inbox consumers settle exits (lost jobs), then end the tasks.
-        await asyncio.sleep(0.2)
+        # Let the consumers settle every exit (a job cut short ends like a lost worker's): the
+        # reader posts the exit and ends, then the inbox is joined. Bounded: a row left unsettled
+        # is settled by the next start's recovery instead.
         for slot in self.slots:
-            while not slot.inbox.empty():
-                await asyncio.sleep(0.05)
+            if slot.reader is not None:
+                await asyncio.to_thread(slot.reader.join, 5)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await slot.inbox.join()
         self._stopped = True
         for task in self._tasks:
             task.cancel()
