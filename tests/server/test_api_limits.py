@@ -174,6 +174,17 @@ def test_run_route_obeys_the_in_flight_limit(in_flight_server):
     assert _rows(in_flight_server, key) == 2
 
 
+def test_a_create_refused_for_the_in_flight_limit_still_counts_against_the_minute(make_server):
+    # As the README says: the request was made; only refusals of the per-minute limit are free.
+    with make_server(start_workers=False, limits={"requests_per_minute": 3, "max_in_flight": 1}) as server:
+        key = server.new_key()
+        server.create(key)
+        for _ in range(2):
+            assert "in flight" in _assert_429(server.post_create(key))["details"]
+        assert "per minute" in _assert_429(server.post_create(key))["details"]
+        assert _rows(server, key) == 1
+
+
 # -- reads per minute ---------------------------------------------------------------------------
 
 
