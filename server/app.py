@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from server import openapi
 from server.auth import KeyRing
+from server.blank_query import BlankQueryMiddleware
 from server.body_limit import BodySizeLimitMiddleware
 from server.config import Settings
 from server.datalock import DataDirLock
@@ -166,6 +167,7 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
     app.state.fluxserve = state
     app.router.redirect_slashes = False  # both slash forms are routed explicitly; a 307 breaks clients
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BlankQueryMiddleware)
     install_error_handlers(app)
     openapi.install(app)  # document what the handlers answer (400s, hand-parsed bodies)
 

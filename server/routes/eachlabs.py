@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
 import time
@@ -37,6 +38,8 @@ from server.render import prediction_body
 from server.store import CancelOutcome, InFlightLimitExceeded, ListFilter, Prediction
 from server.store.base import ALL_STATUSES
 from server.supervisor import SETUP_FAILED
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["predictions"])
 
@@ -209,6 +212,9 @@ async def create_prediction(
         raise too_many(
             f"{exc.in_flight} predictions in flight; the limit is {exc.limit} per key", IN_FLIGHT_RETRY_AFTER_S
         ) from None
+    except Exception:  # the store failed (disk full, database locked too long): nothing was made
+        log.exception("could not store a new prediction")
+        raise ApiError(500, "Failed to create prediction", "the prediction could not be stored; try again") from None
     state.supervisor.wake()
     return pred
 

@@ -345,10 +345,12 @@ def _decode_cursor(cursor: str) -> tuple[float | None, int] | None:
         offset = data["o"]
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_CURSOR_OFFSET:
             return None
-        if created_to is not None and (
-            isinstance(created_to, bool) or not isinstance(created_to, int | float) or not math.isfinite(created_to)
-        ):
-            return None
+        if created_to is not None:
+            if isinstance(created_to, bool) or not isinstance(created_to, int | float):
+                return None
+            created_to = float(created_to)  # an int too large for SQLite: OverflowError, caught below
+            if not math.isfinite(created_to):
+                return None
         return created_to, offset
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None

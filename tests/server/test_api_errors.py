@@ -478,3 +478,24 @@ def test_unknown_route_is_404_in_the_error_shape(queued_server):
 def test_wrong_method_is_405_in_the_error_shape(queued_server, queued_id):
     key, pid = queued_id
     _assert_error(queued_server.client.delete(f"/v1/prediction/{pid}", headers={"X-API-Key": key}), 405)
+
+
+def test_a_store_that_fails_on_create_gives_the_contracts_500_and_no_prediction(make_server):
+    import sqlite3
+
+    with make_server(start_workers=False) as server:
+        key = STATIC_KEYS[0]
+
+        def full_disk(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        server.store.create = full_disk  # this app's store only
+        r = server.post_create(key)
+        assert r.status_code == 500
+        body = r.json()
+        assert body["status"] == 500
+        assert body["error"] == "Failed to create prediction"
+        assert "disk" not in r.text  # the cause goes to the log, not to the client
+        del server.store.create
+        listed = server.client.get("/v1/executions", headers=server.headers(key)).json()
+        assert listed["total"] == 0

@@ -150,6 +150,24 @@ def test_filters_combine(server, history):
     assert _ids(body) == [history.ids[4]]
 
 
+def test_the_contracts_template_with_every_parameter_blank_lists_with_the_defaults(server, history):
+    # Sent as the contract writes the route: /v1/executions?limit=&offset=&model=&status=&from=&to=
+    url = "/v1/executions?limit=&offset=&model=&status=&from=&to="
+    r = server.client.get(url, headers=server.headers(history.key))
+
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert _ids(body) == history.ids[::-1]
+    assert (body["limit"], body["offset"]) == (20, 0)
+
+
+def test_blank_parameters_beside_set_ones_are_ignored(server, history):
+    url = "/v1/executions?limit=2&offset=&status=+&model=flux-dev"
+    body = server.client.get(url, headers=server.headers(history.key)).json()
+
+    assert _ids(body) == history.ids[::-1][:2]
+
+
 @pytest.mark.parametrize(
     ("params", "named"),
     [

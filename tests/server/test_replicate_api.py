@@ -420,6 +420,13 @@ def test_list_with_a_crafted_out_of_range_cursor_is_400(client, payload):
     assert response.status_code == 400
 
 
+def test_a_cursor_time_too_large_for_the_database_is_not_a_500(client):
+    for payload in ('{"o": 0, "t": 1000000000000000000000000000000}', '{"o": 0, "t": 1' + "0" * 400 + "}"):
+        cursor = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+        response = client.get(f"/v1/predictions?cursor={cursor}", headers=AUTH)
+        assert response.status_code in (200, 400), response.text
+
+
 def test_a_non_finite_number_in_an_unknown_input_field_is_refused_and_not_stored(client):
     body = '{"input": {"prompt": "x", "extra_field": NaN}}'
     response = client.post(MODEL_ROUTE, content=body, headers={**AUTH, "Content-Type": "application/json"})
