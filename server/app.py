@@ -125,6 +125,16 @@ async def _retention_loop(state: AppState) -> None:
         await asyncio.sleep(min(RETENTION_SWEEP_S, max(1.0, hours * 3600 / 10)))
 
 
+async def _stop_workers(state: AppState) -> None:
+    await state.supervisor.drain(state.settings.workers.shutdown_grace_s)
+    await state.supervisor.stop()
+
+
+def _cancel_all(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+
+
 def create_app(settings: Settings, store: PredictionStore | None = None, start_workers: bool = True) -> FastAPI:
     state = build_state(settings, store)
 
@@ -132,25 +142,23 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
     async def lifespan(app: FastAPI):
         if state.keyring.open:
             log.warning("no API key configured: the server is open to anyone who can reach %s", settings.base_url)
-        lock = DataDirLock(settings.data_path)
-        if start_workers:
-            lock.acquire()  # before restart recovery: never settle another live server's jobs
-        await state.webhooks.start()
-        if start_workers:
-            await state.supervisor.start()
-        if settings.outputs.retention_hours > 0:
-            state.background.append(asyncio.create_task(_retention_loop(state)))
-        try:
-            yield
-        finally:
-            for task in state.background:
-                task.cancel()
+        # Each part that starts registers its own stop, so a failure half-way through start-up
+        # (or in one stop) still stops the rest and releases the data folder.
+        async with contextlib.AsyncExitStack() as stack:
+            lock = DataDirLock(settings.data_path)
             if start_workers:
-                await state.supervisor.drain(settings.workers.shutdown_grace_s)
-                await state.supervisor.stop()
-            await state.webhooks.stop()
-            state.store.close()
-            lock.release()
+                lock.acquire()  # before restart recovery: never settle another live server's jobs
+            stack.callback(lock.release)
+            stack.callback(state.store.close)
+            await state.webhooks.start()
+            stack.push_async_callback(state.webhooks.stop)
+            if start_workers:
+                stack.push_async_callback(_stop_workers, state)
+                await state.supervisor.start()
+            if settings.outputs.retention_hours > 0:
+                state.background.append(asyncio.create_task(_retention_loop(state)))
+            stack.callback(_cancel_all, state.background)
+            yield
 
     app = FastAPI(
         title="fluxserve",

@@ -227,6 +227,8 @@ class Supervisor:
 
     async def _on_message(self, slot: WorkerSlot, msg) -> None:
         if isinstance(msg, WorkerReady):
+            if slot.state != W_STARTING:
+                return  # the load timed out and the process is being killed: too late
             slot.ready, slot.state, slot.load_crashes = msg, W_READY, 0
             log.info(
                 "worker %d ready: %s on %s (%s) in %.1f s", slot.index, msg.weights, msg.device, msg.dtype, msg.load_seconds
@@ -304,10 +306,16 @@ class Supervisor:
             slot.state = W_STOPPED  # nothing is dispatched to this slot until it is replaced
         proc = slot.process
         await asyncio.to_thread(proc.join, 5)
+        if proc.is_alive():  # its pipe broke but it lives on: never run two beside each other
+            proc.kill()
+            await asyncio.to_thread(proc.join, 5)
         code = proc.exitcode
         job, slot.job = slot.job, None
         if job is not None:
-            await self._settle_lost_job(slot, job, code)
+            try:
+                await self._settle_lost_job(slot, job, code)
+            except Exception:  # noqa: BLE001 - the store failed: restart recovery settles the row; the slot must live on
+                log.exception("prediction %s: could not settle it after its worker exited", job.id)
         if slot.stopping or self._stopped:
             slot.state = W_STOPPED
             return
@@ -324,7 +332,11 @@ class Supervisor:
         await asyncio.sleep(min(5.0, 0.5 * slot.load_crashes))
         if slot.stopping or self._stopped:  # stop() began while we waited
             return
-        self._spawn(slot)
+        try:
+            self._spawn(slot)
+        except Exception as exc:  # noqa: BLE001 - out of processes or file descriptors
+            log.exception("worker %d: could not start a new worker process", slot.index)
+            slot.state, slot.setup_error = W_FAILED, f"could not start a worker process: {exc}"
 
     async def _settle_lost_job(self, slot: WorkerSlot, job: Prediction, code: int | None) -> None:
         if slot.timed_out:
@@ -376,7 +388,9 @@ class Supervisor:
                 return
             if slot.generation != generation or slot.state != W_READY or slot.job is not None:
                 # The worker exited (or was replaced) while the claim ran: put the job back.
-                await asyncio.to_thread(self.store.requeue, pred.id, "Requeued: its worker stopped before it started.")
+                await asyncio.to_thread(
+                    self.store.requeue, pred.id, "Requeued: its worker stopped before it started.", never_ran=True
+                )
                 self.wake()
                 continue
             try:
@@ -385,11 +399,18 @@ class Supervisor:
                 await asyncio.to_thread(self.store.finish, pred.id, ERROR, error=f"Invalid input: {exc}")
                 await self._finished(pred.id)
                 continue
-            slot.job, slot.state, slot.job_started = pred, W_BUSY, time.monotonic()
             try:
                 slot.conn.send(RunJob(pred.id, inputs.model_dump(), pred.attempts))
             except OSError:
-                log.warning("worker %d pipe closed while sending a job; it will be settled on exit", slot.index)
+                # The worker is gone (its exit is on the way): the job never reached it.
+                log.warning("worker %d pipe closed while sending a job; requeued", slot.index)
+                slot.state = W_STOPPED
+                await asyncio.to_thread(
+                    self.store.requeue, pred.id, "Requeued: its worker stopped before it started.", never_ran=True
+                )
+                self.wake()
+                continue
+            slot.job, slot.state, slot.job_started = pred, W_BUSY, time.monotonic()
             self._notify(pred.id)
 
     async def cancel(self, prediction_id: str) -> None:
@@ -421,6 +442,7 @@ class Supervisor:
             if slot.state == W_BUSY and slot.job and now - slot.job_started > cfg.job_timeout_s and not slot.timed_out:
                 log.error("prediction %s timed out after %g s; killing worker %d", slot.job.id, cfg.job_timeout_s, slot.index)
                 slot.timed_out = True
+                slot.state = W_STOPPED  # no job goes to it, even if a result is already on its way
                 slot.process.kill()
             elif slot.state == W_STARTING and now - slot.started_at > cfg.load_timeout_s and not slot.timed_out:
                 slot.timed_out = True

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -44,6 +45,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +68,9 @@ MAX_IN_FLIGHT = 16  # deliveries posted at the same time
 LEASE_MARGIN_S = 30.0  # a claimed row is hidden from other processes for timeout_s + this
 STOP_GRACE_S = 2.0  # on stop, how long attempts in flight may take to finish
 KEEP_FINISHED_S = 7 * 24 * 3600  # delivered/failed rows are pruned after this
+# At start, ends this recent without a delivery row get one (the process died between writing
+# the end and its delivery). Well inside KEEP_FINISHED_S: a pruned row is never sent again.
+SWEEP_WINDOW_S = 24 * 3600
 IGNORED_CACHE = 4096  # predictions known to need no progress events (an LRU)
 
 
@@ -148,6 +153,9 @@ class WebhookDispatcher:
         self._ignored: OrderedDict[str, None] = OrderedDict()
         self._secret: str | None = None
         self._send_slots: asyncio.Semaphore | None = None
+        # POSTs block a thread for up to timeout_s: on threads of their own, so a slow receiver
+        # never holds up the store calls that share the loop's default executor.
+        self._post_pool: ThreadPoolExecutor | None = None
         self._stopping = False
 
     # -- settings ---------------------------------------------------------------------------
@@ -175,9 +183,14 @@ class WebhookDispatcher:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._send_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._post_pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="webhook-post")
         self._stopping = False
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.deliveries.prune, time.time() - KEEP_FINISHED_S)
+        try:
+            await asyncio.to_thread(self.enqueue_missed_ends)
+        except Exception:  # noqa: BLE001 - a webhook must never stop the server from starting
+            log.exception("looking for webhooks missed by the last run")
         self._task = asyncio.create_task(self._run(), name="webhook-deliveries")
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
@@ -201,7 +214,16 @@ class WebhookDispatcher:
                 task.cancel()
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.deliveries.release, delivery_id)
+        if self._post_pool is not None:
+            self._post_pool.shutdown(wait=False, cancel_futures=True)
         self.deliveries.close()
+
+    async def _post(self, url: str, payload: Any, headers: dict[str, str]) -> int:
+        """POST on the webhook threads; the HTTP status (FetchError when refused or failed)."""
+        if self._post_pool is None:
+            self._post_pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="webhook-post")
+        call = functools.partial(post_json, url, payload, headers, self.policy, self.settings.webhooks.timeout_s)
+        return await asyncio.get_running_loop().run_in_executor(self._post_pool, call)
 
     def _on_loop(self, fn: Callable[..., None], *args: Any) -> bool:
         """Run ``fn(*args)`` on the dispatcher's loop (now, when called from it). False when the
@@ -270,6 +292,24 @@ class WebhookDispatcher:
         payload = eachlabs_payload(self.base_url, pred)
         return self.deliveries.enqueue(pred.id, EVENT_FINISHED, EACHLABS, pred.webhook_url, payload, headers)
 
+    def enqueue_missed_ends(self, now: float | None = None) -> int:
+        """Write the delivery rows of recent ends that have none: the last process died after
+        recording the end and before its webhook row. Returns how many were written."""
+        now = time.time() if now is None else now
+        ended = self.store.ended_with_webhook_since(now - SWEEP_WINDOW_S)
+        if not ended:
+            return 0
+        have = self.deliveries.with_deliveries(ended)
+        written = 0
+        for prediction_id in ended:
+            if prediction_id in have:
+                continue
+            pred = self.store.get(prediction_id)
+            if pred is not None and self.enqueue_finished_sync(pred) is not None:
+                log.info("prediction %s: its webhook was not queued before the last stop; queued now", pred.id)
+                written += 1
+        return written
+
     # -- the delivery loop ------------------------------------------------------------------
     def wake(self) -> None:
         if self._wake is not None:
@@ -309,9 +349,7 @@ class WebhookDispatcher:
         error: str | None = None
         try:
             async with self._slots():
-                code = await asyncio.to_thread(
-                    post_json, delivery.url, delivery.payload, headers, self.policy, cfg.timeout_s
-                )
+                code = await self._post(delivery.url, delivery.payload, headers)
         except FetchError as exc:
             refused = _is_refusal(exc)
             error = _scrub(str(exc), delivery.url)
@@ -439,14 +477,7 @@ class WebhookDispatcher:
         headers = self._signature_headers("msg_" + uuid.uuid4().hex, payload)
         try:
             async with self._slots():
-                code = await asyncio.to_thread(
-                    post_json,
-                    pred.webhook_url,
-                    payload,
-                    headers,
-                    self.policy,
-                    self.settings.webhooks.timeout_s,
-                )
+                code = await self._post(pred.webhook_url, payload, headers)
         except FetchError as exc:
             log.warning(
                 "prediction %s: webhook %s event to %s: %s",

@@ -139,9 +139,10 @@ class PredictionStore(abc.ABC):
     def request_cancel(self, prediction_id: str) -> CancelOutcome: ...
 
     @abc.abstractmethod
-    def requeue(self, prediction_id: str, note: str) -> bool:
+    def requeue(self, prediction_id: str, note: str, *, never_ran: bool = False) -> bool:
         """Put a processing prediction back at the head of the queue (retry after a lost
-        worker). Returns False if it was not processing."""
+        worker). ``never_ran``: its worker never got it, so the claim's attempt is given back.
+        Returns False if it was not processing."""
 
     @abc.abstractmethod
     def running(self, worker_id: str | None = None) -> list[Prediction]:
@@ -159,6 +160,10 @@ class PredictionStore(abc.ABC):
 
     @abc.abstractmethod
     def mark_data_removed(self, prediction_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def ended_with_webhook_since(self, completed_after: float) -> list[str]:
+        """Ids of terminal predictions with a webhook URL completed at or after the time."""
 
     def recover_after_restart(self, max_attempts: int = 1) -> list[tuple[str, str]]:
         """Called once at start, before any worker runs: every prediction left in processing

@@ -147,6 +147,19 @@ class DeliveryStore:
         )
         return _row(row) if row is not None else None
 
+    def with_deliveries(self, prediction_ids: list[str]) -> set[str]:
+        """Those of the ids that have at least one delivery row."""
+        found: set[str] = set()
+        conn = self._db.connection()
+        for start in range(0, len(prediction_ids), 500):  # under SQLite's bound-variable limit
+            chunk = prediction_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT DISTINCT prediction_id FROM webhook_deliveries WHERE prediction_id IN ({marks})", chunk
+            ).fetchall()
+            found.update(r[0] for r in rows)
+        return found
+
     def for_prediction(self, prediction_id: str) -> list[Delivery]:
         rows = (
             self._db.connection()

@@ -290,7 +290,7 @@ class SQLitePredictionStore(PredictionStore):
             (CANCELLED, time.time(), note, prediction_id),
         )
 
-    def requeue(self, prediction_id: str, note: str) -> bool:
+    def requeue(self, prediction_id: str, note: str, *, never_ran: bool = False) -> bool:
         """Back to starting with its original created_at, so it is the next one claimed. A row
         whose cancel was requested while it ran is cancelled instead: it must not run again."""
         if note and not note.endswith("\n"):
@@ -306,8 +306,8 @@ class SQLitePredictionStore(PredictionStore):
                 return True
             conn.execute(
                 "UPDATE predictions SET status = ?, worker_id = NULL, started_at = NULL, "
-                "logs = logs || ? WHERE id = ?",
-                (STARTING, note, prediction_id),
+                "attempts = MAX(0, attempts - ?), logs = logs || ? WHERE id = ?",
+                (STARTING, 1 if never_ran else 0, note, prediction_id),
             )
             return True
 
@@ -346,6 +346,18 @@ class SQLitePredictionStore(PredictionStore):
             .fetchall()
         )
         return [_row_to_prediction(r) for r in rows]
+
+    def ended_with_webhook_since(self, completed_after: float) -> list[str]:
+        rows = (
+            self.connection()
+            .execute(
+                f"SELECT id FROM predictions WHERE status IN {_TERMINAL_SQL} AND completed_at >= ? "
+                "AND webhook_url IS NOT NULL ORDER BY completed_at",
+                (completed_after,),
+            )
+            .fetchall()
+        )
+        return [r["id"] for r in rows]
 
     def mark_data_removed(self, prediction_id: str) -> None:
         self.connection().execute("UPDATE predictions SET data_removed = 1 WHERE id = ?", (prediction_id,))

@@ -95,6 +95,11 @@ def worker_main(conn, config: WorkerConfig) -> None:
     from pipelines.loading import load_model
     from pipelines.spec import ModelSpec
 
+    # Read commands from the start, the model load included: if the supervisor dies meanwhile,
+    # the pipe's EOF ends this process instead of leaving it loading for minutes.
+    jobs: queue.Queue[RunJob | None] = queue.Queue()
+    control = _JobControl()
+    threading.Thread(target=_read_commands, args=(conn, jobs, control), daemon=True, name="commands").start()
     try:
         model = load_model(ModelSpec.model_validate(config.model))
     except ModelLoadError as exc:
@@ -115,9 +120,6 @@ def worker_main(conn, config: WorkerConfig) -> None:
         )
     )
 
-    jobs: queue.Queue[RunJob | None] = queue.Queue()
-    control = _JobControl()
-    threading.Thread(target=_read_commands, args=(conn, jobs, control), daemon=True, name="commands").start()
     while True:
         job = jobs.get()
         if job is None:

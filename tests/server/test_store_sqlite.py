@@ -288,6 +288,32 @@ def test_requeue_puts_it_back_at_the_head_of_the_queue(store):
     assert (again.id, again.attempts) == ("first", 2)
 
 
+def test_requeue_of_a_job_its_worker_never_got_gives_the_attempt_back(store):
+    add(store, pred("first"))
+    store.claim_next("w")
+    assert store.requeue("first", "Requeued: its worker stopped before it started.", never_ran=True)
+    assert store.get("first").attempts == 0
+    assert store.claim_next("w2").attempts == 1
+
+
+def test_ended_with_webhook_since_lists_recent_ends_that_have_a_webhook(store):
+    add(
+        store,
+        pred("old", created_at=1.0, webhook_url="http://hook"),
+        pred("hooked", created_at=2.0, webhook_url="http://hook"),
+        pred("plain", created_at=3.0),
+        pred("queued", created_at=4.0, webhook_url="http://hook"),
+    )
+    for _ in range(3):
+        store.claim_next("w")
+    store.finish("old", SUCCESS, output=[])
+    store.connection().execute("UPDATE predictions SET completed_at = 10 WHERE id = 'old'")
+    store.finish("hooked", ERROR, error="boom")
+    store.finish("plain", SUCCESS, output=[])
+    assert store.ended_with_webhook_since(100.0) == ["hooked"]
+    assert store.ended_with_webhook_since(0.0) == ["old", "hooked"]
+
+
 def test_requeue_of_a_queued_prediction_is_refused(store):
     add(store, pred("p1"))
     assert not store.requeue("p1", "no")

@@ -337,6 +337,33 @@ def test_a_pending_delivery_is_sent_by_the_next_server_after_a_restart(app_clien
     assert "delivered (HTTP 200)" in logs.splitlines()[-1]
 
 
+def test_an_end_recorded_without_its_delivery_row_is_sent_by_the_next_server(app_client, receiver):
+    first = app_client()
+    eachlabs = create_eachlabs(first, receiver.url)
+    replicate = create_replicate(first, receiver.url)
+    store = state_of(first).store
+    # The process died between recording the ends and writing their delivery rows.
+    for _ in range(2):
+        store.claim_next("test-worker")
+    assert store.finish(eachlabs, SUCCESS, output=["out-0.webp"])
+    assert store.finish(replicate, ERROR, error="boom")
+    first.__exit__(None, None, None)
+    assert receiver.requests == []
+
+    second = app_client()  # same data folder: its start finds the two ends without a row
+    requests = receiver.wait_for(2)
+    bodies = {json.loads(r["raw"]).get("exec_id") or json.loads(r["raw"])["id"]: r for r in requests}
+    assert set(bodies) == {eachlabs, replicate}
+    assert bodies[eachlabs]["headers"]["x-webhook-secret"] == SECRET
+    assert json.loads(bodies[replicate]["raw"])["status"] == "failed"
+    assert len(deliveries_of(second, eachlabs)) == 1
+    second.__exit__(None, None, None)
+
+    app_client()  # and the next start sends nothing again
+    time.sleep(0.5)
+    assert len(receiver.requests) == 2
+
+
 # -- Replicate webhooks ---------------------------------------------------------------------
 
 
