@@ -146,8 +146,9 @@ class Supervisor:
         outcomes = await asyncio.to_thread(self.store.recover_after_restart, self.settings.workers.max_attempts)
         for pid, outcome in outcomes:
             log.warning("prediction %s was running when the server stopped: %s", pid, outcome)
-            if outcome == "failed":
-                await self._finished(pid)  # its webhook is owed like any other end
+            # An end (failed, or cancelled by a cancel requested before the stop) is owed its
+            # webhook like any other; _finished reports only predictions that did end.
+            await self._finished(pid)
         for index, gpu in self.plan_slots():
             slot = WorkerSlot(index=index, gpu=gpu)
             self.slots.append(slot)
@@ -388,10 +389,7 @@ class Supervisor:
                 return
             if slot.generation != generation or slot.state != W_READY or slot.job is not None:
                 # The worker exited (or was replaced) while the claim ran: put the job back.
-                await asyncio.to_thread(
-                    self.store.requeue, pred.id, "Requeued: its worker stopped before it started.", never_ran=True
-                )
-                self.wake()
+                await self._give_back(pred.id)
                 continue
             try:
                 inputs = parse_inputs(pred.input, self.model_defaults)
@@ -405,13 +403,19 @@ class Supervisor:
                 # The worker is gone (its exit is on the way): the job never reached it.
                 log.warning("worker %d pipe closed while sending a job; requeued", slot.index)
                 slot.state = W_STOPPED
-                await asyncio.to_thread(
-                    self.store.requeue, pred.id, "Requeued: its worker stopped before it started.", never_ran=True
-                )
-                self.wake()
+                await self._give_back(pred.id)
                 continue
             slot.job, slot.state, slot.job_started = pred, W_BUSY, time.monotonic()
             self._notify(pred.id)
+
+    async def _give_back(self, prediction_id: str) -> None:
+        """Requeue a claimed job its worker never got, without spending an attempt. A cancel
+        requested meanwhile ends it instead, and then its end is reported like any other."""
+        await asyncio.to_thread(
+            self.store.requeue, prediction_id, "Requeued: its worker stopped before it started.", never_ran=True
+        )
+        await self._finished(prediction_id)  # reports only if the requeue ended it (cancelled)
+        self.wake()
 
     async def cancel(self, prediction_id: str) -> None:
         """Tell the worker running this prediction to stop at its next step."""
