@@ -183,7 +183,6 @@ class WebhookDispatcher:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._send_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._post_pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="webhook-post")
         self._stopping = False
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.deliveries.prune, time.time() - KEEP_FINISHED_S)
@@ -216,10 +215,12 @@ class WebhookDispatcher:
                     await asyncio.to_thread(self.deliveries.release, delivery_id)
         if self._post_pool is not None:
             self._post_pool.shutdown(wait=False, cancel_futures=True)
+            self._post_pool = None
         self.deliveries.close()
 
     async def _post(self, url: str, payload: Any, headers: dict[str, str]) -> int:
-        """POST on the webhook threads; the HTTP status (FetchError when refused or failed)."""
+        """POST on the webhook threads (made on first use); the HTTP status (FetchError when
+        refused or failed)."""
         if self._post_pool is None:
             self._post_pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="webhook-post")
         call = functools.partial(post_json, url, payload, headers, self.policy, self.settings.webhooks.timeout_s)

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ TERMINAL = ("success", "error", "cancelled")
 STATIC_KEYS = ("key-alpha", "key-bravo")
 
 _key_numbers = itertools.count(1)
+
+
+def run_in_own_loop(coro, timeout: float = 30) -> Any:
+    """``asyncio.run`` on a thread of its own: another test's event loop (Playwright's, kept for
+    the session) may be running on the main thread, where ``asyncio.run`` would refuse."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=timeout)
 
 
 @dataclass

@@ -6,16 +6,9 @@ race that left the webhook loop running after shutdown with ``asyncio.wait_for``
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 from server.events import PredictionEvents, wait_event
-
-
-def run(coro) -> object:
-    """``asyncio.run`` on a thread of its own: another test's event loop (Playwright's, kept for
-    the session) may be running on the main thread."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result(timeout=30)
+from tests.server.conftest import run_in_own_loop
 
 
 def test_wait_event_wakes_when_set_and_times_out_otherwise() -> None:
@@ -26,7 +19,7 @@ def test_wait_event_wakes_when_set_and_times_out_otherwise() -> None:
         timed_out = await wait_event(asyncio.Event(), 0.01)
         return woke, timed_out
 
-    assert run(main()) == (True, False)
+    assert run_in_own_loop(main()) == (True, False)
 
 
 def _loop_until_cancelled(event: asyncio.Event, turns: list[int]):
@@ -51,7 +44,7 @@ def test_a_cancellation_arriving_with_the_event_is_not_lost() -> None:
         assert done, "the cancelled loop kept running"
         assert task.cancelled()
 
-    run(main())
+    run_in_own_loop(main())
 
 
 def test_prediction_events_notify_wakes_every_waiter_and_forgets_them() -> None:
@@ -66,4 +59,4 @@ def test_prediction_events_notify_wakes_every_waiter_and_forgets_them() -> None:
         assert await events.wait("p2", 0.01) is False
         assert events.waiting == 0
 
-    run(main())
+    run_in_own_loop(main())

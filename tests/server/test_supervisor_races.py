@@ -6,10 +6,8 @@ chance). The real-process paths are in test_faults.py.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from server.store.base import STARTING, Prediction
 from server.store.sqlite import SQLitePredictionStore
 from server.supervisor import W_BUSY, W_FAILED, W_READY, W_STARTING, W_STOPPED, Supervisor, WorkerSlot
 from server.worker.messages import JobSucceeded, RunJob, WorkerReady
+from tests.server.conftest import run_in_own_loop
 
 
 class FakeProcess:
@@ -50,10 +49,6 @@ class FakePipe:
         self.sent.append(msg)
 
 
-def run(coro):
-    """On a thread of its own: another test's event loop may be running on this one."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result(timeout=30)
 
 
 @pytest.fixture
@@ -88,7 +83,7 @@ def test_a_result_arriving_after_the_timeout_kill_does_not_bring_the_slot_back(p
         await supervisor._finish_job(slot, JobSucceeded(slow, [], 1, 0.1, ""))
         await supervisor._dispatch()
 
-    run(result_then_dispatch())
+    run_in_own_loop(result_then_dispatch())
     assert store.get(slow).status == SUCCESS
     assert slot.conn.sent == []  # nothing was sent to the dead process
     assert store.get(following).status == STARTING
@@ -99,7 +94,7 @@ def test_a_worker_ready_after_the_load_timeout_does_not_revive_the_slot(parts):
     slot.state, slot.started_at = W_STARTING, time.monotonic() - 60
 
     supervisor._check_timeouts(time.monotonic())
-    run(supervisor._on_message(slot, WorkerReady("cpu", "float32", "/w", True, 59.0)))
+    run_in_own_loop(supervisor._on_message(slot, WorkerReady("cpu", "float32", "/w", True, 59.0)))
 
     assert slot.state == W_FAILED
     assert "loading the model took longer than 5 s" in slot.setup_error
@@ -110,7 +105,7 @@ def test_a_job_whose_worker_is_gone_before_it_is_sent_is_requeued_with_its_attem
     queue(store, "p1")
     slot.state, slot.conn = W_READY, FakePipe(broken=True)
 
-    run(supervisor._dispatch())
+    run_in_own_loop(supervisor._dispatch())
 
     row = store.get("p1")
     assert (row.status, row.attempts) == (STARTING, 0)
@@ -130,7 +125,7 @@ def test_a_store_failure_while_settling_an_exit_still_starts_a_new_worker(parts,
         raise RuntimeError("database is locked")
 
     monkeypatch.setattr(store, "finish", locked)
-    run(supervisor._on_exit(slot))
+    run_in_own_loop(supervisor._on_exit(slot))
 
     assert spawned == [slot]
 
@@ -144,7 +139,7 @@ def test_a_worker_process_that_cannot_be_started_is_reported_not_left_silent(par
         raise OSError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(supervisor, "_spawn", no_processes)
-    run(supervisor._on_exit(slot))
+    run_in_own_loop(supervisor._on_exit(slot))
 
     assert slot.state == W_FAILED
     assert "could not start a worker process" in slot.setup_error
@@ -156,7 +151,7 @@ def test_sent_jobs_carry_the_claimed_attempt(parts):
     queue(store, "p1")
     slot.state = W_READY
 
-    run(supervisor._dispatch())
+    run_in_own_loop(supervisor._dispatch())
 
     [job] = slot.conn.sent
     assert isinstance(job, RunJob) and (job.prediction_id, job.attempt) == ("p1", 1)
