@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import base64
 import io
-import ipaddress
 import json
 import math
 import os
@@ -47,6 +46,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+
+from server.serve import is_loopback_host
 
 TERMINAL = ("success", "error", "cancelled")
 
@@ -302,15 +303,6 @@ class OwnServer:
 # -- command line ---------------------------------------------------------------------------------------
 
 
-def _loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -342,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.creates < 1 or args.keys < 1 or args.burst < 1 or args.creates > 100_000:
         p.error("--creates (1..100000), --keys and --burst must be positive")
-    if args.url and not _loopback(args.url):
+    if args.url and not is_loopback_host(urlsplit(args.url).hostname or ""):
         p.error("--url must be a loopback address (this tool is not for load-testing other hosts)")
     if args.url and not args.key:
         p.error("--url needs at least one --key")

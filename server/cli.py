@@ -39,26 +39,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.errors import GenerationError, ModelLoadError
     from pipelines.images import InputImageError, decode_image
     from pipelines.inputs import InvalidInputs, parse_inputs
+    from server.client.cli import inputs_from_args, output_paths
 
-    raw = {
-        k: getattr(args, k)
-        for k in (
-            "aspect_ratio",
-            "megapixels",
-            "seed",
-            "num_outputs",
-            "num_inference_steps",
-            "guidance",
-            "prompt_strength",
-            "output_format",
-            "output_quality",
-        )
-        if getattr(args, k) is not None
-    }
-    raw["prompt"] = args.prompt
-    if "output_format" not in raw:
-        ext = Path(args.output).suffix.lstrip(".").lower()
-        raw["output_format"] = {"jpeg": "jpg"}.get(ext, ext) if ext in ("webp", "jpg", "jpeg", "png") else "webp"
+    raw = inputs_from_args(args)
     try:
         inputs = parse_inputs(raw)
     except InvalidInputs as exc:
@@ -104,7 +87,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for w in result.warnings:
         if w not in model.warnings:
             print(f"warning: {w}", file=sys.stderr)
-    from server.client.cli import output_paths
 
     paths = output_paths(args.output, inputs.output_format, len(result.images))
     for path, image in zip(paths, result.images, strict=True):

@@ -49,7 +49,8 @@ class GracefulServer(uvicorn.Server):
         loop.call_soon_threadsafe(start_drain)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
@@ -66,7 +67,7 @@ def run_server(settings: Settings) -> int:
     state = app.state.fluxserve
     host = settings.host
     if state.keyring.open:
-        if not _is_loopback(host):
+        if not is_loopback_host(host):
             log.warning("no API key is configured: binding to 127.0.0.1 instead of %s (set FLUXSERVE_API_KEYS)", host)
             host = "127.0.0.1"
         log.warning("no API key is configured: the server is open, reachable from this machine only")

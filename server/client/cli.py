@@ -98,29 +98,36 @@ def _print_error(exc: Exception) -> None:
     print(f"error: {exc}", file=sys.stderr)
 
 
+INPUT_OPTIONS = (
+    "aspect_ratio",
+    "megapixels",
+    "seed",
+    "num_outputs",
+    "num_inference_steps",
+    "guidance",
+    "prompt_strength",
+    "output_format",
+    "output_quality",
+)
+
+
+def inputs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """flux-dev inputs from a ``generate`` command line (this one or ``fluxserve generate``): the
+    prompt, the options given, and the output format from ``-o``'s suffix unless given."""
+    inputs: dict[str, Any] = {"prompt": args.prompt}
+    inputs.update({name: getattr(args, name) for name in INPUT_OPTIONS if getattr(args, name) is not None})
+    if "output_format" not in inputs:
+        ext = Path(args.output).suffix.lstrip(".").lower()
+        inputs["output_format"] = {"jpeg": "jpg"}.get(ext, ext) if ext in IMAGE_SUFFIXES else "webp"
+    return inputs
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from server.client.api import FluxAPIError, WaitTimeout, output_urls, parse_progress, parse_seed
 
-    inputs: dict[str, Any] = {"prompt": args.prompt}
-    for name in (
-        "aspect_ratio",
-        "megapixels",
-        "seed",
-        "num_outputs",
-        "num_inference_steps",
-        "guidance",
-        "prompt_strength",
-        "output_format",
-        "output_quality",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            inputs[name] = value
-    if "output_format" not in inputs:
-        ext = Path(args.output).suffix.lstrip(".").lower()
-        inputs["output_format"] = {"jpeg": "jpg"}.get(ext, ext) if ext in IMAGE_SUFFIXES else "webp"
+    inputs = inputs_from_args(args)
     if args.image:
         try:
             inputs["image"] = image_data_url(args.image)
