@@ -49,6 +49,27 @@ class Identity:
 ANONYMOUS = Identity("anonymous", "anonymous")
 
 
+def _static_entries(static_keys: Iterable[str]) -> list[tuple[bytes, Identity]]:
+    """(sha256 digest, identity) of each static key, repeats dropped, named ``config-N`` in order."""
+    entries: list[tuple[bytes, Identity]] = []
+    seen: set[bytes] = set()
+    for key in static_keys:
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError("static API keys must be non-empty strings")
+        key = key.strip()
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        entries.append((digest, Identity(key_id_for(key), f"config-{len(entries) + 1}")))
+    return entries
+
+
+def static_identities(static_keys: Iterable[str]) -> list[Identity]:
+    """The identities the ring gives the static keys (``config-1``, ``config-2``...)."""
+    return [identity for _, identity in _static_entries(static_keys)]
+
+
 def extract_key(headers: Mapping[str, str]) -> str | None:
     """The API key a request presents, or None.
 
@@ -95,17 +116,7 @@ class KeyRing:
         *,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self._static: list[tuple[bytes, Identity]] = []
-        seen: set[bytes] = set()
-        for key in static_keys:
-            if not isinstance(key, str) or not key.strip():
-                raise ValueError("static API keys must be non-empty strings")
-            key = key.strip()
-            digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
-            if digest in seen:
-                continue
-            seen.add(digest)
-            self._static.append((digest, Identity(key_id_for(key), f"config-{len(self._static) + 1}")))
+        self._static = _static_entries(static_keys)
         self._keystore = keystore
         self._clock = clock
         self._lock = threading.Lock()

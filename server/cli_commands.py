@@ -21,13 +21,45 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _keystore(config: str | None):
+def _settings(config: str | None):
     from server.config import load_settings
-    from server.keystore import KeyStore
 
     settings = load_settings(config)
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    return KeyStore(settings.db_path)
+    return settings
+
+
+def _keystore(config: str | None):
+    from server.keystore import KeyStore
+
+    return KeyStore(_settings(config).db_path)
+
+
+def _rotate_webhook_secret(config: str | None, name: str) -> int:
+    """Give the key called ``name`` (stored, ``config-N`` or ``anonymous``) a new signing secret."""
+    from server.auth import ANONYMOUS, static_identities
+    from server.keystore import KeyStore
+    from server.store.deliveries import DeliveryStore
+
+    settings = _settings(config)
+    keystore = KeyStore(settings.db_path)
+    owners = {i.name: i.key_id for i in [ANONYMOUS, *static_identities(settings.api_keys)]}
+    owners.update({info.name: info.key_id for info in keystore.list() if not info.revoked})
+    keystore.close()
+    if name not in owners:
+        print(f"error: no active key named {name!r}", file=sys.stderr)
+        return 1
+    deliveries = DeliveryStore(settings.db_path)
+    try:
+        print(deliveries.rotate_signing_secret(owners[name]))
+    finally:
+        deliveries.close()
+    print(
+        f"rotated the webhook signing secret of key {name!r}: its webhooks are signed with this one "
+        "from now on (GET /v1/webhooks/default/secret with the key shows it too)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _when(ts: float | None) -> str:
@@ -43,8 +75,15 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     keys.add_parser("list", help="names, creation and last use")
     revoke = keys.add_parser("revoke", help="revoke a key (takes effect on the next request)")
     revoke.add_argument("name")
+    rotate = keys.add_parser(
+        "rotate-webhook-secret",
+        help="give a key a new webhook signing secret, printed on stdout; the old one stops at once",
+    )
+    rotate.add_argument("name", help="a stored key's name, config-N for a static key, or anonymous")
 
     def run(args: argparse.Namespace) -> int:
+        if args.keys_command == "rotate-webhook-secret":
+            return _rotate_webhook_secret(args.config, args.name)
         store = _keystore(args.config)
         if args.keys_command == "create":
             try:

@@ -8,9 +8,11 @@ Two flavours, picked by who created the prediction (``Prediction.extra["api"]``)
   client gave a ``webhook_secret``.
 - **Replicate** (section 4): the Replicate prediction object, signed the Standard Webhooks way
   (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256 of
-  "{id}.{timestamp}.{body}">`` under the server's ``whsec_`` secret), for the events of the
-  prediction's ``webhook_events_filter`` (default ``output`` and ``completed``, as Replicate
-  documents).
+  "{id}.{timestamp}.{body}">`` under a ``whsec_`` secret), for the events of the prediction's
+  ``webhook_events_filter`` (default ``output`` and ``completed``, as Replicate documents).
+  The secret is the owner's: each key (the one that made the prediction) has its own, as each
+  Replicate account does, so no key holder can sign a webhook another key's receiver accepts.
+  It is read at send time, so after a rotation every delivery, queued ones too, uses the new one.
 
 **Durable events.** The end of a prediction (the Eachlabs webhook; Replicate's ``completed``, and
 ``output`` when ``completed`` is not requested: FLUX makes its output all at once at the end, so an
@@ -151,7 +153,6 @@ class WebhookDispatcher:
         self._pending_enqueues: set[asyncio.Task] = set()
         self._follows: dict[str, _Follow] = {}
         self._ignored: OrderedDict[str, None] = OrderedDict()
-        self._secret: str | None = None
         self._send_slots: asyncio.Semaphore | None = None
         # POSTs block a thread for up to timeout_s: on threads of their own, so a slow receiver
         # never holds up the store calls that share the loop's default executor.
@@ -172,11 +173,15 @@ class WebhookDispatcher:
     def base_url(self) -> str:
         return self.settings.base_url
 
-    def signing_secret(self) -> str:
-        """The server's ``whsec_`` secret (made once, kept in the database)."""
-        if self._secret is None:
-            self._secret = self.deliveries.signing_secret()
-        return self._secret
+    def signing_secret(self, owner: str) -> str:
+        """``owner``'s ``whsec_`` secret (made on first use, kept in the database). Blocking.
+
+        Not cached: a rotation by another process (the CLI) takes effect on the next delivery."""
+        return self.deliveries.signing_secret(owner)
+
+    def rotate_signing_secret(self, owner: str) -> str:
+        """Give ``owner`` a new secret and return it; the old one signs nothing more. Blocking."""
+        return self.deliveries.rotate_signing_secret(owner)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -343,12 +348,13 @@ class WebhookDispatcher:
         number = delivery.attempts + 1
         total = max(cfg.attempts, number)
         headers = dict(delivery.headers)
-        if delivery.flavour == REPLICATE:
-            headers.update(self._signature_headers(delivery.id, delivery.payload))
         refused = False
         code: int | None = None
         error: str | None = None
         try:
+            if delivery.flavour == REPLICATE:
+                owner = await asyncio.to_thread(self._owner_of, delivery.prediction_id)
+                headers.update(await self._signature_headers(owner, delivery.id, delivery.payload))
             async with self._slots():
                 code = await self._post(delivery.url, delivery.payload, headers)
         except FetchError as exc:
@@ -394,14 +400,20 @@ class WebhookDispatcher:
             self._send_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         return self._send_slots
 
-    def _signature_headers(self, msg_id: str, payload: Any) -> dict[str, str]:
+    def _owner_of(self, prediction_id: str) -> str:
+        pred = self.store.get(prediction_id)
+        if pred is None:  # predictions are never deleted; a row without one cannot be signed
+            raise LookupError(f"prediction {prediction_id} not found")
+        return pred.owner
+
+    async def _signature_headers(self, owner: str, msg_id: str, payload: Any) -> dict[str, str]:
+        """The Standard Webhooks headers, signed now with ``owner``'s current secret."""
+        secret = await asyncio.to_thread(self.signing_secret, owner)
         timestamp = int(time.time())
         return {
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": standard_webhook_signature(
-                self.signing_secret(), msg_id, timestamp, wire_body(payload)
-            ),
+            "webhook-signature": standard_webhook_signature(secret, msg_id, timestamp, wire_body(payload)),
         }
 
     # -- Replicate's start and logs events (best effort) ------------------------------------
@@ -475,7 +487,7 @@ class WebhookDispatcher:
     async def _send_once(self, pred: Prediction, event: str) -> None:
         assert pred.webhook_url is not None
         payload = prediction_object(self.base_url, pred)
-        headers = self._signature_headers("msg_" + uuid.uuid4().hex, payload)
+        headers = await self._signature_headers(pred.owner, "msg_" + uuid.uuid4().hex, payload)
         try:
             async with self._slots():
                 code = await self._post(pred.webhook_url, payload, headers)

@@ -473,9 +473,31 @@ async def get_version(request: Request, owner: str, name: str, version: str):
     return body
 
 
-@both("get", "/v1/webhooks/default/secret", summary="The webhook signing secret (Replicate)", responses=errors(401, 429))
+@both(
+    "get",
+    "/v1/webhooks/default/secret",
+    summary="The caller's webhook signing secret (Replicate)",
+    description="Each key has its own secret (made on first use), as each Replicate account does: "
+    "webhooks of the key's predictions are signed with it.",
+    responses=errors(401, 429),
+)
 @replicate_errors
 async def webhook_secret(request: Request):
     state = app_state(request)
-    await caller(request)
-    return {"key": await asyncio.to_thread(state.webhooks.signing_secret)}
+    identity = await caller(request)
+    return {"key": await asyncio.to_thread(state.webhooks.signing_secret, identity.key_id)}
+
+
+@both(
+    "post",
+    "/v1/webhooks/default/secret/rotate",
+    summary="Replace the caller's webhook signing secret",
+    description="Answers the new secret. The old one stops at once: every later delivery of this "
+    "key's webhooks, retries of queued ones included, is signed with the new one (no overlap).",
+    responses=errors(401, 429),
+)
+@replicate_errors
+async def rotate_webhook_secret(request: Request):
+    state = app_state(request)
+    identity = await caller(request)
+    return {"key": await asyncio.to_thread(state.webhooks.rotate_signing_secret, identity.key_id)}

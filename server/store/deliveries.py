@@ -1,4 +1,4 @@
-"""Webhook deliveries waiting to be sent, and the server's webhook signing secret, in SQLite.
+"""Webhook deliveries waiting to be sent, and each key's webhook signing secret, in SQLite.
 
 A webhook that must not be lost (the Eachlabs webhook at the end of a prediction, Replicate's
 ``completed`` event) is a row in ``webhook_deliveries``, in the same database file as the
@@ -11,6 +11,9 @@ them after its next start.
 - Claiming a row pushes its ``next_attempt_at`` forward by a lease, so a second API process
   sharing the file does not post it at the same time; a process that dies mid-attempt leaves
   the row to be retried once the lease has passed (delivery is at least once).
+- Replicate webhooks are signed with a secret per owner (the key id that made the prediction;
+  ``anonymous`` in open mode), in ``webhook_signing_keys``: random, made on first use, replaced
+  by a rotation. A secret is never derived from the key, so no key holder can compute another's.
 - Connections (one per thread, WAL, busy timeout) come from ``server/store/sqlite_db.py``.
 """
 
@@ -51,10 +54,12 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS webhook_deliveries_once ON webhook_deliveries (prediction_id, event);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at);
+-- One secret per owner. A row named 'default' is the single server-wide secret of earlier
+-- versions: no longer used (it was known to every key), and no owner id can be that name.
 CREATE TABLE IF NOT EXISTS webhook_signing_keys (
-    name       TEXT PRIMARY KEY,
+    name       TEXT PRIMARY KEY,              -- the owner: a key id, or 'anonymous'
     secret     TEXT NOT NULL,                 -- whsec_<base64 key>
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL                  -- when this secret was made (a rotation resets it)
 );
 """
 
@@ -230,18 +235,32 @@ class DeliveryStore:
         )
         return cur.rowcount
 
-    # -- the signing secret ---------------------------------------------------------------
+    # -- signing secrets -------------------------------------------------------------------
 
-    def signing_secret(self, name: str = "default") -> str:
-        """The server's webhook signing secret, ``whsec_<base64 of 32 random bytes>``, made on
-        first use and the same ever after (every process sharing the file sees the same one)."""
+    def signing_secret(self, owner: str) -> str:
+        """``owner``'s webhook signing secret, ``whsec_<base64 of 32 random bytes>``: made on
+        first use, then the same until rotated (every process sharing the file sees the same)."""
         conn = self._db.connection()
-        row = conn.execute("SELECT secret FROM webhook_signing_keys WHERE name = ?", (name,)).fetchone()
+        row = conn.execute("SELECT secret FROM webhook_signing_keys WHERE name = ?", (owner,)).fetchone()
         if row is not None:
             return row[0]
-        secret = SIGNING_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode()
         conn.execute(
             "INSERT OR IGNORE INTO webhook_signing_keys (name, secret, created_at) VALUES (?, ?, ?)",
-            (name, secret, time.time()),
+            (owner, _new_secret(), time.time()),
         )
-        return conn.execute("SELECT secret FROM webhook_signing_keys WHERE name = ?", (name,)).fetchone()[0]
+        return conn.execute("SELECT secret FROM webhook_signing_keys WHERE name = ?", (owner,)).fetchone()[0]
+
+    def rotate_signing_secret(self, owner: str) -> str:
+        """Replace ``owner``'s secret with a new random one and return it. The old one stops
+        signing at once: every delivery from now on, queued ones included, uses the new one."""
+        secret = _new_secret()
+        self._db.connection().execute(
+            "INSERT INTO webhook_signing_keys (name, secret, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at",
+            (owner, secret, time.time()),
+        )
+        return secret
+
+
+def _new_secret() -> str:
+    return SIGNING_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode()

@@ -26,8 +26,8 @@ ENV_KEY = "env-static-key-5c1d"
 NO_WORKER = {"count": 0}
 
 
-def keys_cli(srv: LiveServer, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+def keys_cli(srv: LiveServer, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")} | (env or {})
     return subprocess.run(
         [FLUXSERVE, "keys", "--config", str(srv.config_path), *args],
         capture_output=True,
@@ -147,6 +147,42 @@ def test_creating_a_duplicate_active_name_fails_and_prints_no_key(srv):
     assert result.returncode == 2
     assert result.stdout == ""
     assert "already exists" in result.stderr
+
+
+def webhook_secret(srv: LiveServer, key: str) -> str:
+    response = srv.http.get("/v1/webhooks/default/secret", headers={"X-API-Key": key})
+    assert response.status_code == 200, response.text
+    return response.json()["key"]
+
+
+def test_rotate_webhook_secret_prints_the_new_secret_the_running_server_now_gives_that_key(srv):
+    key = keys_cli(srv, "create", "hooks").stdout.strip()
+    old, others = webhook_secret(srv, key), webhook_secret(srv, ENV_KEY)
+
+    result = keys_cli(srv, "rotate-webhook-secret", "hooks")
+
+    assert result.returncode == 0, result.stderr
+    new = result.stdout.strip()
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", new) and new != old
+    assert webhook_secret(srv, key) == new
+    assert webhook_secret(srv, ENV_KEY) == others
+
+
+def test_rotate_webhook_secret_of_a_static_key_by_its_config_name(srv):
+    old = webhook_secret(srv, ENV_KEY)
+
+    result = keys_cli(srv, "rotate-webhook-secret", "config-1", env={"FLUXSERVE_API_KEYS": ENV_KEY})
+
+    assert result.returncode == 0, result.stderr
+    assert webhook_secret(srv, ENV_KEY) == result.stdout.strip() != old
+
+
+def test_rotate_webhook_secret_of_an_unknown_name_fails_with_a_message(srv):
+    result = keys_cli(srv, "rotate-webhook-secret", "nobody")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "no active key named 'nobody'" in result.stderr
 
 
 def test_first_created_key_closes_an_open_server_within_seconds(tmp_path, tiny_model_dir):

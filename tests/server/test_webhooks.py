@@ -29,6 +29,7 @@ from server.store.deliveries import DELIVERED, FAILED, PENDING
 
 KEY = "test-key-webhooks"
 AUTH = {"X-API-Key": KEY}
+OTHER_AUTH = {"X-API-Key": "test-key-webhooks-someone-else"}
 SECRET = "s3cret-value-never-logged"
 
 
@@ -95,7 +96,7 @@ def make_settings(
 ) -> Settings:
     return Settings(
         data_dir=str(data_dir),
-        api_keys=[KEY],
+        api_keys=[KEY, OTHER_AUTH["X-API-Key"]],
         input_images={"allowed_hosts": ["127.0.0.1"] if allow_loopback else []},
         webhooks={"attempts": attempts, "interval_s": interval_s, "timeout_s": 5},
     )
@@ -130,11 +131,13 @@ def create_eachlabs(client: TestClient, webhook_url: str | None, secret: str | N
     return response.json()["predictionID"]
 
 
-def create_replicate(client: TestClient, webhook_url: str, events: list[str] | None = None) -> str:
+def create_replicate(
+    client: TestClient, webhook_url: str, events: list[str] | None = None, auth: dict = AUTH
+) -> str:
     body: dict = {"input": {"prompt": "a lighthouse"}, "webhook": webhook_url}
     if events is not None:
         body["webhook_events_filter"] = events
-    response = client.post("/v1/models/black-forest-labs/flux-dev/predictions", json=body, headers=AUTH)
+    response = client.post("/v1/models/black-forest-labs/flux-dev/predictions", json=body, headers=auth)
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
@@ -367,22 +370,37 @@ def test_an_end_recorded_without_its_delivery_row_is_sent_by_the_next_server(app
 # -- Replicate webhooks ---------------------------------------------------------------------
 
 
-def signing_key(client: TestClient) -> bytes:
-    secret = client.get("/v1/webhooks/default/secret", headers=AUTH).json()["key"]
+def whsec_key(secret: str) -> bytes:
     assert secret.startswith("whsec_")
     return base64.b64decode(secret.removeprefix("whsec_"))
 
 
-def assert_signed(request: dict, key: bytes) -> None:
-    """Standard Webhooks, computed here from the raw body as a receiver would."""
+def signing_key(client: TestClient, auth: dict = AUTH) -> bytes:
+    response = client.get("/v1/webhooks/default/secret", headers=auth)
+    assert response.status_code == 200, response.text
+    return whsec_key(response.json()["key"])
+
+
+def rotate(client: TestClient, auth: dict = AUTH) -> bytes:
+    response = client.post("/v1/webhooks/default/secret/rotate", headers=auth)
+    assert response.status_code == 200, response.text
+    return whsec_key(response.json()["key"])
+
+
+def signed_with(request: dict, key: bytes) -> bool:
+    """Standard Webhooks, checked here from the raw body as a receiver would."""
     headers = request["headers"]
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + request["raw"]
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    assert headers["webhook-signature"] == f"v1,{expected}"
-    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    return hmac.compare_digest(headers["webhook-signature"], f"v1,{expected}")
 
 
-def test_replicate_completed_webhook_is_the_prediction_object_signed_with_the_server_secret(
+def assert_signed(request: dict, key: bytes) -> None:
+    assert signed_with(request, key)
+    assert abs(int(request["headers"]["webhook-timestamp"]) - time.time()) < 60
+
+
+def test_replicate_completed_webhook_is_the_prediction_object_signed_with_the_keys_secret(
     app_client, receiver
 ):
     client = app_client()
@@ -486,8 +504,63 @@ def test_replicate_cancelled_queued_prediction_sends_completed_canceled(app_clie
     assert json.loads(request["raw"])["status"] == "canceled"
 
 
-def test_signing_secret_is_kept_across_restarts(app_client):
+def test_each_key_gets_its_own_signing_secret(app_client):
+    client = app_client()
+    assert signing_key(client) != signing_key(client, OTHER_AUTH)
+    assert signing_key(client) == signing_key(client)
+
+
+def test_each_keys_webhook_verifies_with_its_own_secret_and_not_the_others(app_client, receiver):
+    client = app_client()
+    mine = create_replicate(client, receiver.url, ["completed"])
+    theirs = create_replicate(client, receiver.url, ["completed"], auth=OTHER_AUTH)
+    finish(client, mine, SUCCESS, output=["out-0.webp"])
+    finish(client, theirs, SUCCESS, output=["out-0.webp"])
+
+    by_id = {json.loads(r["raw"])["id"]: r for r in receiver.wait_for(2)}
+    my_key, their_key = signing_key(client), signing_key(client, OTHER_AUTH)
+    assert_signed(by_id[mine], my_key)
+    assert not signed_with(by_id[mine], their_key)
+    assert_signed(by_id[theirs], their_key)
+    assert not signed_with(by_id[theirs], my_key)
+
+
+def test_rotating_the_secret_changes_it_and_only_for_that_key(app_client):
+    client = app_client()
+    old, other = signing_key(client), signing_key(client, OTHER_AUTH)
+    new = rotate(client)
+    assert new != old
+    assert signing_key(client) == new
+    assert signing_key(client, OTHER_AUTH) == other
+
+
+def test_rotating_the_secret_needs_a_key(app_client):
+    client = app_client()
+    response = client.post("/v1/webhooks/default/secret/rotate")
+    assert response.status_code == 401
+
+
+def test_a_queued_delivery_retried_after_a_rotation_is_signed_with_the_new_secret(app_client):
+    receiver = Receiver(codes=[500])
+    try:
+        client = app_client(interval_s=1.0)
+        old = signing_key(client)
+        pid = create_replicate(client, receiver.url, ["completed"])
+        finish(client, pid, SUCCESS, output=["out-0.webp"])
+        receiver.wait_for(1)
+        new = rotate(client)  # between the failed first attempt and the retry, 1 s later
+        first, second = receiver.wait_for(2)
+    finally:
+        receiver.close()
+    assert signed_with(first, old)
+    assert_signed(second, new)
+    assert not signed_with(second, old)
+
+
+def test_signing_secrets_are_kept_across_restarts_rotated_ones_too(app_client):
     first = app_client()
-    key = signing_key(first)
+    key, rotated = signing_key(first), rotate(first, OTHER_AUTH)
     first.__exit__(None, None, None)
-    assert signing_key(app_client()) == key
+    second = app_client()
+    assert signing_key(second) == key
+    assert signing_key(second, OTHER_AUTH) == rotated
