@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from pipelines.spec import ModelSpec
+from server.allowlist import parse_host_rule
 from server.auth import parse_static_keys
 
 MiB = 2**20
@@ -86,8 +87,20 @@ class InputImageSettings(_Section):
         False, description="Allow image and webhook URLs on loopback/private/link-local/metadata addresses."
     )
     allowed_hosts: list[str] = Field(
-        default_factory=list, description="Hosts, IPs or CIDRs allowed even when private (operator allow-list)."
+        default_factory=list,
+        description="Hosts, IPs or CIDRs whose private addresses image and webhook URLs may reach: "
+        "`images.internal`, `*.corp.example`, `10.0.0.5`, `10.0.0.0/8`, `::1`, `fd00::/8`; with a port "
+        "`images.internal:8080`, `10.0.0.0/8:443`, `[::1]:8080`, `[fd00::/8]:443`. Without a port every "
+        "port is allowed; with one, only that port. Checked on each redirect hop too; a malformed entry "
+        "is refused at start.",
     )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_host_rule(entry)  # ValueError naming the entry and what is wrong with it
+        return entries
 
 
 class WebhookSettings(_Section):

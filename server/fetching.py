@@ -42,6 +42,7 @@ import httpcore
 import httpx
 
 from pipelines.images import format_bytes, parse_data_url
+from server.allowlist import HostRule, IPAddress, normalize_host, parse_host_rule
 
 __all__ = [
     "AddressPolicy",
@@ -53,9 +54,6 @@ __all__ = [
     "load_image_source",
     "post_json",
 ]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 USER_AGENT = "fluxserve/0.1"
 _CHUNK = 64 * 1024
@@ -78,10 +76,13 @@ class AddressPolicy:
 
     ``allow_private`` lifts the refusal of loopback/private/link-local/CGNAT/... addresses, but not of
     the cloud metadata addresses: those are reachable only when an ``allowed_hosts`` IP or CIDR entry
-    covers them explicitly. ``allowed_hosts`` entries are hostnames (``images.internal``, or
-    ``*.corp.example`` for any subdomain), IP addresses or CIDR networks: a host name matching a name
-    entry may resolve to private addresses, and any address inside an IP/CIDR entry is allowed.
-    Every address a host resolves to must be allowed (public, or covered as above).
+    covers them explicitly. ``allowed_hosts`` entries (syntax: :mod:`server.allowlist`) are host names
+    (``images.internal``, ``*.corp.example``), IP addresses or CIDR networks, each optionally with a
+    port: a host name matching a name entry may resolve to private addresses, and any address inside
+    an IP/CIDR entry is allowed; an entry with a port allows that port only, one without allows every
+    port. Every address a host resolves to must be allowed (public, or covered as above). Public
+    addresses are allowed on every port: the list only lifts refusals. A malformed entry raises
+    ValueError here (the config refuses it at load).
     """
 
     allow_private: bool = False
@@ -89,37 +90,16 @@ class AddressPolicy:
     timeout_s: float = 15
     max_bytes: int = 10 * 2**20
     max_redirects: int = 5
+    _rules: list[HostRule] = field(init=False, repr=False, compare=False)
 
-    def _networks(self) -> list[IPNetwork]:
-        nets = []
-        for entry in self.allowed_hosts:
-            try:
-                nets.append(ipaddress.ip_network(entry.strip().strip("[]"), strict=False))
-            except ValueError:
-                continue  # a host name
-        return nets
+    def __post_init__(self) -> None:
+        self._rules = [parse_host_rule(entry) for entry in self.allowed_hosts]
 
-    def _host_is_allowed(self, host: str) -> bool:
-        host = _normalize_host(host)
-        for entry in self.allowed_hosts:
-            entry = _normalize_host(entry)
-            if entry.startswith("*."):
-                if host.endswith(entry[1:]):
-                    return True
-            elif entry and host == entry:
-                return True
-        return False
+    def _address_rules(self, ip: IPAddress) -> list[HostRule]:
+        return [rule for rule in self._rules if rule.covers_address(ip)]
 
-
-def _normalize_host(host: str) -> str:
-    """Lower-case ASCII form, as httpx sends it (IDNA via httpx's own encoder), without a trailing dot."""
-    host = host.strip().strip("[]").rstrip(".").lower()
-    if not host.isascii():
-        try:
-            host = httpx.URL(f"http://{host}/").raw_host.decode("ascii")
-        except (httpx.InvalidURL, UnicodeError, ValueError):
-            pass
-    return host
+    def _name_rules(self, host: str) -> list[HostRule]:
+        return [rule for rule in self._rules if rule.covers_name(host)]
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -165,21 +145,32 @@ def address_problem(ip: IPAddress) -> str | None:
     return None
 
 
-def _vet(ip: IPAddress, host: str, policy: AddressPolicy) -> str | None:
-    """None if connecting to ``ip`` (reached through ``host``) is allowed, else the reason."""
+def _vet(ip: IPAddress, host: str, port: int, policy: AddressPolicy) -> str | None:
+    """None if connecting to ``ip`` port ``port`` (reached through the URL host ``host``) is allowed,
+    else the reason. IP/CIDR entries match ``ip`` (and the IPv4 address an IPv6 one embeds, so
+    ``::ffff:127.0.0.1`` is 127.0.0.1); host-name entries match ``host``; both must match ``port``."""
     bare = ipaddress.ip_address(str(ip).split("%", 1)[0])
     inner = _embedded_ipv4(bare)
     candidates = [bare] if inner is None else [bare, inner]
-    if any(c in net for c in candidates for net in policy._networks() if c.version == net.version):
+    by_address = [rule for c in candidates for rule in policy._address_rules(c)]
+    if any(rule.allows_port(port) for rule in by_address):
         return None  # an operator's explicit IP/CIDR entry: the only way to reach metadata addresses
     problem = address_problem(bare)
     if problem is None:
         return None
     if problem.startswith("a cloud metadata address"):  # also when embedded in an IPv6 address
-        return problem
-    if policy.allow_private or policy._host_is_allowed(host):
+        return _not_on_port(problem, port) if by_address else problem
+    if policy.allow_private:
         return None
-    return problem
+    by_name = policy._name_rules(host)
+    if any(rule.allows_port(port) for rule in by_name):
+        return None
+    return _not_on_port(problem, port) if by_address or by_name else problem
+
+
+def _not_on_port(problem: str, port: int) -> str:
+    # The entry that covers the address names other ports; say so (not which: that is the operator's).
+    return f"{problem}, not allowed on port {port}"
 
 
 def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
@@ -239,7 +230,7 @@ def _resolve_and_vet(
 ) -> list[IPAddress]:
     ips = _resolve(host, port, deadline)
     for ip in ips:
-        problem = _vet(ip, host, policy)
+        problem = _vet(ip, host, port, policy)
         if problem is not None:
             if _parse_literal(host) is not None:
                 raise FetchError(f"{what} refused: {ip} is {problem}")
@@ -336,7 +327,7 @@ class _PinnedBackend(httpcore.NetworkBackend):
         self._inner = httpcore.SyncBackend()
 
     def pin(self, host: str, port: int, ips: list[IPAddress]) -> None:
-        self._pinned[(_normalize_host(host), port)] = ips
+        self._pinned[(normalize_host(host), port)] = ips
 
     def _clamp(self, timeout: float | None) -> float | None:
         if self._deadline is None:
@@ -354,7 +345,7 @@ class _PinnedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        ips = self._pinned.get((_normalize_host(host), port))
+        ips = self._pinned.get((normalize_host(host), port))
         if ips is None:
             try:
                 ips = _resolve_and_vet(host, port, self._policy, self._what, self._deadline)
@@ -363,7 +354,7 @@ class _PinnedBackend(httpcore.NetworkBackend):
         last_error: Exception | None = None
         for ip in ips:
             # Re-vet at the socket: whatever path led here, only an allowed address is connected.
-            problem = _vet(ip, host, self._policy)
+            problem = _vet(ip, host, port, self._policy)
             if problem is not None:
                 raise FetchError(f"{self._what} refused: {ip} is {problem}")
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,32 @@ def test_bad_value_names_the_key(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  offload: sometimes\n")
     with pytest.raises(ConfigError, match=r"model\.offload"):
+        load_settings(cfg)
+
+
+def test_allowed_hosts_entries_of_every_form_load(tmp_path):
+    entries = [
+        "images.internal",
+        "*.corp.example:443",
+        "10.0.0.5:8080",
+        "10.0.0.0/8:443",
+        "::1",
+        "[::1]:8080",
+        "fd00::/8",
+        "[fd00::/8]:443",
+    ]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("input_images:\n  allowed_hosts:\n" + "".join(f"    - '{e}'\n" for e in entries))
+    assert load_settings(cfg).input_images.allowed_hosts == entries
+
+
+@pytest.mark.parametrize(
+    "entry", ["127.0.0.1:18090:1", "10.0.0.0/33", "images.internal:http", "[10.0.0.1]:80"]
+)
+def test_malformed_allowed_hosts_entry_is_refused_at_load_naming_the_key_and_entry(tmp_path, entry):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"input_images:\n  allowed_hosts:\n    - 127.0.0.1\n    - '{entry}'\n")
+    with pytest.raises(ConfigError, match=rf"input_images\.allowed_hosts: .*{re.escape(repr(entry))}"):
         load_settings(cfg)
 
 

@@ -10,6 +10,7 @@ import base64
 import io
 import ipaddress
 import json
+import re
 import socket
 import threading
 import time
@@ -314,6 +315,173 @@ def test_redirect_to_a_non_http_scheme_is_refused(base):
 def test_too_many_redirects_are_refused(base):
     with pytest.raises(FetchError, match=r"too many redirects \(more than 3\)"):
         fetch_bytes(f"{base}/loop", AddressPolicy(allowed_hosts=["127.0.0.1"], max_redirects=3))
+
+
+# --- allow-list entries and ports ---------------------------------------------------------------
+# An entry with a port allows that port only, one without allows every port; the same rule holds for
+# the first URL and every redirect hop, matched on the address connected (numeric spellings and
+# IPv4-mapped IPv6 are the IPv4 address) or, for host-name entries, on the URL's host name.
+
+
+@pytest.fixture(scope="module")
+def second_port() -> Iterator[str]:
+    """Another server on 127.0.0.1, on another port: what a redirect might aim at."""
+    yield from _serve("127.0.0.1")
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+IP_ENTRIES_WITH_PORT = [
+    "127.0.0.1:{port}",
+    "127.0.0.0/8:{port}",
+    "[::ffff:127.0.0.1]:{port}",
+    "[::ffff:127.0.0.0/104]:{port}",
+    "2130706433:{port}",
+    "0x7f000001:{port}",
+]
+
+
+@pytest.mark.parametrize("entry", IP_ENTRIES_WITH_PORT)
+def test_ip_or_cidr_entry_with_a_port_allows_that_port(base, entry):
+    policy = AddressPolicy(allowed_hosts=[entry.format(port=_port_of(base))])
+    assert fetch_bytes(f"{base}/png", policy) == PNG
+
+
+@pytest.mark.parametrize("entry", IP_ENTRIES_WITH_PORT)
+def test_ip_or_cidr_entry_with_a_port_refuses_another_port(base, second_port, entry, no_connect):
+    policy = AddressPolicy(allowed_hosts=[entry.format(port=_port_of(base))])
+    other = _port_of(second_port)
+    with pytest.raises(
+        FetchError,
+        match=rf"^image URL refused: 127\.0\.0\.1 is a loopback address, not allowed on port {other}$",
+    ):
+        fetch_bytes(f"{second_port}/png", policy)
+
+
+@pytest.mark.parametrize("entry", ["images.internal:{port}", "IMAGES.Internal.:{port}", "*.internal:{port}"])
+def test_host_name_entry_with_a_port_allows_that_port_only(base, fake_dns, entry):
+    table, _ = fake_dns
+    table["images.internal"] = [["127.0.0.1"]]
+    port = _port_of(base)
+    policy = AddressPolicy(allowed_hosts=[entry.format(port=port)])
+    assert fetch_bytes(f"http://images.internal:{port}/png", policy) == PNG
+    with pytest.raises(
+        FetchError,
+        match=rf"^image URL refused: images\.internal resolves to 127\.0\.0\.1, a loopback address, "
+        rf"not allowed on port {port + 1}$",
+    ):
+        check_url(f"http://images.internal:{port + 1}/png", policy)
+
+
+def test_host_name_entry_does_not_cover_the_address_it_resolves_to(base, fake_dns, no_connect):
+    table, _ = fake_dns
+    table["images.internal"] = [["127.0.0.1"]]
+    policy = AddressPolicy(allowed_hosts=[f"images.internal:{_port_of(base)}"])
+    with pytest.raises(FetchError, match=r"^image URL refused: 127\.0\.0\.1 is a loopback address$"):
+        fetch_bytes(f"{base}/png", policy)
+
+
+@pytest.mark.parametrize(
+    "entry,allowed,refused",
+    [
+        ("[::1]:8080", "http://[::1]:8080/", "http://[::1]:8081/"),
+        ("::1", "http://[::1]:8081/", "http://[::2]:8081/"),
+        ("[fd00::/8]:443", "https://[fd12::1]/", "http://[fd12::1]/"),
+        ("[fd00::]/8:443", "https://[fd12::1]/", "https://[fd12::1]:8443/"),
+        ("fd00::/8", "http://[fd12::1]:8443/", "http://[fc00::1]/"),
+    ],
+)
+def test_ipv6_entries_with_and_without_a_port(entry, allowed, refused, no_connect):
+    policy = AddressPolicy(allowed_hosts=[entry])
+    assert check_url(allowed, policy)
+    with pytest.raises(FetchError, match=r"^image URL refused: "):
+        check_url(refused, policy)
+
+
+@pytest.mark.parametrize("host", ["0x7f000001", "2130706433"])
+def test_numeric_spellings_of_an_allowed_address_are_that_address(base, host):
+    policy = AddressPolicy(allowed_hosts=[f"127.0.0.1:{_port_of(base)}"])
+    assert fetch_bytes(f"http://{host}:{_port_of(base)}/png", policy) == PNG
+
+
+def test_ipv4_mapped_spelling_of_an_allowed_address_is_that_address(base, no_connect):
+    policy = AddressPolicy(allowed_hosts=[f"127.0.0.1:{_port_of(base)}"])
+    assert check_url(f"http://[::ffff:127.0.0.1]:{_port_of(base)}/png", policy) == [
+        ipaddress.ip_address("::ffff:127.0.0.1")
+    ]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0x7f000001", "2130706433", "[::ffff:127.0.0.1]", "127.1"])
+def test_redirect_to_another_port_is_refused_when_only_the_first_port_is_allowed(base, second_port, host):
+    other = _port_of(second_port)
+    url = f"{base}/redirect?to=http://{host}:{other}/png"
+    # Control: the target answers when its port is allowed too ...
+    both = [f"127.0.0.1:{_port_of(base)}", f"127.0.0.1:{other}"]
+    if host != "[::ffff:127.0.0.1]":  # (that one would need IPv6 on the machine to connect)
+        assert fetch_bytes(url, AddressPolicy(allowed_hosts=both)) == PNG
+    # ... and the hop is refused, on its port, when only the first port is.
+    with pytest.raises(FetchError, match=rf"^image URL refused: .*, not allowed on port {other}$"):
+        fetch_bytes(url, AddressPolicy(allowed_hosts=[f"127.0.0.1:{_port_of(base)}"]))
+
+
+def test_redirect_through_a_name_to_another_port_is_refused(base, second_port, fake_dns):
+    table, _ = fake_dns
+    table["localhost"] = [["127.0.0.1"]]
+    other = _port_of(second_port)
+    policy = AddressPolicy(allowed_hosts=[f"127.0.0.1:{_port_of(base)}"])
+    with pytest.raises(
+        FetchError,
+        match=rf"^image URL refused: localhost resolves to 127\.0\.0\.1, a loopback address, "
+        rf"not allowed on port {other}$",
+    ):
+        fetch_bytes(f"{base}/redirect?to=http://localhost:{other}/png", policy)
+
+
+def test_entry_without_a_port_allows_every_port_on_every_hop(base, second_port):
+    # The documented rule: "127.0.0.1" names the host, every port of it, for the URL and its redirects.
+    url = f"{base}/redirect?to={second_port}/png"
+    assert fetch_bytes(url, AddressPolicy(allowed_hosts=["127.0.0.1"])) == PNG
+
+
+def test_metadata_address_entry_with_a_port_allows_that_port_only(no_connect):
+    policy = AddressPolicy(allowed_hosts=["169.254.169.254:80"])
+    assert check_url("http://169.254.169.254/", policy)
+    with pytest.raises(FetchError, match=r"cloud metadata address, not allowed on port 8080$"):
+        check_url("http://169.254.169.254:8080/", policy)
+
+
+@pytest.mark.parametrize(
+    "entry,why",
+    [
+        ("127.0.0.1:18090:1", "not an IPv6 address"),
+        ("127.0.0.1:0", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:65536", "port must be a number from 1 to 65535"),
+        ("images.internal:http", "port must be a number from 1 to 65535"),
+        ("10.0.0.0/33", "not a valid CIDR network"),
+        ("[10.0.0.1]:80", "brackets hold an IPv6 address"),
+        ("[::1]8080", "brackets hold an IPv6 address"),
+        ("http://images.internal/", "not a URL"),
+        ("images internal", "no spaces"),
+        ("", "blank"),
+        ("999.0.0.1", "not a valid IPv4 address"),
+        ("a.*.example", "not a valid host name"),
+    ],
+)
+def test_malformed_allow_list_entry_is_refused_naming_it(entry, why):
+    with pytest.raises(ValueError, match=re.escape(repr(entry)) + ".*" + why):
+        AddressPolicy(allowed_hosts=["127.0.0.1", entry])
+
+
+def test_webhook_follows_the_same_port_rule(base, second_port):
+    policy = AddressPolicy(allowed_hosts=[f"127.0.0.1:{_port_of(base)}"])
+    assert post_json(f"{base}/hook", {}, None, policy, 5) == 204
+    with pytest.raises(
+        FetchError,
+        match=rf"^webhook URL refused: 127\.0\.0\.1 is a loopback address, not allowed on port {_port_of(second_port)}$",
+    ):
+        post_json(f"{second_port}/hook", {}, None, policy, 5)
 
 
 # --- size, time, status -------------------------------------------------------------------------

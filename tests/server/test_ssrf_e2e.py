@@ -6,9 +6,10 @@ image, a redirect, a webhook receiver); it records every request it gets. Two fl
 
 - ``strict``: the default policy. Every loopback, private, link-local or metadata target is
   refused, the prediction ends in ``error`` naming the refusal, and nothing reaches the service.
-- ``allowing``: ``input_images.allowed_hosts: ["127.0.0.1"]``. The loopback image is fetched and
-  img2img succeeds with the contract's size rule; a redirect from there to a refused address is
-  still refused; the loopback webhook is delivered.
+- ``allowing``: ``input_images.allowed_hosts: ["127.0.0.1:<the service's port>"]``. The loopback
+  image is fetched and img2img succeeds with the contract's size rule; a redirect from there to a
+  refused address, or to another port of 127.0.0.1, is still refused; the loopback webhook is
+  delivered.
 """
 
 from __future__ import annotations
@@ -78,18 +79,22 @@ class InternalService:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        # The same service on a second port, which the allow-list does not name.
+        self.other = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.other_port = self.other.server_address[1]
+        for httpd in (self.httpd, self.other):
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
 
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+    def url(self, path: str, host: str = "127.0.0.1", port: int | None = None) -> str:
+        return f"http://{host}:{port or self.port}{path}"
 
     def hits(self, path_prefix: str) -> list[tuple[str, str, dict[str, str], bytes]]:
         return [r for r in self.requests if r[1].startswith(path_prefix)]
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        for httpd in (self.httpd, self.other):
+            httpd.shutdown()
+            httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +105,14 @@ def service():
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory, tiny_model_dir):
+def servers(tmp_path_factory, tiny_model_dir, service):
     root = tmp_path_factory.mktemp("ssrf")
     strict = LiveServer(root / "strict", tiny_model_dir, model=FAST_MODEL, webhooks={"interval_s": 0.5})
     allowing = LiveServer(
         root / "allowing",
         tiny_model_dir,
         model=FAST_MODEL,
-        input_images={"allowed_hosts": ["127.0.0.1"]},
+        input_images={"allowed_hosts": [f"127.0.0.1:{service.port}"]},
         webhooks={"interval_s": 0.5},
     )
     with strict, allowing:
@@ -218,6 +223,21 @@ def test_redirect_from_an_allowed_host_to_a_refused_one_is_refused(allowing, ser
     assert body["status"] == "error"
     assert refusal in body["error"], body["error"]
     assert any(r[1].startswith("/redirect") for r in service.requests)  # the allowed hop was followed
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]", "2130706433"])
+def test_redirect_from_the_allowed_port_to_another_port_of_the_same_host_is_refused(allowing, service, host):
+    before = len(service.requests)
+    target = service.url("/img.png", host, service.other_port)
+
+    body = _run_image(allowing, service.url(f"/redirect?to={target}"))
+
+    assert body["status"] == "error"
+    assert body["error"].startswith("Invalid input image: image URL refused: "), body["error"]
+    assert "a loopback address" in body["error"], body["error"]
+    assert body["error"].endswith(f", not allowed on port {service.other_port}"), body["error"]
+    hops = [r[1] for r in service.requests[before:]]
+    assert len(hops) == 1 and hops[0].startswith("/redirect?"), hops  # only the allowed hop was fetched
 
 
 def test_allowed_host_webhook_is_delivered_with_the_secret(allowing, service):
