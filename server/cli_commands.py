@@ -21,13 +21,40 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _keystore(config: str | None):
+def _settings(config: str | None):
     from server.config import load_settings
-    from server.keystore import KeyStore
 
     settings = load_settings(config)
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    return KeyStore(settings.db_path)
+    return settings
+
+
+def _keystore(config: str | None):
+    from server.keystore import KeyStore
+
+    return KeyStore(_settings(config).db_path)
+
+
+def _adopt_open(config: str | None, name: str) -> int:
+    """Hand every prediction made while the server ran open (owner ``anonymous``) to key ``name``."""
+    from server.auth import ANONYMOUS
+    from server.keystore import KeyStore
+    from server.store import open_store
+
+    settings = _settings(config)
+    keys = KeyStore(settings.db_path)
+    info = next((k for k in keys.list() if k.name == name and not k.revoked), None)
+    if info is None:
+        hint = f"create it with `fluxserve keys create {name}`"
+        print(f"error: no active key named {name!r} ({hint})", file=sys.stderr)
+        return 1
+    store = open_store(settings.resolved_store_url)
+    try:
+        moved = store.reassign_owner(ANONYMOUS.key_id, info.key_id)
+    finally:
+        store.close()
+    print(f"handed {moved} prediction(s) made in open mode to key {name!r}")
+    return 0
 
 
 def _when(ts: float | None) -> str:
@@ -43,8 +70,16 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     keys.add_parser("list", help="names, creation and last use")
     revoke = keys.add_parser("revoke", help="revoke a key (takes effect on the next request)")
     revoke.add_argument("name")
+    adopt = keys.add_parser(
+        "adopt-open",
+        help="hand every prediction made while the server ran without keys to the key NAME "
+        "(they are visible to no key otherwise)",
+    )
+    adopt.add_argument("name")
 
     def run(args: argparse.Namespace) -> int:
+        if args.keys_command == "adopt-open":
+            return _adopt_open(args.config, args.name)
         store = _keystore(args.config)
         if args.keys_command == "create":
             try:
