@@ -23,6 +23,7 @@ from server.config import Settings
 from server.datalock import DataDirLock
 from server.errors import install_error_handlers
 from server.events import PredictionEvents
+from server.hostguard import HostGuardMiddleware, HostPolicy
 from server.keystore import KeyStore
 from server.metrics import ServerMetrics
 from server.outputs import LocalOutputStorage
@@ -141,7 +142,11 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if state.keyring.open:
-            log.warning("no API key configured: the server is open to anyone who can reach %s", settings.base_url)
+            log.warning(
+                "no API key configured: the server is open to anyone who can reach %s "
+                "(loopback Host names only, no cross-site writes)",
+                settings.base_url,
+            )
         # Each part that starts registers its own stop, so a failure half-way through start-up
         # (or in one stop) still stops the rest and releases the data folder.
         async with contextlib.AsyncExitStack() as stack:
@@ -176,6 +181,9 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
     app.router.redirect_slashes = False  # both slash forms are routed explicitly; a 307 breaks clients
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(BlankQueryMiddleware)
+    # Outermost (added last): a refused Host or cross-site write is answered before anything else.
+    policy = HostPolicy.from_settings(settings.server.allowed_hosts, settings.public_url)
+    app.add_middleware(HostGuardMiddleware, policy=policy, keyring=state.keyring)
     install_error_handlers(app)
     openapi.install(app)  # document what the handlers answer (400s, hand-parsed bodies)
 

@@ -11,13 +11,18 @@ place the key comes from. The key itself is never stored, logged, put in an erro
 in a repr; the ring keeps only digests of its static keys.
 
 When there is no static key and the store has never held a key, the server runs **open**: every
-request is ``ANONYMOUS``. Revoking every stored key does not reopen it.
+request is ``ANONYMOUS`` (and ``server.hostguard`` limits it to loopback Host names and to writes
+from its own pages). Revoking every stored key does not reopen it. The first stored key created
+while the server runs switches it to keys: the ring logs a warning, once, and remembers when
+(``mode_changed_at``); the predictions made in open mode are owned by ``ANONYMOUS`` until
+``fluxserve keys adopt-open NAME`` hands them to a key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import threading
 import time
@@ -28,6 +33,8 @@ from server.keystore import KeyStore, hash_key, key_id_from_hash
 
 MAX_KEY_LEN = 1024  # longer credentials are refused without hashing them
 OPEN_RECHECK_S = 1.0  # how often an open ring looks for a newly created stored key
+
+log = logging.getLogger("fluxserve")
 
 _SCHEMES = ("bearer", "token")  # Authorization schemes; "Token" is Replicate's old one
 _SPLIT_RE = re.compile(r"[\s,]+")
@@ -123,6 +130,7 @@ class KeyRing:
         # None: ask the store. False is a latch: once closed, a ring never reopens.
         self._open: bool | None = False if self._static else (True if keystore is None else None)
         self._open_checked_at = float("-inf")
+        self._mode_changed_at: float | None = None  # wall time the running ring saw its first key
 
     def __repr__(self) -> str:
         return f"KeyRing(static_keys={len(self._static)}, keystore={self._keystore!r})"
@@ -141,9 +149,27 @@ class KeyRing:
         now = self._clock()
         with self._lock:
             if self._open is None or now - self._open_checked_at >= OPEN_RECHECK_S:
+                was_open = self._open
                 self._open = not self._keystore.has_keys()
                 self._open_checked_at = now
+                if was_open and not self._open:
+                    self._mode_changed_at = time.time()
+                    log.warning(
+                        "a stored API key now exists: this server, open until now, requires an API key "
+                        "from now on (requests without one get 401). Predictions made in open mode belong "
+                        "to no key; hand them to one with `fluxserve keys adopt-open NAME`."
+                    )
             return self._open
+
+    @property
+    def known_closed(self) -> bool:
+        """True once the ring is known to need keys; never reads the store (safe on the event loop)."""
+        return self._open is False
+
+    @property
+    def mode_changed_at(self) -> float | None:
+        """Unix time this ring went from open to keys while running; None if it never did."""
+        return self._mode_changed_at
 
     def static_identity(self, key: str | None) -> Identity | None:
         """The identity of a static (config/env) key, without touching the store: cheap enough

@@ -62,6 +62,29 @@ def _rotate_webhook_secret(config: str | None, name: str) -> int:
     return 0
 
 
+def _adopt_open(config: str | None, name: str) -> int:
+    """Hand every prediction made while the server ran open (owner ``anonymous``) to key ``name``."""
+    from server.auth import ANONYMOUS
+    from server.keystore import KeyStore
+    from server.store import open_store
+
+    settings = _settings(config)
+    keys = KeyStore(settings.db_path)
+    info = next((k for k in keys.list() if k.name == name and not k.revoked), None)
+    keys.close()
+    if info is None:
+        hint = f"create it with `fluxserve keys create {name}`"
+        print(f"error: no active key named {name!r} ({hint})", file=sys.stderr)
+        return 1
+    store = open_store(settings.resolved_store_url)
+    try:
+        moved = store.reassign_owner(ANONYMOUS.key_id, info.key_id)
+    finally:
+        store.close()
+    print(f"handed {moved} prediction(s) made in open mode to key {name!r}")
+    return 0
+
+
 def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
 
@@ -80,10 +103,18 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
         help="give a key a new webhook signing secret, printed on stdout; the old one stops at once",
     )
     rotate.add_argument("name", help="a stored key's name, config-N for a static key, or anonymous")
+    adopt = keys.add_parser(
+        "adopt-open",
+        help="hand every prediction made while the server ran without keys to the key NAME "
+        "(they are visible to no key otherwise)",
+    )
+    adopt.add_argument("name")
 
     def run(args: argparse.Namespace) -> int:
         if args.keys_command == "rotate-webhook-secret":
             return _rotate_webhook_secret(args.config, args.name)
+        if args.keys_command == "adopt-open":
+            return _adopt_open(args.config, args.name)
         store = _keystore(args.config)
         if args.keys_command == "create":
             try:

@@ -7,7 +7,9 @@ Precedence: explicit arguments > environment > YAML file > defaults.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +25,7 @@ from pydantic_settings import (
 from pipelines.spec import ModelSpec
 from server.allowlist import parse_host_rule
 from server.auth import parse_static_keys
+from server.hostguard import validate_host_pattern
 
 MiB = 2**20
 
@@ -109,6 +112,35 @@ class WebhookSettings(_Section):
     timeout_s: float = Field(10, gt=0, description="Timeout of one delivery attempt.")
 
 
+class ServerSettings(_Section):
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names served besides loopback (localhost, 127.0.0.0/8, [::1]) and public_url's host: "
+        "`name`, `*.domain` or `*` (any). Empty: without API keys only those; with keys any host. "
+        "FLUXSERVE_SERVER__ALLOWED_HOSTS: separated by commas or whitespace.",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().startswith('["'):
+            try:  # a JSON list, as other list settings take it from the environment
+                v = json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list ({exc}); or separate names by commas") from None
+        if isinstance(v, str):
+            v = [h for h in re.split(r"[\s,]+", v) if h]
+        if isinstance(v, list):
+            return [validate_host_pattern(h) if isinstance(h, str) else h for h in v]
+        return v
+
+
+class MetricsSettings(_Section):
+    require_key: bool = Field(
+        False, description="/metrics needs a valid API key (401 without one); no effect without keys."
+    )
+
+
 class Settings(BaseSettings):
     """Everything `fluxserve serve` reads. See README.md for each key."""
 
@@ -137,6 +169,8 @@ class Settings(BaseSettings):
     outputs: OutputSettings = Field(default_factory=OutputSettings)
     input_images: InputImageSettings = Field(default_factory=InputImageSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import sys
 
 import uvicorn
 
 from server.config import ConfigError, Settings, load_settings
+from server.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
 
 log = logging.getLogger("fluxserve")
 
@@ -47,16 +47,6 @@ class GracefulServer(uvicorn.Server):
             loop.create_task(drain_then_exit())
 
         loop.call_soon_threadsafe(start_drain)
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_server(settings: Settings) -> int:

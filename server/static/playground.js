@@ -52,6 +52,7 @@
     serverStatus: $("server-status"),
     serverStatusText: $("server-status-text"),
     warning: $("model-warning"),
+    authNotice: $("auth-notice"),
   };
 
   // -- small helpers ---------------------------------------------------------------------------
@@ -195,6 +196,7 @@
       if (err && err.name === "AbortError") throw err;
       throw new ApiError(0, "Could not reach the server", "Check the connection; the server may be restarting.");
     }
+    if (response.status === 401) becameKeyed();
     const text = await response.text();
     let data = null;
     try {
@@ -290,6 +292,23 @@
   }
 
   // -- the key ---------------------------------------------------------------------------------
+
+  /** The page was served open, and the server now wants a key: a stored key was created on the
+   * server since. Say so, and ask for a key from now on. */
+  function becameKeyed() {
+    if (!cfg.open) return;
+    cfg.open = false;
+    els.key.placeholder = "Paste your API key";
+    els.key.required = true;
+    els.authNotice.replaceChildren(
+      h("strong", {}, "This server now requires an API key. "),
+      "An API key was created on the server since this page was opened, so requests without a key are refused. " +
+        "Paste a key above. Predictions made before belong to no key until the operator runs ",
+      h("code", {}, "fluxserve keys adopt-open NAME"),
+      "."
+    );
+    els.authNotice.hidden = false;
+  }
 
   function setupKey() {
     const saved = storage() && storage().getItem(KEY_STORAGE);
@@ -775,7 +794,11 @@
       data = await api(`v1/executions?limit=${HISTORY_PAGE}&offset=${offset}`);
     } catch (err) {
       if (token !== historyToken) return;
-      els.historyEmpty.textContent = err.status === 401 ? "The server refused this API key." : `Could not load the list: ${err.message}`;
+      if (err.status === 401) {
+        els.historyEmpty.textContent = apiKey() ? "The server refused this API key." : "Enter your API key to see your recent predictions.";
+      } else {
+        els.historyEmpty.textContent = `Could not load the list: ${err.message}`;
+      }
       els.historyEmpty.hidden = false;
       if (reset) els.history.replaceChildren();
       els.historyMore.hidden = true;
@@ -823,6 +846,7 @@
       if (typeof data.queue_depth === "number" && data.queue_depth > 0) text += ` · ${data.queue_depth} queued`;
       els.serverStatusText.textContent = text;
       showWarning(data.warning);
+      if (data.auth === "keys") becameKeyed();
     } catch (_) {
       els.serverStatusText.textContent = "Server unreachable";
     }

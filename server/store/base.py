@@ -178,5 +178,9 @@ class PredictionStore(abc.ABC):
                 outcomes.append((pred.id, "failed"))
         return outcomes
 
+    def reassign_owner(self, old_owner: str, new_owner: str) -> int:
+        """Give every prediction of ``old_owner`` to ``new_owner`` (``keys adopt-open``); how many."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hand predictions to another owner")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

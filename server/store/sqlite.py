@@ -329,6 +329,11 @@ class SQLitePredictionStore(PredictionStore):
             .fetchone()[0]
         )
 
+    def reassign_owner(self, old_owner: str, new_owner: str) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute("UPDATE predictions SET owner = ? WHERE owner = ?", (new_owner, old_owner))
+        return cur.rowcount
+
     def counts_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(ALL_STATUSES, 0)
         for row in self.connection().execute("SELECT status, count(*) FROM predictions GROUP BY status"):

@@ -7,6 +7,7 @@ scripts/install_browser.sh; set FLUXSERVE_SKIP_BROWSER_TESTS=1 to skip them on p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -82,7 +83,7 @@ def _free_socket() -> socket.socket:
     return sock
 
 
-def _wait_ready(url: str, thread: threading.Thread) -> None:
+def _wait_ready(url: str, thread: threading.Thread, ready: tuple[str, ...] = ("READY", "BUSY")) -> None:
     import httpx
 
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -92,7 +93,7 @@ def _wait_ready(url: str, thread: threading.Thread) -> None:
             raise RuntimeError("the live server stopped while starting")
         try:
             last = httpx.get(f"{url}/health-check", timeout=5).json()
-            if last.get("status") in ("READY", "BUSY"):
+            if last.get("status") in ready:
                 return
             if last.get("status") == "SETUP_FAILED":
                 raise RuntimeError(f"the tiny model failed to load: {last}")
@@ -102,44 +103,73 @@ def _wait_ready(url: str, thread: threading.Thread) -> None:
     raise RuntimeError(f"the live server was not ready after {READY_TIMEOUT_S:.0f} s: {last}")
 
 
-@pytest.fixture(scope="session")
-def live_server(browser_missing, request, tmp_path_factory) -> Iterator[LiveServer | None]:
-    """fluxserve on a free loopback port, serving the tiny model with one worker."""
-    if browser_missing:
-        yield None  # each test fails with the reason; no point starting a server
-        return
+@contextlib.contextmanager
+def _serve(settings: Any, sock: socket.socket, key: str, ready: tuple[str, ...]) -> Iterator[LiveServer]:
+    """The app for ``settings`` under uvicorn on ``sock``, in a thread, until the block ends."""
     import uvicorn
 
-    from pipelines.spec import ModelSpec
     from server.app import create_app
-    from server.config import Settings, WorkerSettings
 
-    tiny_model_dir = request.getfixturevalue("tiny_model_dir")
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    settings = Settings(
-        host="127.0.0.1",
-        port=port,
-        data_dir=str(tmp_path_factory.mktemp("browser-data")),
-        api_keys=[API_KEY],
-        log_level="warning",
-        model=ModelSpec(weights=str(tiny_model_dir), device="cpu"),
-        workers=WorkerSettings(count=1, progress_interval_s=0.05, shutdown_grace_s=5),
-    )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="live-fluxserve"
     )
     thread.start()
-    live = LiveServer(url=f"http://127.0.0.1:{port}", key=API_KEY, app=app, server=server, thread=thread)
+    port = sock.getsockname()[1]
+    live = LiveServer(url=f"http://127.0.0.1:{port}", key=key, app=app, server=server, thread=thread)
     try:
-        _wait_ready(live.url, thread)
+        _wait_ready(live.url, thread, ready)
         yield live
     finally:
         server.should_exit = True
         thread.join(timeout=60)
         sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(browser_missing, request, tmp_path_factory) -> Iterator[LiveServer | None]:
+    """fluxserve on a free loopback port, serving the tiny model with one worker."""
+    if browser_missing:
+        yield None  # each test fails with the reason; no point starting a server
+        return
+    from pipelines.spec import ModelSpec
+    from server.config import Settings, WorkerSettings
+
+    tiny_model_dir = request.getfixturevalue("tiny_model_dir")
+    sock = _free_socket()
+    settings = Settings(
+        host="127.0.0.1",
+        port=sock.getsockname()[1],
+        data_dir=str(tmp_path_factory.mktemp("browser-data")),
+        api_keys=[API_KEY],
+        log_level="warning",
+        model=ModelSpec(weights=str(tiny_model_dir), device="cpu"),
+        workers=WorkerSettings(count=1, progress_interval_s=0.05, shutdown_grace_s=5),
+    )
+    with _serve(settings, sock, API_KEY, ("READY", "BUSY")) as live:
+        yield live
+
+
+@pytest.fixture
+def open_live_server(browser_missing, tmp_path) -> Iterator[LiveServer | None]:
+    """fluxserve without any API key (open mode) and without workers: for what the page does
+    when the server stops being open."""
+    if browser_missing:
+        yield None
+        return
+    from server.config import Settings, WorkerSettings
+
+    sock = _free_socket()
+    settings = Settings(
+        host="127.0.0.1",
+        port=sock.getsockname()[1],
+        data_dir=str(tmp_path / "open-data"),
+        log_level="warning",
+        workers=WorkerSettings(count=0),
+    )
+    with _serve(settings, sock, "", ("STARTING",)) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")

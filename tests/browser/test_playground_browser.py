@@ -200,3 +200,24 @@ def test_cancel_stops_a_prediction(new_page, live_server):
     expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled()
     assert page.locator("#results img").count() == 0
     new_page.assert_no_problems()
+
+
+def test_a_page_served_open_says_so_when_the_server_starts_requiring_a_key(new_page, open_live_server):
+    from server.keystore import KeyStore
+
+    page = new_page()
+    page.goto(open_live_server.url + "/")
+    expect(page.locator("#history-empty")).to_contain_text("No predictions yet.")
+    notice = page.locator("#auth-notice")
+    assert notice.is_hidden()
+
+    KeyStore(open_live_server.app.state.fluxserve.settings.db_path).create("first")
+    page.wait_for_timeout(1200)  # past the server's re-check of the key store
+    page.get_by_role("button", name="Refresh").click()
+
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("This server now requires an API key")
+    expect(notice).to_contain_text("fluxserve keys adopt-open NAME")
+    expect(page.locator("#history-empty")).to_contain_text("Enter your API key")
+    expect(page.get_by_label("API key")).to_have_attribute("placeholder", "Paste your API key")
+    new_page.assert_no_problems(allow=("status of 401",))

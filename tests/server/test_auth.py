@@ -210,6 +210,31 @@ def test_a_key_created_while_running_closes_an_open_ring_within_a_second(store):
     assert ring.authenticate(None) is None
 
 
+def test_a_key_created_while_running_is_logged_once_and_its_time_kept(store, caplog):
+    clock = Clock()
+    ring = KeyRing(keystore=store, clock=clock)
+    assert ring.open is True and ring.mode_changed_at is None
+    store.create("alice")
+    with caplog.at_level(logging.WARNING, logger="fluxserve"):
+        for _ in range(3):
+            clock.now += 1.0
+            assert ring.open is False
+
+    warnings = [r for r in caplog.records if "a stored API key now exists" in r.getMessage()]
+    assert len(warnings) == 1
+    assert ring.mode_changed_at is not None and ring.known_closed
+
+
+def test_a_ring_that_starts_with_a_stored_key_reports_no_switch(store, caplog):
+    store.create("alice")
+    with caplog.at_level(logging.WARNING, logger="fluxserve"):
+        ring = KeyRing(keystore=store)
+        assert ring.open is False
+
+    assert ring.mode_changed_at is None
+    assert "a stored API key now exists" not in caplog.text
+
+
 def test_revoking_every_stored_key_does_not_reopen_the_server(store):
     store.create("alice")
     store.revoke("alice")

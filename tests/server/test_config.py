@@ -56,6 +56,19 @@ def test_a_blank_api_key_in_yaml_is_refused_not_taken_as_no_key(tmp_path):
         load_settings(cfg)
 
 
+def test_allowed_hosts_from_environment_are_separated_by_commas_and_normalised(monkeypatch):
+    monkeypatch.setenv("FLUXSERVE_SERVER__ALLOWED_HOSTS", "flux.lan, *.Example.org [::1]")
+    assert load_settings().server.allowed_hosts == ["flux.lan", "*.example.org", "::1"]
+
+
+@pytest.mark.parametrize("entry", ["http://flux.lan", "flux.lan:8000", "bad*name", " "])
+def test_an_allowed_host_that_is_not_a_host_name_is_refused_naming_the_field(tmp_path, entry):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"server:\n  allowed_hosts: ['{entry}']\n")
+    with pytest.raises(ConfigError, match=r"server\.allowed_hosts"):
+        load_settings(cfg)
+
+
 def test_arguments_override_environment(monkeypatch):
     monkeypatch.setenv("FLUXSERVE_PORT", "9002")
     assert load_settings(port=9003).port == 9003

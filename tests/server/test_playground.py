@@ -199,7 +199,8 @@ def test_playground_tells_the_script_about_the_server(tmp_path):
         page = c.get("/").text
         assert 'data-open="0"' in page and 'data-share="1"' in page and 'data-owner-images="0"' in page
         assert 'data-model="flux-dev"' in page
-    with TestClient(create_app(Settings(data_dir=str(tmp_path / "open")), start_workers=False)) as c:
+    open_app = create_app(Settings(data_dir=str(tmp_path / "open")), start_workers=False)
+    with TestClient(open_app, base_url="http://127.0.0.1:8000") as c:  # open: loopback Host names only
         assert 'data-open="1"' in c.get("/").text
 
 

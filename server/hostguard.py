@@ -1,0 +1,220 @@
+"""Which Host names are served, and which sites may change state, while the server runs open.
+
+A server without API keys answers anyone who reaches it, and a browser reaches it for any web
+page it shows: a page on another site can POST a ``text/plain`` body (no preflight) to
+``http://127.0.0.1:8000``, and a DNS-rebinding name (``evil.example`` resolving to 127.0.0.1) lets
+that page read the answers too. So, in open mode:
+
+- only loopback Host names are served (``localhost``, 127.0.0.0/8, ``[::1]``, any port), plus
+  ``server.allowed_hosts`` and the host of ``public_url``; any other Host gets 403;
+- POST, PUT, PATCH and DELETE carrying a foreign ``Origin`` (neither the request's own host nor
+  ``public_url``'s origin) get 403. Without ``Origin``, ``Sec-Fetch-Site: cross-site|same-site``
+  counts as foreign. Requests with neither (curl, scripts) are not browser requests: served.
+
+With API keys configured, a key is needed anyway (a cross-site page cannot send ``X-API-Key``
+without a CORS preflight, which this server never grants), so any Host and Origin is served,
+unless ``server.allowed_hosts`` is set: then the Host rule holds in both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from server.auth import KeyRing
+
+log = logging.getLogger("fluxserve")
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_NAME_RE = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+_SHOWN_CHARS = 100  # how much of a refused Host or Origin the error body repeats
+
+
+def validate_host_pattern(value: str) -> str:
+    """One ``server.allowed_hosts`` entry, normalised: ``name``, ``*.domain`` or ``*``.
+
+    Raises ValueError naming what is wrong (a scheme, a port, a path, an empty entry).
+    """
+    pattern = value.strip().lower().rstrip(".")
+    if not pattern:
+        raise ValueError("a host name is blank")
+    if pattern == "*":
+        return pattern
+    if "://" in pattern or "/" in pattern:
+        raise ValueError(f"{value!r} is not a host name: give the name only (no scheme or path)")
+    name = pattern[2:] if pattern.startswith("*.") else pattern
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(f"{value!r} is not a host name: use `name`, `*.domain` or `*`, without a port")
+    return pattern
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``Host`` header value to (lower-case name without brackets or trailing dot, port), or None."""
+    try:
+        parts = urlsplit("//" + value.strip())
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not name or parts.path or parts.query or parts.fragment or parts.username is not None:
+        return None
+    return name.rstrip("."), port
+
+
+def is_loopback_name(name: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:])
+    if ":" in pattern:  # an IPv6 address: compare parsed, so any spelling matches
+        try:
+            return ipaddress.ip_address(name) == ipaddress.ip_address(pattern)
+        except ValueError:
+            return False
+    return name == pattern
+
+
+Origin = tuple[str, str, int | None]  # scheme, host name, port (None: the scheme's default)
+
+
+def _parse_origin(value: str) -> Origin | None:
+    try:
+        parts = urlsplit(value.strip())
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if not name or scheme not in DEFAULT_PORTS:
+        return None
+    if port == DEFAULT_PORTS[scheme]:
+        port = None
+    return scheme, name.rstrip("."), port
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """The Host names served and the origins trusted, from the settings."""
+
+    patterns: tuple[str, ...] = ()  # server.allowed_hosts, then public_url's host
+    explicit: bool = False  # server.allowed_hosts was given: the Host rule holds with keys too
+    public_origin: Origin | None = None
+
+    @classmethod
+    def from_settings(cls, allowed_hosts: Iterable[str], public_url: str | None) -> HostPolicy:
+        allowed = list(allowed_hosts)
+        patterns = [validate_host_pattern(h) for h in allowed]
+        public_origin = _parse_origin(public_url) if public_url else None
+        if public_origin is not None:
+            patterns.append(validate_host_pattern(public_origin[1]))
+        return cls(tuple(dict.fromkeys(patterns)), bool(allowed), public_origin)
+
+    def host_allowed(self, name: str) -> bool:
+        return is_loopback_name(name) or any(_matches(p, name) for p in self.patterns)
+
+    def origin_is_own(self, origin: str, host: tuple[str, int | None]) -> bool:
+        """True when ``origin`` is the request's own host (same name and port) or public_url's."""
+        parsed = _parse_origin(origin)
+        if parsed is None:  # "null" (sandboxed frames, file: pages) or garbage
+            return False
+        _, name, port = parsed
+        # The scheme is left out for the request's own host: behind a TLS proxy the request may
+        # arrive as http while the page's origin is https.
+        if (name, port) == host:
+            return True
+        return self.public_origin is not None and parsed == self.public_origin
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "…"
+
+
+class HostGuardMiddleware:
+    """Refuses foreign Host names and cross-site writes (see the module docstring), 403 in the
+    contract's error shape. Asks the key ring for the mode only when a request would be refused
+    in open mode, so ordinary requests never wait for the store."""
+
+    def __init__(self, app: ASGIApp, *, policy: HostPolicy, keyring: KeyRing) -> None:
+        self.app = app
+        self.policy = policy
+        self.keyring = keyring
+
+    async def _open(self) -> bool:
+        if self.keyring.known_closed:  # latched: no store read
+            return False
+        return await asyncio.to_thread(lambda: self.keyring.open)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        raw_host = headers.get("host")
+        if raw_host is None:  # HTTP/1.0 without Host: the address the server listens on
+            server = scope.get("server") or ("", None)
+            host = (str(server[0]).lower(), server[1])
+        else:
+            host = split_host(raw_host)
+        if host is not None and host[1] == DEFAULT_PORTS.get(scope.get("scheme", "http")):
+            host = (host[0], None)  # as in an Origin: the default port is left out
+        if (host is None or not self.policy.host_allowed(host[0])) and (
+            self.policy.explicit or await self._open()
+        ):
+            shown = _shown(raw_host or "")
+            why = (
+                f"Host {shown!r} is not served: add it to server.allowed_hosts"
+                if self.policy.explicit
+                else f"Host {shown!r} is not served: a server without API keys answers only loopback names "
+                "(localhost, 127.0.0.1, [::1]); add the name to server.allowed_hosts to serve it"
+            )
+            log.info("refused %s %s: %s", scope["method"], scope["path"], why)
+            await _refuse(scope, receive, send, "Host not allowed", why)
+            return
+        if scope["method"] in UNSAFE_METHODS and host is not None:
+            origin = headers.get("origin")
+            if origin is not None:
+                foreign = not self.policy.origin_is_own(origin, host)
+                source = f"Origin {_shown(origin)!r}"
+            else:  # browsers that send no Origin still say where the request came from
+                foreign = headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site")
+                source = "a request from another site (Sec-Fetch-Site)"
+            if foreign and await self._open():
+                why = (
+                    f"{source} is not this server's own: a server without API keys accepts POST, PUT, "
+                    "PATCH and DELETE only from its own pages and from clients that send no Origin"
+                )
+                log.info("refused %s %s: %s", scope["method"], scope["path"], why)
+                await _refuse(scope, receive, send, "Cross-site request refused", why)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, error: str, details: str) -> None:
+    from server.errors import error_response
+
+    await error_response(403, error, details)(scope, receive, send)
