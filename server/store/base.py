@@ -178,5 +178,11 @@ class PredictionStore(abc.ABC):
                 outcomes.append((pred.id, "failed"))
         return outcomes
 
+    def is_outage(self, exc: BaseException) -> bool:
+        """Whether an exception from this store means it cannot be used right now (disk full,
+        file unreadable, locked too long), so the same call may succeed later. Anything else is a
+        bug or bad data, which no retry mends."""
+        return isinstance(exc, OSError)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
