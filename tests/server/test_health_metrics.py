@@ -1,7 +1,8 @@
 """`/health-check` (always 200, with a state) and `/metrics` (Prometheus text).
 
 STARTING while the worker loads the model, READY once it has, SETUP_FAILED with a reason when
-the weights cannot be loaded — and then creates are refused with 503. A server built with
+the weights cannot be loaded (and then creates are refused with 503), UNHEALTHY with the
+store's error while the database refuses writes. A server built with
 ``start_workers=False`` has no worker at all: it reports STARTING (nothing can run its queue),
 with an empty worker list, and still accepts predictions into the queue.
 """
