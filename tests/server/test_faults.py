@@ -4,7 +4,7 @@ Each fault happens for real: the API process group is SIGKILLed, the worker proc
 SIGKILLed, a denoising step never returns, CUDA/host out-of-memory is raised inside the worker
 (``FLUXSERVE_FAULT_INJECTION=1`` and a ``[[fault:...]]`` marker in the prompt, see
 ``server/worker/process.py``), the model folder is missing or not a FLUX pipeline, the outputs
-folder cannot be written. After each one the server must still answer, the prediction must end
+folder cannot be written, the database's disk fills while a job runs. After each one the server must still answer, the prediction must end
 in ``error`` with a message that says what happened, and the next prediction must succeed.
 
 test_restart.py covers the plain SIGKILL restart (max_attempts 1) and a SIGTERM whose running job
@@ -198,45 +198,6 @@ def test_outputs_folder_that_cannot_be_created_ends_the_job_in_error_and_later_j
     assert faulty.worker_pids() == [worker]
 
 
-@pytest.fixture
-def full_disk(faulty):
-    """A 256 KiB tmpfs mounted on the outputs folder and filled up (skipped where mounting is not
-    permitted). Yields the filler file: delete it to free the space."""
-    target = faulty.outputs_root
-    target.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "fluxserve-test-full", str(target)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        filler = target / "filler"
-        with open(filler, "wb", buffering=0) as fh:
-            try:
-                while True:
-                    fh.write(b"\0" * 4096)
-            except OSError:
-                pass  # ENOSPC: full
-        yield filler
-    finally:
-        subprocess.run(["umount", "-l", str(target)], check=False)
-
-
-def test_full_disk_ends_the_job_in_error_with_no_partial_file_and_later_jobs_succeed(faulty, full_disk):
-    pid = faulty.create(KEY_A, QUICK)
-    body = faulty.wait_for_end(KEY_A, pid)
-
-    assert body["status"] == "error"
-    assert body["error"] == "could not store the images: No space left on device"
-    assert sorted(p.name for p in full_disk.parent.iterdir()) == ["filler"]  # the staging folder is gone
-    _assert_nothing_stored(faulty, pid)
-    full_disk.unlink()
-    after = faulty.run(KEY_A, QUICK)
-    assert faulty.http.get(faulty.output_path(after["output"])).status_code == 200
-
-
 def _mount_tmpfs(target: Path, size: str) -> None:
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "fluxserve-test-full", str(target)],
@@ -257,6 +218,32 @@ def _fill(folder: Path) -> Path:
         except OSError:
             pass  # ENOSPC: full
     return filler
+
+
+@pytest.fixture
+def full_disk(faulty):
+    """A 256 KiB tmpfs mounted on the outputs folder and filled up (skipped where mounting is not
+    permitted). Yields the filler file: delete it to free the space."""
+    target = faulty.outputs_root
+    target.mkdir(parents=True, exist_ok=True)
+    _mount_tmpfs(target, "256k")
+    try:
+        yield _fill(target)
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def test_full_disk_ends_the_job_in_error_with_no_partial_file_and_later_jobs_succeed(faulty, full_disk):
+    pid = faulty.create(KEY_A, QUICK)
+    body = faulty.wait_for_end(KEY_A, pid)
+
+    assert body["status"] == "error"
+    assert body["error"] == "could not store the images: No space left on device"
+    assert sorted(p.name for p in full_disk.parent.iterdir()) == ["filler"]  # the staging folder is gone
+    _assert_nothing_stored(faulty, pid)
+    full_disk.unlink()
+    after = faulty.run(KEY_A, QUICK)
+    assert faulty.http.get(faulty.output_path(after["output"])).status_code == 200
 
 
 @pytest.fixture
