@@ -35,6 +35,16 @@ class _StateCollector(Collector):
             for state, n in supervisor.worker_state_counts().items():
                 workers.add_metric([state], n)
             yield workers
+            yield GaugeMetricFamily(
+                "fluxserve_store_failing",
+                "1 while the prediction store refuses writes",
+                value=int(supervisor.store_health.failing),
+            )
+            yield GaugeMetricFamily(
+                "fluxserve_unrecorded_ends",
+                "Prediction ends kept until the store takes them",
+                value=supervisor.pending_ends,
+            )
 
 
 class ServerMetrics:

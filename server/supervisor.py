@@ -4,19 +4,24 @@ report, and replaces them when they die or hang.
 It runs on the API process's event loop. Each worker has a reader thread (blocking Pipe
 reads) that forwards messages to the loop, and an asyncio queue so one worker's messages are
 applied to the store in the order they were sent. Store calls run in the default thread pool.
+
+A prediction's end (a worker's result, a lost worker, a job given back) that the store does not
+take (database disk full...) is kept in memory and retried until it does, so no prediction is
+left ``processing`` with no worker; meanwhile /health-check says UNHEALTHY with the store's error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +30,7 @@ from server.events import wait_event
 from server.outputs import LocalOutputStorage, OutputStorageError, output_name
 from server.store import ERROR, PredictionStore
 from server.store.base import CANCELLED, SUCCESS, WORKER_LOST, Prediction
+from server.store.health import StoreHealth
 from server.worker.messages import (
     CancelJob,
     JobCancelled,
@@ -44,12 +50,35 @@ log = logging.getLogger("fluxserve.supervisor")
 W_STARTING, W_READY, W_BUSY, W_FAILED, W_STOPPED = "starting", "ready", "busy", "failed", "stopped"
 WORKER_STATES = (W_STARTING, W_READY, W_BUSY, W_FAILED, W_STOPPED)
 
-# Health states of /health-check.
+# Health states of /health-check. UNHEALTHY: the prediction store is failing (cog's name for a
+# server that is up but cannot serve right now).
 STARTING, READY, BUSY, SETUP_FAILED, SHUTTING_DOWN = "STARTING", "READY", "BUSY", "SETUP_FAILED", "SHUTTING_DOWN"
+UNHEALTHY = "UNHEALTHY"
 
 MAX_LOAD_CRASHES = 3  # consecutive deaths while loading before a slot is declared failed
 CANCEL_POLL_S = 0.5  # how often running jobs' cancel flags are re-read (cancels made by other API hosts)
 FALLBACK_DISPATCH_S = 1.0  # dispatch runs at least this often even without a wake-up
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0  # ends the store refused: retried after this, doubling up to that
+
+
+@dataclass
+class PendingEnd:
+    """A prediction's end on its way to the store: written once, then reported (waiters, webhooks).
+    Kept and retried while the store refuses either step."""
+
+    prediction_id: str
+    write: Callable[[], Awaitable[bool]]  # records the end; True when it changed the row
+    written: bool = False  # the row holds the end; only the report is left
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one attempt at a time
+
+
+@dataclass
+class _Result:
+    """A worker's result, and the file names of its images once they are written (they are
+    written once: a retry records the same files)."""
+
+    msg: Any  # JobSucceeded | JobFailed | JobCancelled
+    names: list[str] | None = None
 
 
 @dataclass
@@ -123,6 +152,9 @@ class Supervisor:
         self._stopped = False
         self._drain_deadline: float | None = None  # one grace period, however many callers wait on it
         self.model_defaults = settings.model.defaults
+        self._retry_now = asyncio.Event()
+        self.store_health = StoreHealth(on_recovered=self._retry_now.set)
+        self._pending: dict[str, PendingEnd] = {}  # ends the store has not taken yet, by prediction id
 
     # -- lifecycle ------------------------------------------------------------------------
     def plan_slots(self) -> list[tuple[int, str | None]]:
@@ -156,6 +188,7 @@ class Supervisor:
             self._tasks.append(asyncio.create_task(self._consume(slot), name=f"worker-{index}-inbox"))
         self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="dispatch"))
         self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
+        self._tasks.append(asyncio.create_task(self._retry_loop(), name="pending-ends"))
 
     def _worker_config(self, slot: WorkerSlot) -> WorkerConfig:
         s = self.settings
@@ -241,57 +274,156 @@ class Supervisor:
             slot.state, slot.setup_error = W_FAILED, msg.reason
             log.error("worker %d could not load the model: %s", slot.index, msg.reason)
         elif isinstance(msg, JobLog):
-            await asyncio.to_thread(self.store.append_logs, msg.prediction_id, msg.text)
+            try:
+                await asyncio.to_thread(self.store.append_logs, msg.prediction_id, msg.text)
+            except Exception as exc:  # noqa: BLE001 - progress lines are best effort: this one is lost
+                self.store_failed(exc)
+                return
             self._notify(msg.prediction_id)
         elif isinstance(msg, JobSucceeded | JobFailed | JobCancelled):
             await self._finish_job(slot, msg)
 
     async def _finish_job(self, slot: WorkerSlot, msg) -> None:
-        pid = msg.prediction_id
-        try:
-            if isinstance(msg, JobSucceeded):
-                await self._store_success(pid, msg)
-            elif isinstance(msg, JobFailed):
-                await asyncio.to_thread(self.store.finish, pid, ERROR, error=msg.error)
-            else:
-                await asyncio.to_thread(self.store.finish, pid, CANCELLED)
-        except Exception:  # noqa: BLE001 - the prediction must still end and the slot be freed
-            log.exception("prediction %s: recording the result failed", pid)
-            try:
-                await asyncio.to_thread(self.store.finish, pid, ERROR, error="Failed to record the result")
-            except Exception:  # noqa: BLE001 - the store is down: recovery at restart settles it
-                log.exception("prediction %s: could not end it in error", pid)
-        if slot.job is not None and slot.job.id == pid:
+        end = PendingEnd(msg.prediction_id, functools.partial(self._record_result, _Result(msg)))
+        written = await self._write_end(end)
+        if slot.job is not None and slot.job.id == msg.prediction_id:
+            # The slot goes on even while the result waits for the store: the result is kept.
             slot.job = None
             if slot.state == W_BUSY:
                 # A worker that reported a fatal device error is exiting: give it no new job.
                 exiting = isinstance(msg, JobFailed) and msg.worker_exiting
                 slot.state = W_STOPPED if exiting else W_READY
-        await self._finished(pid)
+        if not (written and await self._report_end(end)):
+            self._keep(end)
         self.wake()
 
-    async def _store_success(self, pid: str, msg: JobSucceeded) -> None:
+    async def _record_result(self, result: _Result) -> bool:
+        """Write a worker's result to the row; True when it changed the row. Raises while the
+        store cannot be used (then it is retried, the same way). A failure that is not the
+        store's (a bug, bad data) ends the prediction in error instead."""
+        msg, pid = result.msg, result.msg.prediction_id
+        try:
+            if isinstance(msg, JobSucceeded):
+                return await self._store_success(result)
+            if isinstance(msg, JobFailed):
+                return await asyncio.to_thread(self.store.finish, pid, ERROR, error=msg.error)
+            return await asyncio.to_thread(self.store.finish, pid, CANCELLED)
+        except Exception as exc:
+            if self.store.is_outage(exc):
+                raise
+            log.exception("prediction %s: recording the result failed", pid)
+            return await asyncio.to_thread(self.store.finish, pid, ERROR, error="Failed to record the result")
+
+    async def _store_success(self, result: _Result) -> bool:
+        msg: JobSucceeded = result.msg
+        pid = msg.prediction_id
         current = await asyncio.to_thread(self.store.get, pid)
         if current is None or current.terminal:
-            return
+            return False
         if current.cancel_requested:
-            # Cancelled after the last step: the contract discards the images.
-            await asyncio.to_thread(
+            # Cancelled after the last step (or while the result waited for the store): the
+            # contract discards the images.
+            ok = await asyncio.to_thread(
                 self.store.finish, pid, CANCELLED, logs="Cancelled: the images were discarded.\n"
             )
-            return
-        files = [(output_name(i, img.extension), img.data) for i, img in enumerate(msg.images)]
-        try:
-            names = await asyncio.to_thread(self.outputs.save_all, pid, files)
-        except OutputStorageError as exc:
-            log.error("prediction %s: %s", pid, exc)
-            await asyncio.to_thread(self.store.finish, pid, ERROR, error=str(exc))
-            return
+            if result.names is not None:
+                await asyncio.to_thread(self.outputs.delete, pid)
+            return ok
+        if result.names is None:
+            files = [(output_name(i, img.extension), img.data) for i, img in enumerate(msg.images)]
+            try:
+                result.names = await asyncio.to_thread(self.outputs.save_all, pid, files)
+            except OutputStorageError as exc:
+                log.error("prediction %s: %s", pid, exc)
+                return await asyncio.to_thread(self.store.finish, pid, ERROR, error=str(exc))
         ok = await asyncio.to_thread(
-            self.store.finish, pid, SUCCESS, output=names, predict_time=msg.predict_time, extra=msg.extra
+            self.store.finish,
+            pid,
+            SUCCESS,
+            output=result.names,
+            predict_time=msg.predict_time,
+            extra=msg.extra,
         )
         if ok and self._observe is not None:
             self._observe(msg.predict_time)
+        return ok
+
+    # -- ends the store must take -----------------------------------------------------------
+    def store_failed(self, exc: BaseException) -> None:
+        """A store call raised: /health-check says so until a write goes through again."""
+        self.store_health.failed(exc, unexpected=not self.store.is_outage(exc))
+
+    def store_working(self) -> None:
+        """A write went through (a create, a claim, an end recorded)."""
+        self.store_health.working()
+
+    async def _end(self, end: PendingEnd) -> None:
+        """Record an end and report it; what the store refuses is kept and retried."""
+        if not (await self._write_end(end) and await self._report_end(end)):
+            self._keep(end)
+
+    async def _write_end(self, end: PendingEnd) -> bool:
+        async with end.lock:
+            if end.written:
+                return True
+            try:
+                changed = await end.write()
+            except Exception as exc:  # noqa: BLE001 - kept and retried; the store's state says why
+                self.store_failed(exc)
+                return False
+            end.written = True
+        if changed:
+            self.store_working()
+        return True
+
+    async def _report_end(self, end: PendingEnd) -> bool:
+        try:
+            await self._finished(end.prediction_id)
+        except Exception as exc:  # noqa: BLE001 - the row is written; the report is retried
+            self.store_failed(exc)
+            return False
+        return True
+
+    def _keep(self, end: PendingEnd) -> None:
+        if end.prediction_id not in self._pending:
+            log.warning(
+                "prediction %s: the store did not take its end; kept and retried until it does",
+                end.prediction_id,
+            )
+        self._pending[end.prediction_id] = end
+
+    async def retry_pending_ends(self) -> bool:
+        """One attempt at every kept end; True when one of them was settled."""
+        settled = False
+        for pid, end in list(self._pending.items()):
+            if await self._write_end(end) and await self._report_end(end):
+                if self._pending.get(pid) is end:
+                    del self._pending[pid]
+                log.info("prediction %s: its end is recorded", pid)
+                settled = True
+        if settled:
+            self.wake()
+        return settled
+
+    async def _retry_loop(self) -> None:
+        delay = RETRY_FIRST_S
+        while not self._stopped:
+            await wait_event(self._retry_now, delay)  # set when the store recovers
+            self._retry_now.clear()
+            if not self._pending:
+                delay = RETRY_FIRST_S
+                continue
+            try:
+                progressed = await self.retry_pending_ends()
+            except Exception:  # noqa: BLE001 - the loop must outlive anything one attempt does
+                log.exception("retrying the kept ends failed")
+                progressed = False
+            delay = RETRY_FIRST_S if progressed else min(RETRY_MAX_S, delay * 2)
+
+    @property
+    def pending_ends(self) -> int:
+        """Ends (results, lost workers) the store has not taken yet."""
+        return len(self._pending)
 
     async def _finished(self, pid: str) -> None:
         self._notify(pid)
@@ -313,10 +445,9 @@ class Supervisor:
         code = proc.exitcode
         job, slot.job = slot.job, None
         if job is not None:
-            try:
-                await self._settle_lost_job(slot, job, code)
-            except Exception:  # noqa: BLE001 - the store failed: restart recovery settles the row; the slot must live on
-                log.exception("prediction %s: could not settle it after its worker exited", job.id)
+            # Kept and retried if the store refuses it; the slot lives on either way.
+            settle = functools.partial(self._settle_lost_job, job, code, slot.timed_out)
+            await self._end(PendingEnd(job.id, settle))
         if slot.stopping or self._stopped:
             slot.state = W_STOPPED
             return
@@ -339,29 +470,27 @@ class Supervisor:
             log.exception("worker %d: could not start a new worker process", slot.index)
             slot.state, slot.setup_error = W_FAILED, f"could not start a worker process: {exc}"
 
-    async def _settle_lost_job(self, slot: WorkerSlot, job: Prediction, code: int | None) -> None:
-        if slot.timed_out:
+    async def _settle_lost_job(self, job: Prediction, code: int | None, timed_out: bool) -> bool:
+        if timed_out:
             limit = self.settings.workers.job_timeout_s
-            await asyncio.to_thread(
+            return await asyncio.to_thread(
                 self.store.finish,
                 job.id,
                 ERROR,
                 error=f"timed out after {limit:g} s",
                 logs=f"Timed out after {limit:g} s: the worker was stopped and replaced.\n",
             )
-        elif job.attempts < self.settings.workers.max_attempts:
-            await asyncio.to_thread(
+        if job.attempts < self.settings.workers.max_attempts:
+            return await asyncio.to_thread(
                 self.store.requeue, job.id, f"Worker lost (exit code {code}); requeued for attempt {job.attempts + 1}.\n"
             )
-        else:
-            await asyncio.to_thread(
-                self.store.finish,
-                job.id,
-                ERROR,
-                error=WORKER_LOST,
-                logs=f"Worker lost: the process running this prediction died (exit code {code}).\n",
-            )
-        await self._finished(job.id)
+        return await asyncio.to_thread(
+            self.store.finish,
+            job.id,
+            ERROR,
+            error=WORKER_LOST,
+            logs=f"Worker lost: the process running this prediction died (exit code {code}).\n",
+        )
 
     # -- dispatch -------------------------------------------------------------------------
     def wake(self) -> None:
@@ -384,9 +513,14 @@ class Supervisor:
             if slot.state != W_READY or slot.job is not None:
                 continue
             generation = slot.generation
-            pred = await asyncio.to_thread(self.store.claim_next, slot.worker_id)
+            try:
+                pred = await asyncio.to_thread(self.store.claim_next, slot.worker_id)
+            except Exception as exc:  # noqa: BLE001 - logged once per change of the store's state
+                self.store_failed(exc)
+                return
             if pred is None:
                 return
+            self.store_working()
             if slot.generation != generation or slot.state != W_READY or slot.job is not None:
                 # The worker exited (or was replaced) while the claim ran: put the job back.
                 await self._give_back(pred.id)
@@ -394,8 +528,10 @@ class Supervisor:
             try:
                 inputs = parse_inputs(pred.input, self.model_defaults)
             except InvalidInputs as exc:  # stored before a config change made it invalid
-                await asyncio.to_thread(self.store.finish, pred.id, ERROR, error=f"Invalid input: {exc}")
-                await self._finished(pred.id)
+                invalid = functools.partial(
+                    asyncio.to_thread, self.store.finish, pred.id, ERROR, error=f"Invalid input: {exc}"
+                )
+                await self._end(PendingEnd(pred.id, invalid))
                 continue
             try:
                 slot.conn.send(RunJob(pred.id, inputs.model_dump(), pred.attempts))
@@ -411,10 +547,15 @@ class Supervisor:
     async def _give_back(self, prediction_id: str) -> None:
         """Requeue a claimed job its worker never got, without spending an attempt. A cancel
         requested meanwhile ends it instead, and then its end is reported like any other."""
-        await asyncio.to_thread(
-            self.store.requeue, prediction_id, "Requeued: its worker stopped before it started.", never_ran=True
+        requeue = functools.partial(
+            asyncio.to_thread,
+            self.store.requeue,
+            prediction_id,
+            "Requeued: its worker stopped before it started.",
+            never_ran=True,
         )
-        await self._finished(prediction_id)  # reports only if the requeue ended it (cancelled)
+        # Reported only if the requeue ended it (cancelled).
+        await self._end(PendingEnd(prediction_id, requeue))
         self.wake()
 
     async def cancel(self, prediction_id: str) -> None:
@@ -437,8 +578,8 @@ class Supervisor:
                 last_cancel_poll = now
                 try:
                     await self._forward_cancels()
-                except Exception:  # noqa: BLE001 - a store hiccup must not end cancel polling for good
-                    log.exception("polling cancel flags failed")
+                except Exception as exc:  # noqa: BLE001 - a store hiccup must not end cancel polling for good
+                    self.store_failed(exc)
 
     def _check_timeouts(self, now: float) -> None:
         cfg = self.settings.workers
@@ -464,12 +605,18 @@ class Supervisor:
     # -- health ---------------------------------------------------------------------------
     def health(self) -> tuple[str, dict[str, Any]]:
         states = [s.state for s in self.slots]
-        details: dict[str, Any] = {"workers": [self._slot_info(s) for s in self.slots]}
+        store = self.store_health.info()
+        if self._pending:
+            store["unrecorded_ends"] = len(self._pending)
+        details: dict[str, Any] = {"workers": [self._slot_info(s) for s in self.slots], "store": store}
         if not self.accepting:
             return SHUTTING_DOWN, details
         if states and all(s == W_FAILED for s in states):
             details["reason"] = "; ".join(sorted({s.setup_error or "unknown" for s in self.slots}))
             return SETUP_FAILED, details
+        if self.store_health.failing:
+            details["reason"] = f"the prediction store is failing: {self.store_health.error}"
+            return UNHEALTHY, details
         if any(s == W_READY for s in states):
             return READY, details
         if any(s == W_BUSY for s in states):
@@ -505,7 +652,10 @@ class Supervisor:
         self.accepting = False
         if self._drain_deadline is None:  # `serve` drains on SIGTERM, then the app's shutdown drains again
             self._drain_deadline = time.monotonic() + grace_s
-        while time.monotonic() < self._drain_deadline and any(s.job is not None for s in self.slots):
+        # Kept ends (the store refused them) get the same grace to be recorded.
+        while time.monotonic() < self._drain_deadline and (
+            self._pending or any(s.job is not None for s in self.slots)
+        ):
             await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
@@ -541,3 +691,7 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pending:
+            await self.retry_pending_ends()  # a last try; the next start's recovery settles the rest
+        for pid in self._pending:
+            log.error("prediction %s: its end was never recorded; the next start settles it as lost", pid)

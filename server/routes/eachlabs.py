@@ -212,9 +212,12 @@ async def create_prediction(
         raise too_many(
             f"{exc.in_flight} predictions in flight; the limit is {exc.limit} per key", IN_FLIGHT_RETRY_AFTER_S
         ) from None
-    except Exception:  # the store failed (disk full, database locked too long): nothing was made
-        log.exception("could not store a new prediction")
+    except Exception as exc:  # the store failed (disk full, database locked too long): nothing was made
+        if not state.store.is_outage(exc):
+            log.exception("could not store a new prediction")
+        state.supervisor.store_failed(exc)  # an outage is logged once, when it begins
         raise ApiError(500, "Failed to create prediction", "the prediction could not be stored; try again") from None
+    state.supervisor.store_working()
     state.supervisor.wake()
     return pred
 

@@ -17,15 +17,23 @@ router = APIRouter()
     "/health-check",
     summary="Server health",
     description="Always 200. `status`: STARTING while the model loads, READY, BUSY (every worker busy), "
-    "SETUP_FAILED (with `reason`), SHUTTING_DOWN. `auth`: `open` (no API key needed) or `keys`; "
+    "SETUP_FAILED (with `reason`), UNHEALTHY (the prediction store is failing, e.g. its disk is full: "
+    "`reason` and `store.error` say why), SHUTTING_DOWN. `store.status`: `ok`, or `failing` with `error` "
+    "and `failing_since`. "
+    "`auth`: `open` (no API key needed) or `keys`; "
     "`auth_changed_at` when a key created while the server ran switched it to keys.",
     tags=["health"],
 )
 async def health_check(request: Request) -> dict:
     state = app_state(request)
+    try:
+        counts = await asyncio.to_thread(state.store.counts_by_status)
+        queue_depth: int | None = counts.get("starting", 0)
+    except Exception as exc:  # noqa: BLE001 - the answer is always a 200; the store's failure is in it
+        state.supervisor.store_failed(exc)
+        queue_depth = None
     status, details = state.supervisor.health()
-    counts = await asyncio.to_thread(state.store.counts_by_status)
-    body = {"status": status, "queue_depth": counts.get("starting", 0), "model": state.settings.model.name, **details}
+    body = {"status": status, "queue_depth": queue_depth, "model": state.settings.model.name, **details}
     if state.supervisor.serving_tiny_model:
         body["warning"] = TINY_MODEL_NOTICE
     # "open" (no key needed) or "keys"; auth_changed_at when a key created while running closed it.

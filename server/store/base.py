@@ -182,5 +182,11 @@ class PredictionStore(abc.ABC):
         """Give every prediction of ``old_owner`` to ``new_owner`` (``keys adopt-open``); how many."""
         raise NotImplementedError(f"{type(self).__name__} cannot hand predictions to another owner")
 
+    def is_outage(self, exc: BaseException) -> bool:
+        """Whether an exception from this store means it cannot be used right now (disk full,
+        file unreadable, locked too long), so the same call may succeed later. Anything else is a
+        bug or bad data, which no retry mends."""
+        return isinstance(exc, OSError)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -153,6 +153,12 @@ class SQLitePredictionStore(PredictionStore):
     def close(self) -> None:
         self._db.close()
 
+    def is_outage(self, exc: BaseException) -> bool:
+        # OperationalError: disk full, I/O error, locked, read-only, cannot open; a bare
+        # DatabaseError: the file is not (or no longer) a database. Integrity and programming
+        # errors are bugs.
+        return isinstance(exc, sqlite3.OperationalError | OSError) or type(exc) is sqlite3.DatabaseError
+
     # -- the store interface ---------------------------------------------------------------------
 
     def create(self, prediction: Prediction, max_in_flight: int | None = None) -> None:

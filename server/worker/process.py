@@ -238,6 +238,8 @@ def _inject_fault(prompt: str, step: int) -> None:
         return
     if "[[fault:hang]]" in prompt:
         threading.Event().wait()  # a step that never returns
+    if "[[fault:slow]]" in prompt:
+        threading.Event().wait(3)  # a step that takes 3 s: time to break something while it runs
     if "[[fault:oom]]" in prompt:
         import torch
 

@@ -4,7 +4,7 @@ Each fault happens for real: the API process group is SIGKILLed, the worker proc
 SIGKILLed, a denoising step never returns, CUDA/host out-of-memory is raised inside the worker
 (``FLUXSERVE_FAULT_INJECTION=1`` and a ``[[fault:...]]`` marker in the prompt, see
 ``server/worker/process.py``), the model folder is missing or not a FLUX pipeline, the outputs
-folder cannot be written. After each one the server must still answer, the prediction must end
+folder cannot be written, the database's disk fills while a job runs. After each one the server must still answer, the prediction must end
 in ``error`` with a message that says what happened, and the next prediction must succeed.
 
 test_restart.py covers the plain SIGKILL restart (max_attempts 1) and a SIGTERM whose running job
@@ -198,28 +198,37 @@ def test_outputs_folder_that_cannot_be_created_ends_the_job_in_error_and_later_j
     assert faulty.worker_pids() == [worker]
 
 
+def _mount_tmpfs(target: Path, size: str) -> None:
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "fluxserve-test-full", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+
+
+def _fill(folder: Path) -> Path:
+    """Write a file until the disk is full; delete it to free the space."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass  # ENOSPC: full
+    return filler
+
+
 @pytest.fixture
 def full_disk(faulty):
     """A 256 KiB tmpfs mounted on the outputs folder and filled up (skipped where mounting is not
     permitted). Yields the filler file: delete it to free the space."""
     target = faulty.outputs_root
     target.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "fluxserve-test-full", str(target)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    _mount_tmpfs(target, "256k")
     try:
-        filler = target / "filler"
-        with open(filler, "wb", buffering=0) as fh:
-            try:
-                while True:
-                    fh.write(b"\0" * 4096)
-            except OSError:
-                pass  # ENOSPC: full
-        yield filler
+        yield _fill(target)
     finally:
         subprocess.run(["umount", "-l", str(target)], check=False)
 
@@ -235,6 +244,56 @@ def test_full_disk_ends_the_job_in_error_with_no_partial_file_and_later_jobs_suc
     full_disk.unlink()
     after = faulty.run(KEY_A, QUICK)
     assert faulty.http.get(faulty.output_path(after["output"])).status_code == 200
+
+
+@pytest.fixture
+def db_on_small_disk(tmp_path, tiny_model_dir):
+    """A server whose SQLite database (and nothing else) lives on a 2 MiB tmpfs (skipped where
+    mounting is not permitted). Yields the server and the tmpfs folder."""
+    db_dir = tmp_path / "db"
+    db_dir.mkdir()
+    _mount_tmpfs(db_dir, "2m")
+    try:
+        with LiveServer(
+            tmp_path / "data",
+            tiny_model_dir,
+            env=FAULTS,
+            model=FAST_MODEL,
+            store_url=f"sqlite:///{db_dir / 'fluxserve.db'}",
+        ) as srv:
+            srv.start()
+            yield srv, db_dir
+    finally:
+        subprocess.run(["umount", "-l", str(db_dir)], check=False)
+
+
+def test_a_result_finished_while_the_database_disk_is_full_is_recorded_once_space_is_freed(db_on_small_disk):
+    srv, db_dir = db_on_small_disk
+    slow = srv.create(KEY_A, {**QUICK, "prompt": "a lighthouse [[fault:slow]]"})  # step 1 takes 3 s
+    queued = [srv.create(KEY_A, QUICK) for _ in range(2)]
+    srv.wait_until(KEY_A, slow, _running, timeout=60)
+    filler = _fill(db_dir)
+    health = srv.wait_health("UNHEALTHY", timeout=30)
+    refused = srv.post_create(KEY_A, QUICK)
+    time.sleep(4)  # the result is back and refused; dispatch and the retries keep failing
+    during = srv.get(KEY_A, slow)
+    filler.unlink()
+    body = srv.wait_for_end(KEY_A, slow, timeout=60)
+    after = [srv.wait_for_end(KEY_A, pid)["status"] for pid in queued]
+    healthy = srv.wait_health("READY", timeout=30)
+    log = srv.log_text()
+
+    assert health["reason"] == "the prediction store is failing: database or disk is full"
+    assert health["store"]["error"] == "database or disk is full"
+    assert refused.status_code == 500  # the contract's "Failed to create prediction"
+    assert during["status"] == "processing"
+    assert body["status"] == "success", body
+    assert srv.http.get(srv.output_path(body["output"])).status_code == 200  # the images were kept
+    assert after == ["success", "success"]
+    assert healthy["store"] == {"status": "ok"}
+    assert log.count("store failing: database or disk is full") == 1
+    assert log.count("store recovered") == 1
+    assert "dispatch failed" not in log and "Traceback" not in log
 
 
 # -- the model cannot be loaded ---------------------------------------------------------------------

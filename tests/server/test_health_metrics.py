@@ -1,7 +1,8 @@
 """`/health-check` (always 200, with a state) and `/metrics` (Prometheus text).
 
 STARTING while the worker loads the model, READY once it has, SETUP_FAILED with a reason when
-the weights cannot be loaded — and then creates are refused with 503. A server built with
+the weights cannot be loaded (and then creates are refused with 503), UNHEALTHY with the
+store's error while the database refuses writes. A server built with
 ``start_workers=False`` has no worker at all: it reports STARTING (nothing can run its queue),
 with an empty worker list, and still accepts predictions into the queue.
 """
@@ -9,6 +10,7 @@ with an empty worker list, and still accepts predictions into the queue.
 from __future__ import annotations
 
 import re
+import sqlite3
 
 import pytest
 
@@ -109,6 +111,34 @@ def test_setup_failed_still_answers_reads(failed_server):
 
     assert r.status_code == 200
     assert "warning" not in r.json()["models"][0]  # no worker loaded anything
+
+
+def test_health_is_unhealthy_with_the_reason_while_the_store_refuses_writes(make_server, monkeypatch):
+    with make_server(start_workers=False) as server:
+        key = server.new_key()
+        create = server.store.create
+
+        def disk_full(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(server.store, "create", disk_full)
+        refused = server.post_create(key)
+        during = server.client.get("/health-check")
+        metrics = server.client.get("/metrics").text
+        monkeypatch.setattr(server.store, "create", create)
+        server.create(key)  # a write goes through: the store works again
+        after = server.client.get("/health-check").json()
+
+    assert refused.status_code == 500
+    assert refused.json()["error"] == "Failed to create prediction"
+    assert during.status_code == 200
+    body = during.json()
+    assert body["status"] == "UNHEALTHY"
+    assert body["reason"] == "the prediction store is failing: database or disk is full"
+    assert body["store"]["status"] == "failing"
+    assert body["store"]["error"] == "database or disk is full"
+    assert _metric(metrics, "fluxserve_store_failing") == 1
+    assert (after["status"], after["store"]) == ("STARTING", {"status": "ok"})  # no workers in this app
 
 
 # -- metrics ------------------------------------------------------------------------------------
