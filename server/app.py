@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from server import openapi
 from server.auth import KeyRing
@@ -165,13 +166,16 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
             stack.callback(_cancel_all, state.background)
             yield
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from files the fastapi-offline package ships
+    # (served under /static-offline-docs), not from a CDN: the pages work without internet.
+    app = FastAPIOffline(
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
         title="fluxserve",
         version="0.1.0",
         summary="Self-hosted FLUX.1 [dev] behind the Eachlabs prediction contract.",
         description=(
             "Create a prediction, poll it until `success`, fetch the image URLs. "
-            "Authenticate with `X-API-Key: KEY` or `Authorization: Bearer KEY`. "
+            "Authenticate with `X-API-Key: KEY` or `Authorization: Bearer KEY` (the Authorize button). "
             f"Limits per key: {settings.limits.requests_per_minute} creates per minute, "
             f"{settings.limits.max_in_flight} predictions in flight; past either, 429 with Retry-After."
         ),

@@ -12,6 +12,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="YAML config file (see configs/)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument("--ssl-certfile", default=None, help="PEM certificate: serve HTTPS (setting tls.certfile)")
+    p.add_argument("--ssl-keyfile", default=None, help="PEM private key of the certificate (tls.keyfile)")
 
     def run(args: argparse.Namespace) -> int:
         from server.serve import cmd_serve

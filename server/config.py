@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -141,6 +142,36 @@ class MetricsSettings(_Section):
     )
 
 
+class TLSSettings(_Section):
+    certfile: str | None = Field(
+        None, description="PEM certificate (chain) file: `serve` speaks HTTPS (also `--ssl-certfile`)."
+    )
+    keyfile: str | None = Field(
+        None, description="PEM private key of the certificate (also `--ssl-keyfile`); unencrypted."
+    )
+
+    @model_validator(mode="after")
+    def _both_and_loadable(self) -> TLSSettings:
+        # Checked here so a bad pair is a one-line config error, not a traceback from uvicorn.
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together: give both or neither")
+        if self.certfile is not None and self.keyfile is not None:
+            for name, path in (("certfile", self.certfile), ("keyfile", self.keyfile)):
+                if not Path(path).expanduser().is_file():
+                    raise ValueError(f"{name} {path} does not exist")
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    Path(self.certfile).expanduser(), Path(self.keyfile).expanduser()
+                )
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"cannot use the certificate and key: {exc}") from None
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
 class Settings(BaseSettings):
     """Everything `fluxserve serve` reads. See README.md for each key."""
 
@@ -151,7 +182,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, description="Port to bind.")
     public_url: str | None = Field(
-        None, description="Base of absolute URLs in answers (e.g. https://flux.example.com); default http://host:port."
+        None,
+        description="Base of absolute URLs in answers (e.g. https://flux.example.com); default "
+        "http://host:port (https:// with `tls`).",
     )
     data_dir: str = Field("./fluxserve-data", description="SQLite database, outputs and the tiny model live here.")
     store_url: str | None = Field(None, description="Default: sqlite:///<data_dir>/fluxserve.db.")
@@ -171,6 +204,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -224,7 +258,8 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls.enabled else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def model_spec(self) -> ModelSpec:
         """The model spec with the tiny model's folder placed in the data folder."""

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from server.auth import Identity, extract_key
 from server.errors import ApiError, unauthorized
+
+# The two ways to present a key, declared for the OpenAPI document (its security schemes, the
+# Authorize button of /docs). They never refuse a request themselves (auto_error=False):
+# ``authenticate`` reads the key, so every route answers a missing key in its own error shape.
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", scheme_name="ApiKey", auto_error=False, description="`X-API-Key: KEY`."
+)
+BEARER = HTTPBearer(
+    scheme_name="Bearer",
+    auto_error=False,
+    description="`Authorization: Bearer KEY` (what Replicate's clients send; `Token KEY` works too).",
+)
+# ``dependencies=`` of the routers whose every route needs a key: either scheme will do.
+KEY_REQUIRED = [Security(API_KEY_HEADER), Security(BEARER)]
 
 
 def app_state(request: Request):

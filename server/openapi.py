@@ -2,12 +2,16 @@
 
 - **Bodies parsed by hand.** The create routes read their JSON themselves (so every error has the
   contract's shape) and point their ``requestBody`` at ``#/components/schemas/CreateRequest``
-  through ``openapi_extra``; FastAPI never sees that model, so it is added here (with the models
-  it refers to), else the reference dangles.
+  (``ReplicateModelCreate``, ``ReplicateVersionCreate``) through ``openapi_extra``; FastAPI never
+  sees those models, so they are added here (with the models they refer to), else the reference
+  dangles.
 - **Validation errors are 400, not 422.** FastAPI documents a 422 ``HTTPValidationError`` on
   every route with parameters, but ``server.errors`` answers a bad parameter with a 400 in the
   contract's shape. Those 422s are replaced by that 400; a 422 a route declares itself (the
   Replicate routes' invalid input) is kept.
+- **One model.** The Replicate routes' ``{owner}`` and ``{name}`` are documented as the one model
+  this server serves (an enum): any other answers 404, and a client (or fuzzer) reading the
+  document then calls the routes that create and read predictions.
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ _DEFAULT_422 = REF + "HTTPValidationError"
 def _models() -> dict[str, type[BaseModel]]:
     """Models routes refer to by name without FastAPI knowing them."""
     from server.protocol import CreateRequest, ErrorResponse
+    from server.routes.replicate import ReplicateModelCreate, ReplicateVersionCreate
 
-    return {"CreateRequest": CreateRequest, "ErrorResponse": ErrorResponse}
+    return {
+        model.__name__: model
+        for model in (CreateRequest, ErrorResponse, ReplicateModelCreate, ReplicateVersionCreate)
+    }
 
 
 def _add_model(components: dict[str, Any], model: type[BaseModel]) -> None:
@@ -53,10 +61,26 @@ def _validation_errors_are_400(schema: dict[str, Any]) -> None:
             )
 
 
-def complete(schema: dict[str, Any]) -> dict[str, Any]:
+def _the_served_model(schema: dict[str, Any], owner: str, name: str) -> None:
+    served = {"owner": owner, "name": name}
+    for path, path_item in schema.get("paths", {}).items():
+        if not path.startswith("/v1/models/{owner}/{name}"):
+            continue
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") in served:
+                    parameter["schema"]["enum"] = [served[parameter["name"]]]
+                    parameter["description"] = "This server serves one model: " + "/".join(served.values())
+
+
+def complete(schema: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
     """Apply the corrections to a generated document (in place) and return it."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     _validation_errors_are_400(schema)
+    if model_name is not None:
+        from server.replicate_render import OWNER
+
+        _the_served_model(schema, OWNER, model_name)
     text = json.dumps(schema)
     for name, model in _models().items():
         if f'"{REF}{name}"' in text and name not in components:
@@ -74,7 +98,7 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(build())
+            app.openapi_schema = complete(build(), app.state.fluxserve.settings.model.name)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

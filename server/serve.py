@@ -68,6 +68,8 @@ def run_server(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.workers.shutdown_grace_s) + 10,
         proxy_headers=True,
+        ssl_certfile=settings.tls.certfile,
+        ssl_keyfile=settings.tls.keyfile,
     )
     server = GracefulServer(config, app)
     # What imports and set-up made lives as long as the process: move it out of the collector's
@@ -75,7 +77,8 @@ def run_server(settings: Settings) -> int:
     # and every request in flight waited for it).
     gc.collect()
     gc.freeze()
-    log.info("fluxserve on http://%s:%d (public URL %s)", host, settings.port, settings.base_url)
+    scheme = "https" if settings.tls.enabled else "http"
+    log.info("fluxserve on %s://%s:%d (public URL %s)", scheme, host, settings.port, settings.base_url)
     server.run()
     return 0
 
@@ -86,6 +89,9 @@ def cmd_serve(args) -> int:
         overrides["host"] = args.host
     if args.port:
         overrides["port"] = args.port
+    tls = {"certfile": args.ssl_certfile, "keyfile": args.ssl_keyfile}
+    if any(tls.values()):
+        overrides["tls"] = {k: v for k, v in tls.items() if v}
     try:
         settings = load_settings(args.config, **overrides)
     except ConfigError as exc:

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pipelines.images import data_url_size_problem
 from pipelines.inputs import FluxInputs, InvalidInputs, parse_inputs
 from server.auth import Identity
-from server.deps import app_state, authenticate, caller, check_rate, too_many
+from server.deps import KEY_REQUIRED, app_state, authenticate, caller, check_rate, too_many
 from server.errors import ApiError, not_found
 from server.loading_notice import TINY_MODEL_NOTICE
 from server.protocol import (
@@ -41,7 +41,7 @@ from server.supervisor import SETUP_FAILED
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["predictions"])
+router = APIRouter(tags=["predictions"], dependencies=KEY_REQUIRED)
 
 MAX_WAIT_S = 60.0
 WAIT_FALLBACK_POLL_S = 0.5  # re-read the store this often while waiting (changes made elsewhere)
@@ -297,6 +297,17 @@ async def owned_prediction(request: Request, identity: Identity, prediction_id: 
     summary="Get a prediction",
     responses={200: {"model": PredictionResponse}, **{**ERRORS, **NOT_FOUND}},
     description="Add `?wait=n` or `Prefer: wait=n` (up to 60 s) to hold the request until the prediction ends.",
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "Prefer",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "`wait=n`: as `?wait=n` (the query wins when both are given).",
+            }
+        ]
+    },
 )
 async def get_prediction(
     request: Request,
@@ -403,7 +414,7 @@ def _iso_span(value: str) -> float:
 )
 async def list_executions(
     request: Request,
-    limit: int = Query(20, ge=1, le=100),
+    limit: int = Query(20, ge=1, le=100, description="Page size: 1 to 100 (a larger one is a 400)."),
     offset: int = Query(0, ge=0, le=10**9),
     model: str | None = Query(None, max_length=100),
     status: str | None = Query(None, description="starting, processing, success, error or cancelled"),

@@ -26,6 +26,8 @@ router = APIRouter()
         404: {"model": ErrorResponse, "description": "No such output (or another key's)."},
     },
     tags=["outputs"],
+    # A key is optional here (the URL is enough) unless outputs.require_owner_key is on.
+    openapi_extra={"security": [{}, {"ApiKey": []}, {"Bearer": []}]},
 )
 async def get_output(prediction_id: str, name: str, request: Request):
     state = app_state(request)

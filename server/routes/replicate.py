@@ -36,14 +36,15 @@ import functools
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.inputs import FluxInputs
 from server.auth import Identity
-from server.deps import app_state, authenticate, check_rate
+from server.deps import KEY_REQUIRED, app_state, authenticate, check_rate
 from server.errors import ApiError
 from server.protocol import ErrorResponse
 from server.replicate_render import (
@@ -66,7 +67,7 @@ from server.routes.eachlabs import (
 )
 from server.store import ListFilter
 
-router = APIRouter(tags=["replicate"])
+router = APIRouter(tags=["replicate"], dependencies=KEY_REQUIRED)
 
 MAX_WAIT_S = 60
 PAGE_SIZE = 100
@@ -86,6 +87,69 @@ class ReplicateError(BaseModel):
     status: int
     title: str
     invalid_fields: list[dict[str, str]] | None = None
+
+
+class ReplicateModelCreate(BaseModel):
+    """Body of a create on the model route (for the OpenAPI document; parsed by ``_check_body``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"input": {"prompt": "a red fox in the snow", "aspect_ratio": "16:9"}}]
+        },
+    )
+
+    input: FluxInputs = Field(description="flux-dev inputs, as Replicate's model takes them.")
+    webhook: str | None = Field(None, description="http(s) URL POSTed the prediction object on each event.")
+    webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = Field(
+        None, description="Events that call `webhook` (default `output` and `completed`)."
+    )
+    webhook_completed: str | None = Field(
+        None, description="Replicate's older field: a webhook for the `completed` event only."
+    )
+    stream: bool | None = Field(None, description="Accepted and ignored: outputs are not streamed.")
+
+
+class ReplicateVersionCreate(ReplicateModelCreate):
+    """Body of ``POST /v1/predictions``: the model route's, with the version to run."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"version": "black-forest-labs/flux-dev", "input": {"prompt": "a red fox in the snow"}}
+            ]
+        },
+    )
+
+    version: str = Field(
+        max_length=200,
+        description="`black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, or any version id "
+        "(this server serves one model).",
+    )
+
+
+def create_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a create route: the body (parsed by hand, so FastAPI cannot see it)
+    and the ``Prefer`` header."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        },
+        "parameters": [
+            {
+                "name": "Prefer",
+                "in": "header",
+                "required": False,
+                # No pattern or example: a fuzzer would send `wait` and hold each create 60 s.
+                "schema": {"type": "string"},
+                "description": "`wait` holds the request until the prediction ends, up to 60 s; `wait=n` "
+                "up to n seconds (1-60). 201 when it ended in time, else 202 with `status: starting`. "
+                "Without it the create answers 201 at once.",
+            }
+        ],
+    }
 
 
 _ERROR_TEXT = {
@@ -312,6 +376,7 @@ def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
     responses={**CREATED, **errors(400, 401, 404, 422, 429, 503)},
     description='Body `{"input": {...}, "webhook": ..., "webhook_events_filter": [...]}`. '
     "`Prefer: wait[=n]` holds the request up to n seconds (60 for a bare `wait`): 201 when it ended, else 202.",
+    openapi_extra=create_doc(ReplicateModelCreate),
 )
 @replicate_errors
 async def create_for_model(request: Request, owner: str, name: str):
@@ -330,6 +395,7 @@ async def create_for_model(request: Request, owner: str, name: str):
     responses={**CREATED, **errors(400, 401, 422, 429, 503)},
     description="`version`: `black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, or any version id "
     "(this server serves one model). Otherwise as the model route.",
+    openapi_extra=create_doc(ReplicateVersionCreate),
 )
 @replicate_errors
 async def create_with_version(request: Request):
@@ -361,7 +427,13 @@ def _encode_cursor(created_to: float | None, offset: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-@both("get", "/v1/predictions", summary="List predictions (Replicate), newest first", responses=errors(400, 401, 429))
+@both(
+    "get",
+    "/v1/predictions",
+    summary="List predictions (Replicate), newest first",
+    description=f"{PAGE_SIZE} per page; follow `next` (and `previous`) for the other pages.",
+    responses=errors(400, 401, 429),
+)
 @replicate_errors
 async def list_predictions(request: Request, cursor: str | None = None):
     state = app_state(request)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,24 @@ TERMINAL = ("success", "error", "cancelled")
 STATIC_KEYS = ("key-alpha", "key-bravo")
 
 _key_numbers = itertools.count(1)
+
+
+def self_signed_cert(folder: Path) -> tuple[str, str]:
+    """A throwaway certificate for https://127.0.0.1 and its key (made with the ``openssl``
+    command): ``(certfile, keyfile)``."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
 
 
 def run_in_own_loop(coro, timeout: float = 30) -> Any:

@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -116,8 +117,12 @@ class LiveServer:
         env: dict[str, str] | None = None,
         api_keys: Iterable[str] | None = None,
         port: int | None = None,
+        tls: tuple[str, str] | None = None,
         **overrides: Any,
     ) -> None:
+        """``tls=(certfile, keyfile)``: serve HTTPS (``--ssl-certfile``/``--ssl-keyfile``); the
+        client trusts that certificate."""
+        self.tls = tls
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.weights = str(weights)
@@ -128,7 +133,7 @@ class LiveServer:
         self.config_path = self.data_dir / "config.yaml"
         self._log_file = None
         self.write_config(api_keys=api_keys, **overrides)
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.http = httpx.Client(base_url=self.url, timeout=30, verify=self.verify)
 
     # -- config ---------------------------------------------------------------------------------
     def write_config(self, *, api_keys: Iterable[str] | None = None, **overrides: Any) -> None:
@@ -144,7 +149,12 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a client passes as ``verify`` to trust this server."""
+        return ssl.create_default_context(cafile=self.tls[0]) if self.tls else True
 
     @property
     def db_path(self) -> Path:
@@ -171,7 +181,8 @@ class LiveServer:
         self._log_file.write(f"\n===== start on port {self.port} at {time.time():.3f} =====\n".encode())
         self._log_file.flush()
         self.proc = subprocess.Popen(
-            [FLUXSERVE, "serve", "--config", str(self.config_path), "--port", str(self.port)],
+            [FLUXSERVE, "serve", "--config", str(self.config_path), "--port", str(self.port)]
+            + (["--ssl-certfile", self.tls[0], "--ssl-keyfile", self.tls[1]] if self.tls else []),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -480,6 +480,26 @@ def test_wrong_method_is_405_in_the_error_shape(queued_server, queued_id):
     _assert_error(queued_server.client.delete(f"/v1/prediction/{pid}", headers={"X-API-Key": key}), 405)
 
 
+def test_405_allow_names_every_method_routed_on_the_path(queued_server):
+    # /v1/predictions is routed for GET (list) and POST (create) by two routes
+    r = queued_server.client.delete("/v1/predictions", headers={"X-API-Key": STATIC_KEYS[0]})
+
+    _assert_error(r, 405)
+    assert r.headers["Allow"] == "GET, POST"
+
+
+def test_405_allow_matches_the_methods_the_document_lists_on_every_path(queued_server):
+    paths = queued_server.client.get("/openapi.json").json()["paths"]
+    templates = {re.compile(re.sub(r"\{[^}]+\}", "[^/]+", p) + "$"): item for p, item in paths.items()}
+    for path in paths:
+        concrete = re.sub(r"\{[^}]+\}", "x", path)
+        # every documented path this one also matches (/v1/prediction/run is /v1/prediction/{id} too)
+        documented = {m.upper() for t, item in templates.items() if t.match(concrete) for m in item}
+        r = queued_server.client.request("PATCH", concrete)
+        assert r.status_code == 405, path
+        assert set(r.headers["Allow"].split(", ")) == documented, path
+
+
 def test_a_store_that_fails_on_create_gives_the_contracts_500_and_no_prediction(make_server):
     import sqlite3
 

@@ -11,6 +11,7 @@ import pytest
 
 from server.config import ConfigError, load_settings
 from server.supervisor import Supervisor
+from tests.server.conftest import self_signed_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,6 +128,53 @@ def test_every_shipped_config_loads(name):
 def test_public_url_builds_absolute_urls():
     assert load_settings(public_url="https://flux.example.com/").base_url == "https://flux.example.com"
     assert load_settings(host="0.0.0.0", port=8123).base_url == "http://127.0.0.1:8123"
+
+
+def test_tls_makes_the_default_public_url_https(tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+
+    settings = load_settings(port=8443, tls={"certfile": cert, "keyfile": key})
+
+    assert settings.base_url == "https://127.0.0.1:8443"
+    assert load_settings(port=8443).base_url == "http://127.0.0.1:8443"
+
+
+def test_tls_certfile_without_keyfile_is_a_clear_error(tmp_path):
+    cert, _ = self_signed_cert(tmp_path)
+    with pytest.raises(ConfigError, match=r"tls: .*give both or neither"):
+        load_settings(tls={"certfile": cert})
+
+
+def test_tls_file_that_does_not_exist_is_named(tmp_path):
+    cert, _ = self_signed_cert(tmp_path)
+    with pytest.raises(ConfigError, match=r"tls: .*keyfile .*nope\.pem does not exist"):
+        load_settings(tls={"certfile": cert, "keyfile": str(tmp_path / "nope.pem")})
+
+
+def test_tls_key_that_is_not_the_certificates_is_refused(tmp_path):
+    cert, _ = self_signed_cert(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_key = self_signed_cert(tmp_path / "other")
+    with pytest.raises(ConfigError, match=r"tls: .*cannot use the certificate and key"):
+        load_settings(tls={"certfile": cert, "keyfile": other_key})
+
+
+def test_serve_with_a_key_that_is_not_the_certificates_exits_2_naming_tls(tmp_path):
+    cert, _ = self_signed_cert(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_key = self_signed_cert(tmp_path / "other")
+    fluxserve = str(Path(sys.executable).with_name("fluxserve"))
+
+    done = subprocess.run(
+        [fluxserve, "serve", "--port", "1", "--ssl-certfile", cert, "--ssl-keyfile", other_key],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+    assert done.returncode == 2
+    assert "tls" in done.stderr and "cannot use the certificate and key" in done.stderr
 
 
 def test_readme_documents_every_config_key():

@@ -1,24 +1,22 @@
-"""The official ``replicate`` Python client (PyPI) against a live server: uvicorn on a loopback port,
-one real worker process running the tiny random FLUX pipeline on CPU.
+"""The official ``replicate`` Python client (PyPI) against a live ``fluxserve serve`` on a loopback
+port, one real worker process running the tiny random FLUX pipeline on CPU.
 
-The server speaks HTTPS with a throwaway self-signed certificate (made with the ``openssl``
-command): the client turns only ``https:`` (and ``data:``) output URLs into ``FileOutput``
-objects, so this is how ``client.run(...)`` hands back readable files, as it does against
-Replicate. The client trusts the certificate through its own ``transport`` argument.
+The server speaks HTTPS (``--ssl-certfile``/``--ssl-keyfile``) with a throwaway self-signed
+certificate made with the ``openssl`` command: the client turns only ``https:`` (and ``data:``)
+output URLs into ``FileOutput`` objects, so this is how ``client.run(...)`` hands back readable
+files, as it does against Replicate. The client trusts the certificate through its own
+``transport`` argument. The README's plain-http example runs against a second, http server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import shutil
-import socket
-import ssl
-import subprocess
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,26 +25,13 @@ from replicate.exceptions import ReplicateError
 from replicate.helpers import FileOutput
 from replicate.webhook import Webhooks, WebhookSigningSecret
 
+from tests.server.conftest import self_signed_cert
+from tests.server.live import FAST_MODEL, LiveServer
+
 KEY = "test-key-replicate-client"
 SMALL = {"megapixels": "0.25", "num_inference_steps": 2, "output_format": "png"}  # 512x512, fast on CPU
 
 pytestmark = pytest.mark.slow
-
-
-def _self_signed_cert(folder) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 class Receiver:
@@ -78,65 +63,32 @@ class Receiver:
         self.server.server_close()
 
 
+# The README's prompt alone asks for a 1024x1024 image in 28 steps: these servers make small ones
+# by default (model.defaults), so its examples run unchanged and fast.
+SMALL_DEFAULTS = {"megapixels": "0.25", "num_inference_steps": 2}
+SERVER_SETTINGS = {
+    "model": {"dtype": "float32", "defaults": SMALL_DEFAULTS, **FAST_MODEL},
+    "workers": {"count": 1, "shutdown_grace_s": 5},
+    "input_images": {"allowed_hosts": ["127.0.0.1"]},
+    "webhooks": {"interval_s": 0.2, "timeout_s": 5},
+}
+
+
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, tiny_model_dir):
-    """https://127.0.0.1:<port> serving the tiny model with one worker; yields the base URL and
-    the certificate file."""
-    import uvicorn
-
-    from server.app import create_app
-    from server.config import Settings
-
+    """``fluxserve serve --ssl-certfile ... --ssl-keyfile ...`` serving the tiny model with one
+    worker; no ``public_url``: the URLs in answers are https because TLS is on."""
     folder = tmp_path_factory.mktemp("replicate-live")
-    cert, key = _self_signed_cert(folder)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    base_url = f"https://127.0.0.1:{port}"
-    settings = Settings(
-        data_dir=str(folder / "data"),
-        public_url=base_url,
-        api_keys=[KEY],
-        model={"weights": str(tiny_model_dir), "device": "cpu", "dtype": "float32"},
-        workers={"count": 1, "shutdown_grace_s": 5},
-        limits={"requests_per_minute": 0},
-        input_images={"allowed_hosts": ["127.0.0.1"]},
-        webhooks={"interval_s": 0.2, "timeout_s": 5},
-    )
-    app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, log_level="warning", ssl_certfile=cert, ssl_keyfile=key, timeout_graceful_shutdown=5
-        )
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    verify = ssl.create_default_context(cafile=cert)
-    deadline = time.monotonic() + 240
-    while True:  # the worker loads the model in its own process
-        try:
-            health = httpx.get(f"{base_url}/health-check", verify=verify, timeout=5).json()
-            if health["status"] == "READY":
-                break
-            assert health["status"] != "SETUP_FAILED", health
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the live server did not become ready"
-        time.sleep(0.25)
-    yield base_url, cert
-    server.should_exit = True
-    thread.join(30)
-    sock.close()
+    tls = self_signed_cert(folder)
+    with LiveServer(folder / "data", tiny_model_dir, api_keys=[KEY], tls=tls, **SERVER_SETTINGS) as server:
+        server.start(timeout=240)
+        yield server
 
 
 @pytest.fixture
 def client(live_server):
-    base_url, cert = live_server
     client = replicate.Client(
-        api_token=KEY,
-        base_url=base_url,
-        transport=httpx.HTTPTransport(verify=ssl.create_default_context(cafile=cert)),
+        api_token=KEY, base_url=live_server.url, transport=httpx.HTTPTransport(verify=live_server.verify)
     )
     yield client
     client._client.close()  # no keep-alive connection left to hold the server's shutdown
@@ -235,3 +187,37 @@ def test_signed_webhooks_of_a_real_run_validate_with_the_clients_own_checker(cli
         )
     final = json.loads(receiver.requests[-1]["body"])
     assert final["id"] == prediction.id and final["output"] == prediction.output
+
+
+# -- the README's examples, as written ------------------------------------------------------
+
+
+def readme_examples() -> list[str]:
+    """The Python blocks of the README's "Replicate-compatible routes" section: http, then https."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Replicate-compatible routes", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def run_example(code: str, base_url: str, folder: Path) -> bytes:
+    """Run a README example against ``base_url`` with the test key, in ``folder``; the bytes it saved."""
+    code = re.sub(r'base_url="[^"]+"', f'base_url="{base_url}"', code).replace("my-secret-key", KEY)
+    code = code.replace('"fox.webp"', repr(str(folder / "fox.webp")))
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    return (folder / "fox.webp").read_bytes()
+
+
+def test_readme_https_example_writes_the_image_read_from_the_file_output(live_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", live_server.tls[0])  # the README's way to trust the certificate
+
+    data = run_example(readme_examples()[1], live_server.url, tmp_path)
+
+    assert decode(data).format == "WEBP"
+
+
+def test_readme_plain_http_example_downloads_the_url_strings_it_gets(tmp_path, tiny_model_dir):
+    with LiveServer(tmp_path / "data", tiny_model_dir, api_keys=[KEY], **SERVER_SETTINGS) as server:
+        server.start(timeout=240)
+        data = run_example(readme_examples()[0], server.url, tmp_path)
+
+    assert decode(data).format == "WEBP"
