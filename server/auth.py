@@ -142,13 +142,17 @@ class KeyRing:
         An open ring re-reads the store at most every ``OPEN_RECHECK_S``, so a key created with
         the CLI closes a running server within a second. Once closed, it stays closed.
         """
+        return self._is_open(recheck=False)
+
+    def _is_open(self, *, recheck: bool) -> bool:
+        """``open``; ``recheck`` re-reads the store now instead of trusting the last look."""
         if self._open is False:
             return False
         if self._keystore is None:
             return True
         now = self._clock()
         with self._lock:
-            if self._open is None or now - self._open_checked_at >= OPEN_RECHECK_S:
+            if recheck or self._open is None or now - self._open_checked_at >= OPEN_RECHECK_S:
                 was_open = self._open
                 self._open = not self._keystore.has_keys()
                 self._open_checked_at = now
@@ -190,7 +194,9 @@ class KeyRing:
         call (no cache), so a revocation takes effect on the next request. Blocking (SQLite):
         call it from a thread pool in async code.
         """
-        if self.open:
+        # A key sent to an open ring re-reads the store at once: a key created a moment ago must
+        # not see (as anonymous) what open mode made before the periodic re-read closes the ring.
+        if self._is_open(recheck=bool(key)):
             return ANONYMOUS
         if not key or len(key) > MAX_KEY_LEN:
             return None

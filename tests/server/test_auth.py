@@ -210,6 +210,17 @@ def test_a_key_created_while_running_closes_an_open_ring_within_a_second(store):
     assert ring.authenticate(None) is None
 
 
+def test_a_key_just_created_is_its_own_identity_before_the_ring_rechecks(store):
+    clock = Clock()
+    ring = KeyRing(keystore=store, clock=clock)
+    assert ring.open is True
+    key = store.create("alice")  # no time passes: the periodic re-read is not due
+
+    assert ring.authenticate(key) == Identity(key_id_for(key), "alice")  # not ANONYMOUS
+    assert ring.open is False
+    assert ring.authenticate(None) is None
+
+
 def test_a_key_created_while_running_is_logged_once_and_its_time_kept(store, caplog):
     clock = Clock()
     ring = KeyRing(keystore=store, clock=clock)
