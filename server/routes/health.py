@@ -26,6 +26,8 @@ async def health_check(request: Request) -> dict:
     body = {"status": status, "queue_depth": counts.get("starting", 0), "model": state.settings.model.name, **details}
     if state.supervisor.serving_tiny_model:
         body["warning"] = TINY_MODEL_NOTICE
+    if state.store_warning:
+        body["store_warning"] = state.store_warning
     return body
 
 
