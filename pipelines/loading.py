@@ -8,10 +8,14 @@ message saying what is needed; nothing is ignored silently.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,44 @@ log = logging.getLogger(__name__)
 FLUX_PIPELINE_CLASSES = {"FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"}
 FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 TINY_WARNING = "Serving the tiny demo model with random weights: its images are noise."
-DEFAULT_TINY_DIR = Path("~/.cache/fluxserve/tiny-flux").expanduser()
+
+
+def default_tiny_dir() -> Path:
+    """Where ``weights: auto`` keeps the tiny model unless ``model.tiny_model_dir`` says otherwise:
+    the user cache (``$XDG_CACHE_HOME``, else ``~/.cache``), one copy for `fluxserve generate`
+    and every server."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(cache) if os.path.isabs(cache) else Path("~/.cache").expanduser()  # the XDG rule
+    return root / "fluxserve" / "tiny-flux"
+
+
+def ensure_tiny_model(folder: Path) -> Path:
+    """The tiny model in ``folder``, built there if missing. Several processes may ask at once (a
+    server's workers, `fluxserve generate`): one builds it in a temporary folder beside it and
+    renames that into place while the others wait on a lock, so none reads a half-written one."""
+    if is_tiny_model(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_tiny_model(folder):
+            return folder
+        if folder.exists() and any(folder.iterdir()):
+            raise ModelLoadError(
+                f"{folder} is not empty and holds no tiny model: "
+                "remove it, or set model.tiny_model_dir elsewhere"
+            )
+        log.warning("FLUX.1-dev weights not found; building the tiny demo model in %s", folder)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            write_tiny_model(staging)
+            with contextlib.suppress(FileNotFoundError):
+                folder.rmdir()  # an empty folder: replaced by the built one
+            os.replace(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return folder
 
 
 @dataclass
@@ -96,11 +137,8 @@ def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
         if snapshot is not None:
             check_flux_folder(snapshot)
             return ResolvedWeights(snapshot, False, "hf-cache")
-        tiny_dir = Path(spec.tiny_model_dir).expanduser() if spec.tiny_model_dir else DEFAULT_TINY_DIR
-        if not is_tiny_model(tiny_dir):
-            log.warning("FLUX.1-dev weights not found; building the tiny demo model in %s", tiny_dir)
-            write_tiny_model(tiny_dir)
-        return ResolvedWeights(tiny_dir, True, "tiny")
+        tiny_dir = Path(spec.tiny_model_dir).expanduser() if spec.tiny_model_dir else default_tiny_dir()
+        return ResolvedWeights(ensure_tiny_model(tiny_dir), True, "tiny")
     path = Path(weights).expanduser()
     if path.exists() or not _REPO_ID.fullmatch(weights):
         check_flux_folder(path)

@@ -59,4 +59,8 @@ class ModelSpec(BaseModel):
     )
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5 token limit; longer prompts are truncated.")
     defaults: dict[str, Any] = Field(default_factory=dict, description="Input defaults for this model.")
-    tiny_model_dir: str | None = Field(None, description="Where `weights: auto` builds the tiny demo model.")
+    tiny_model_dir: str | None = Field(
+        None,
+        description="Where `weights: auto` builds the tiny demo model (default: the user cache, "
+        "$XDG_CACHE_HOME/fluxserve/tiny-flux or ~/.cache/fluxserve/tiny-flux; `generate` uses it too).",
+    )

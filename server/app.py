@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,13 +22,13 @@ from server.auth import KeyRing
 from server.blank_query import BlankQueryMiddleware
 from server.body_limit import BodySizeLimitMiddleware
 from server.config import Settings
-from server.datalock import DataDirLock
+from server.datalock import ServerLock
 from server.errors import install_error_handlers
 from server.events import PredictionEvents
 from server.hostguard import HostGuardMiddleware, HostPolicy
 from server.keystore import KeyStore
 from server.metrics import ServerMetrics
-from server.outputs import LocalOutputStorage
+from server.outputs import ID_PATTERN, LocalOutputStorage
 from server.ratelimit import RequestRateLimiter
 from server.store import PredictionStore, open_store
 from server.supervisor import Supervisor
@@ -36,6 +37,8 @@ from server.webhooks import WebhookDispatcher
 log = logging.getLogger("fluxserve")
 
 RETENTION_SWEEP_S = 300.0
+# How often the WAL is folded into the database file while the server runs (see _checkpoint_loop).
+CHECKPOINT_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -49,9 +52,11 @@ class AppState:
     events: PredictionEvents
     metrics: ServerMetrics
     supervisor: Supervisor
+    lock: ServerLock
     started_at: float = field(default_factory=time.time)
     background: list[asyncio.Task] = field(default_factory=list)
     webhooks: WebhookDispatcher | None = None
+    store_warning: str | None = None  # set at start when the store misses predictions (see _check_store)
 
     @property
     def base_url(self) -> str:
@@ -65,7 +70,9 @@ def _keystore_for(settings: Settings, store_url: str) -> KeyStore | None:
     return KeyStore(settings.db_path)
 
 
-def build_state(settings: Settings, store: PredictionStore | None = None) -> AppState:
+def build_state(
+    settings: Settings, store: PredictionStore | None = None, lock: ServerLock | None = None
+) -> AppState:
     settings.data_path.mkdir(parents=True, exist_ok=True)
     store = store or open_store(settings.resolved_store_url)
     keyring = KeyRing(settings.api_keys, _keystore_for(settings, settings.resolved_store_url))
@@ -102,6 +109,7 @@ def build_state(settings: Settings, store: PredictionStore | None = None) -> App
         events=events,
         metrics=metrics,
         supervisor=supervisor,
+        lock=lock or ServerLock(settings.data_path, settings.db_path),
         webhooks=webhooks,
     )
     state.on_finished = webhooks.on_finished  # type: ignore[attr-defined]
@@ -127,6 +135,45 @@ async def _retention_loop(state: AppState) -> None:
         await asyncio.sleep(min(RETENTION_SWEEP_S, max(1.0, hours * 3600 / 10)))
 
 
+async def _checkpoint_loop(store: PredictionStore) -> None:
+    """Fold the WAL into the database file now and then, so the file alone holds (nearly) every
+    row: a backup of the file, or a lost -wal, then loses little. It never waits for a lock:
+    what readers still need stays for the next round."""
+    while True:
+        await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+        try:
+            await asyncio.to_thread(store.checkpoint, "TRUNCATE", 0)
+        except Exception:  # noqa: BLE001 - retry on the next round
+            log.exception("database checkpoint failed")
+
+
+def _checkpoint_at_stop(store: PredictionStore) -> None:
+    """At a clean stop the database file must hold every row and the WAL be empty."""
+    try:
+        if not store.checkpoint("TRUNCATE", 5_000):
+            log.warning("database checkpoint at stop was incomplete: keep the -wal file with the database")
+    except Exception:  # noqa: BLE001 - the rows are still safe in the WAL
+        log.exception("database checkpoint at stop failed: keep the -wal file with the database")
+
+
+def _check_store(state: AppState) -> str | None:
+    """A warning when the outputs folder holds images of predictions the store does not know:
+    the database was replaced, restored from an older backup, or lost its -wal file."""
+    try:
+        ids = [e.name for e in os.scandir(state.outputs.root) if e.is_dir() and ID_PATTERN.fullmatch(e.name)]
+    except FileNotFoundError:
+        return None
+    missing = state.store.unknown_ids(ids)
+    if not missing:
+        return None
+    return (
+        f"the database {state.settings.db_path} has no record of {len(missing)} of the {len(ids)} "
+        f"predictions whose images are in {state.outputs.root} (e.g. {missing[0]}); their clients get 404. "
+        "The database was replaced, restored from an older backup, or lost its -wal file: "
+        "stop the server and restore the latest backup (README, Operations) unless that was intended"
+    )
+
+
 async def _stop_workers(state: AppState) -> None:
     await state.supervisor.drain(state.settings.workers.shutdown_grace_s)
     await state.supervisor.stop()
@@ -137,8 +184,14 @@ def _cancel_all(tasks: list[asyncio.Task]) -> None:
         task.cancel()
 
 
-def create_app(settings: Settings, store: PredictionStore | None = None, start_workers: bool = True) -> FastAPI:
-    state = build_state(settings, store)
+def create_app(
+    settings: Settings,
+    store: PredictionStore | None = None,
+    start_workers: bool = True,
+    lock: ServerLock | None = None,
+) -> FastAPI:
+    """``lock``: the server's locks, when the caller took them already (`fluxserve serve`)."""
+    state = build_state(settings, store, lock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -151,11 +204,14 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
         # Each part that starts registers its own stop, so a failure half-way through start-up
         # (or in one stop) still stops the rest and releases the data folder.
         async with contextlib.AsyncExitStack() as stack:
-            lock = DataDirLock(settings.data_path)
             if start_workers:
-                lock.acquire()  # before restart recovery: never settle another live server's jobs
-            stack.callback(lock.release)
+                state.lock.acquire()  # before restart recovery: never settle another live server's jobs
+            stack.callback(state.lock.release)
+            stack.callback(_checkpoint_at_stop, state.store)  # after every other stop, under the lock
             stack.callback(state.store.close)
+            state.store_warning = await asyncio.to_thread(_check_store, state)
+            if state.store_warning:
+                log.warning("%s", state.store_warning)
             await state.webhooks.start()
             stack.push_async_callback(state.webhooks.stop)
             if start_workers:
@@ -163,6 +219,7 @@ def create_app(settings: Settings, store: PredictionStore | None = None, start_w
                 await state.supervisor.start()
             if settings.outputs.retention_hours > 0:
                 state.background.append(asyncio.create_task(_retention_loop(state)))
+            state.background.append(asyncio.create_task(_checkpoint_loop(state.store)))
             stack.callback(_cancel_all, state.background)
             yield
 

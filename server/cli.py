@@ -1,4 +1,4 @@
-"""The `fluxserve` command line: serve, generate, tiny-model, keys, client.
+"""The `fluxserve` command line: serve, generate, tiny-model, keys, backup, db, client.
 
 Each subcommand imports what it needs when it runs, so `fluxserve --help` stays fast and the
 server's commands never load torch in the API process.
@@ -146,7 +146,16 @@ def _extra_commands():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from server.config import ConfigError
+    from server.datalock import ServerBusy
+    from server.store.sqlite_db import DatabaseUnusable
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ServerBusy, DatabaseUnusable) as exc:
+        # What the operator must fix: one line, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

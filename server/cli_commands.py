@@ -1,4 +1,4 @@
-"""Server-side subcommands of `fluxserve` (serve, keys, client); registered by server.cli."""
+"""Server-side subcommands of `fluxserve` (serve, keys, backup, db, client); registered by server.cli."""
 
 from __future__ import annotations
 
@@ -143,10 +143,63 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _db_path(config: str | None):
+    from server.config import load_settings
+
+    settings = load_settings(config)
+    try:
+        return settings.db_path
+    except ValueError as exc:
+        raise SystemExit(f"error: store_url: {exc}") from None
+
+
+def _add_backup(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "backup",
+        help="copy the database (predictions, stored keys, webhook deliveries) to a new file; "
+        "safe while the server runs",
+    )
+    p.add_argument("path", help="the new file (must not exist)")
+    p.add_argument("--config", default=None, help="YAML config file (for data_dir / store_url)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from server.dbtools import backup
+
+        source = _db_path(args.config)
+        target = Path(args.path).expanduser().resolve()
+        try:
+            count = backup(source, target)
+        except FileExistsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"backed up {source} to {target} ({count} predictions)")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_db(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("db", help="examine the database")
+    p.add_argument("--config", default=None, help="YAML config file (for data_dir / store_url)")
+    db = p.add_subparsers(dest="db_command", required=True)
+    db.add_parser("check", help="SQLite's integrity check and what the file holds; exit 1 when damaged")
+
+    def run(args: argparse.Namespace) -> int:
+        from server.dbtools import check
+
+        report = check(_db_path(args.config))
+        print("\n".join(report.lines))
+        return 0 if report.ok else 1
+
+    p.set_defaults(func=run)
+
+
 def _add_client(sub: argparse._SubParsersAction) -> None:
     from server.client.cli import register
 
     register(sub)
 
 
-REGISTER: list = [_add_serve, _add_keys, _add_client]
+REGISTER: list = [_add_serve, _add_keys, _add_backup, _add_db, _add_client]

@@ -186,8 +186,12 @@ class Settings(BaseSettings):
         description="Base of absolute URLs in answers (e.g. https://flux.example.com); default "
         "http://host:port (https:// with `tls`).",
     )
-    data_dir: str = Field("./fluxserve-data", description="SQLite database, outputs and the tiny model live here.")
-    store_url: str | None = Field(None, description="Default: sqlite:///<data_dir>/fluxserve.db.")
+    data_dir: str = Field("./fluxserve-data", description="The SQLite database and the outputs live here.")
+    store_url: str | None = Field(
+        None,
+        description="Default: sqlite:///<data_dir>/fluxserve.db. Predictions, stored API keys and webhook "
+        "deliveries all live in this one file.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Static API keys (FLUXSERVE_API_KEYS: separated by commas or whitespace).",
@@ -241,7 +245,13 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.data_path / "fluxserve.db"
+        """The SQLite file of the store: predictions, stored keys and webhook deliveries
+        (ValueError for a store_url that names none)."""
+        if not self.store_url:
+            return self.data_path / "fluxserve.db"
+        from server.store import sqlite_file
+
+        return Path(sqlite_file(self.store_url)[0]).expanduser().resolve()
 
     @property
     def resolved_store_url(self) -> str:
@@ -262,10 +272,9 @@ class Settings(BaseSettings):
         return f"{scheme}://{host}:{self.port}"
 
     def model_spec(self) -> ModelSpec:
-        """The model spec with the tiny model's folder placed in the data folder."""
-        if self.model.tiny_model_dir:
-            return self.model
-        return self.model.model_copy(update={"tiny_model_dir": str(self.data_path / "tiny-flux")})
+        """The model spec the workers load (``weights: auto`` builds the tiny model in the one
+        place `fluxserve generate` uses too: ``model.tiny_model_dir``, else the user cache)."""
+        return self.model
 
 
 class ConfigError(ValueError):

@@ -98,12 +98,11 @@ class KeyInfo:
 
 class KeyStore:
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
-        self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS, schema=_SCHEMA)
         self.path = self._db.path
         self._clock = clock
         self._lock = threading.Lock()  # guards _last_touch
         self._last_touch: dict[str, float] = {}
-        self._db.connection().executescript(_SCHEMA)
 
     def __repr__(self) -> str:
         return f"KeyStore(path={self.path!r})"

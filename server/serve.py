@@ -4,6 +4,10 @@ On the first SIGTERM/SIGINT the server stops accepting predictions (creates get 
 polls keep working, lets the running prediction finish within ``workers.shutdown_grace_s``,
 then exits; queued predictions stay in the store for the next start. A second signal exits
 at once.
+
+What an operator must fix before the server can run (another server on the same database or
+data folder, a damaged database, a bad config, a port in use) ends `serve` with one line,
+``error: ...``, and a non-zero exit, before anything starts.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import sys
 
 import uvicorn
 
 from server.config import ConfigError, Settings, load_settings
+from server.datalock import ServerBusy, ServerLock
 from server.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
+from server.store import PredictionStore, open_store
+from server.store.sqlite_db import RESTORE_ADVICE, DatabaseUnusable
 
 log = logging.getLogger("fluxserve")
 
@@ -49,11 +57,63 @@ class GracefulServer(uvicorn.Server):
         loop.call_soon_threadsafe(start_drain)
 
 
+class StartError(RuntimeError):
+    """Something the operator must fix before the server can start; the message says what."""
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail now, in one line, rather than after the workers loaded the model (uvicorn binds last)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _open_checked_store(settings: Settings) -> PredictionStore:
+    """Open the store and read every page of it once (PRAGMA quick_check, about a second per
+    GB): a damaged file stops the start here, not half-way through restart recovery."""
+    try:
+        store = open_store(settings.resolved_store_url)
+    except ValueError as exc:
+        raise StartError(f"store_url: {exc}") from None
+    problems = store.integrity_check(quick=True)
+    if problems != "ok":
+        store.close()
+        summary = "; ".join(problems.splitlines()[:3])
+        raise DatabaseUnusable(f"the database {settings.db_path} is damaged ({summary}): {RESTORE_ADVICE}")
+    return store
+
+
+def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]:
+    """Take the server's locks, check the port and open the checked store; StartError,
+    ServerBusy or DatabaseUnusable otherwise (nothing held)."""
+    try:
+        db_path = settings.db_path
+    except ValueError as exc:
+        raise StartError(f"store_url: {exc}") from None
+    lock = ServerLock(settings.data_path, db_path)
+    lock.acquire()  # first: a second server must not even open the first one's database
+    try:
+        _check_port(host, settings.port)
+        return lock, _open_checked_store(settings)
+    except BaseException:
+        lock.release()
+        raise
+
+
 def run_server(settings: Settings) -> int:
     from server.app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(settings)
+    try:
+        lock, store = prepare(settings, settings.host)
+        app = create_app(settings, store=store, lock=lock)
+    except (StartError, ServerBusy, DatabaseUnusable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     state = app.state.fluxserve
     host = settings.host
     if state.keyring.open:
@@ -80,7 +140,7 @@ def run_server(settings: Settings) -> int:
     scheme = "https" if settings.tls.enabled else "http"
     log.info("fluxserve on %s://%s:%d (public URL %s)", scheme, host, settings.port, settings.base_url)
     server.run()
-    return 0
+    return 0 if server.started else 1  # a start-up that failed (its error is logged) is a failure
 
 
 def cmd_serve(args) -> int:

@@ -36,6 +36,8 @@ async def health_check(request: Request) -> dict:
     body = {"status": status, "queue_depth": queue_depth, "model": state.settings.model.name, **details}
     if state.supervisor.serving_tiny_model:
         body["warning"] = TINY_MODEL_NOTICE
+    if state.store_warning:
+        body["store_warning"] = state.store_warning
     # "open" (no key needed) or "keys"; auth_changed_at when a key created while running closed it.
     body["auth"] = "open" if await asyncio.to_thread(lambda: state.keyring.open) else "keys"
     if state.keyring.mode_changed_at is not None:

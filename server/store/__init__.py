@@ -39,16 +39,17 @@ __all__ = [
     "PredictionStore",
     "SQLitePredictionStore",
     "open_store",
+    "sqlite_file",
 ]
 
 _SQLITE_PREFIX = "sqlite:///"
 
 
-def open_store(url: str) -> PredictionStore:
-    """Open the store a config names.
+def sqlite_file(url: str) -> tuple[str, str]:
+    """The SQLite file a store url names, and its ``synchronous`` mode.
 
     - a filesystem path, or ``sqlite:///relative/path`` / ``sqlite:////absolute/path`` (the
-      SQLAlchemy spelling), optionally ``?synchronous=NORMAL``: the embedded SQLite store;
+      SQLAlchemy spelling), optionally ``?synchronous=NORMAL``;
     - ``redis://``, ``rediss://``: not available in this build (ValueError).
     """
     url = url.strip()
@@ -56,7 +57,7 @@ def open_store(url: str) -> PredictionStore:
     if scheme in ("redis", "rediss"):
         raise ValueError(f"Redis support is not available in this build (store url {url!r})")
     if not scheme:
-        return SQLitePredictionStore(url)
+        return url, "FULL"
     if scheme != "sqlite" or not url.startswith(_SQLITE_PREFIX):
         raise ValueError(f"unsupported store url {url!r}: use a file path or sqlite:///path")
     path, _, query = url[len(_SQLITE_PREFIX) :].partition("?")
@@ -66,4 +67,10 @@ def open_store(url: str) -> PredictionStore:
     unknown = set(options) - {"synchronous"}
     if unknown:
         raise ValueError(f"unknown store url option(s) {sorted(unknown)} in {url!r}")
-    return SQLitePredictionStore(path, synchronous=options.get("synchronous", "FULL"))
+    return path, options.get("synchronous", "FULL")
+
+
+def open_store(url: str) -> PredictionStore:
+    """Open the store a config names (see ``sqlite_file`` for the urls understood)."""
+    path, synchronous = sqlite_file(url)
+    return SQLitePredictionStore(path, synchronous=synchronous)

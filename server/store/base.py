@@ -188,5 +188,13 @@ class PredictionStore(abc.ABC):
         bug or bad data, which no retry mends."""
         return isinstance(exc, OSError)
 
+    def unknown_ids(self, prediction_ids: list[str]) -> list[str]:
+        """The ids in the list that the store holds no prediction for."""
+        return [pid for pid in prediction_ids if self.get(pid) is None]
+
+    def checkpoint(self, mode: str = "PASSIVE", busy_timeout_ms: int = 0) -> bool:
+        """Make the store's main file hold everything committed (SQLite: a WAL checkpoint)."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -106,9 +106,8 @@ def _row(row: sqlite3.Row) -> Delivery:
 
 class DeliveryStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS, schema=_SCHEMA)
         self.path = self._db.path
-        self._db.connection().executescript(_SCHEMA)
 
     def __repr__(self) -> str:
         return f"DeliveryStore(path={self.path!r})"

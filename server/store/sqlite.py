@@ -28,7 +28,7 @@ from server.store.base import (
     Prediction,
     PredictionStore,
 )
-from server.store.sqlite_db import SQLiteDatabase
+from server.store.sqlite_db import SQLiteDatabase, reporting_unusable
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
@@ -113,7 +113,8 @@ class SQLitePredictionStore(PredictionStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = SQLiteDatabase(self.path, synchronous=synchronous, busy_timeout_ms=BUSY_TIMEOUT_MS)
         self.synchronous: str = synchronous.upper()
-        self._migrate(self.connection())
+        with reporting_unusable(self.path):
+            self._migrate(self.connection())
 
     # -- connections and transactions ------------------------------------------------------------
 
@@ -145,10 +146,17 @@ class SQLitePredictionStore(PredictionStore):
     def schema_version(self) -> int:
         return self.connection().execute("PRAGMA user_version").fetchone()[0]
 
-    def integrity_check(self) -> str:
-        """'ok' when the file is sound, else SQLite's list of problems."""
-        rows = self.connection().execute("PRAGMA integrity_check").fetchall()
+    def integrity_check(self, quick: bool = False) -> str:
+        """'ok' when the file is sound, else SQLite's list of problems. ``quick``: every page is
+        read and checked, but indexes are not matched against their tables (seconds per GB)."""
+        pragma = "quick_check" if quick else "integrity_check"
+        with reporting_unusable(self.path):
+            rows = self.connection().execute(f"PRAGMA {pragma}").fetchall()
         return "\n".join(row[0] for row in rows)
+
+    def checkpoint(self, mode: str = "PASSIVE", busy_timeout_ms: int = 0) -> bool:
+        """See ``SQLiteDatabase.checkpoint``."""
+        return self._db.checkpoint(mode, busy_timeout_ms)
 
     def close(self) -> None:
         self._db.close()
@@ -369,6 +377,16 @@ class SQLitePredictionStore(PredictionStore):
             .fetchall()
         )
         return [r["id"] for r in rows]
+
+    def unknown_ids(self, prediction_ids: list[str]) -> list[str]:
+        known: set[str] = set()
+        conn = self.connection()
+        for start in range(0, len(prediction_ids), 500):  # under SQLite's bound-parameter limit
+            chunk = prediction_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.execute(f"SELECT id FROM predictions WHERE id IN ({marks})", chunk)
+            known.update(row[0] for row in rows)
+        return [pid for pid in prediction_ids if pid not in known]
 
     def mark_data_removed(self, prediction_id: str) -> None:
         self.connection().execute("UPDATE predictions SET data_removed = 1 WHERE id = ?", (prediction_id,))

@@ -4,6 +4,10 @@ Each thread gets its own connection (a sqlite3 connection is not for two threads
 a process that forked opens fresh ones (a connection must never cross a fork). The file is in
 WAL mode so readers never block the writer. Autocommit is on (``isolation_level=None``): the
 only transactions are the explicit ones below. Schemas stay with the stores that own them.
+
+A file SQLite cannot read (not a database, a damaged page, no permission) raises
+``DatabaseUnusable`` with one sentence naming the file and what to do, instead of a bare
+``sqlite3.DatabaseError``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,46 @@ import threading
 from collections.abc import Iterator
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
+
+# What to tell the operator, by SQLite's primary error code.
+_DAMAGED = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+_CANNOT_OPEN = ("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_READONLY", "SQLITE_AUTH")
+RESTORE_ADVICE = "restore a backup (see README, Operations); `fluxserve db check` shows what is wrong"
+
+
+class DatabaseUnusable(RuntimeError):
+    """The database file cannot be used as it is; the message names it and says what to do."""
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """The file itself is bad (not a database, a malformed page), as opposed to busy or locked."""
+    return getattr(exc, "sqlite_errorname", "").startswith(_DAMAGED)
+
+
+def unusable(path: str | os.PathLike[str], exc: sqlite3.Error) -> DatabaseUnusable | None:
+    """The one-line error for a failure that means the file cannot be used, else None."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(_DAMAGED):
+        return DatabaseUnusable(f"the database {os.fspath(path)} is damaged ({exc}): {RESTORE_ADVICE}")
+    if name.startswith(_CANNOT_OPEN):
+        return DatabaseUnusable(
+            f"cannot open the database {os.fspath(path)} ({exc}): "
+            "check the path, its folder and their permissions"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def reporting_unusable(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a damaged or unreadable file's sqlite3 error into ``DatabaseUnusable``."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        error = unusable(path, exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 class _Connection(sqlite3.Connection):
@@ -30,8 +74,10 @@ class SQLiteDatabase:
         *,
         synchronous: str | None = None,
         busy_timeout_ms: int = 10_000,
+        schema: str | None = None,
     ) -> None:
-        """``synchronous=None`` keeps SQLite's compiled-in default."""
+        """``synchronous=None`` keeps SQLite's compiled-in default; ``schema`` (a script of
+        CREATE ... IF NOT EXISTS statements) is run once here."""
         self.path = os.fspath(path)
         if self.path == ":memory:" or self.path.startswith("file:"):
             # Every thread would get its own, empty, database (and a URI is not a file path).
@@ -45,10 +91,13 @@ class SQLiteDatabase:
         self.synchronous = synchronous
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._local = threading.local()
-        # WAL is a property of the file (it persists), so setting it once here is enough.
-        mode = self.connection().execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"could not put {self.path} in WAL mode (got {mode!r})")
+        with reporting_unusable(self.path):
+            # WAL is a property of the file (it persists), so setting it once here is enough.
+            mode = self.connection().execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"could not put {self.path} in WAL mode (got {mode!r})")
+            if schema:
+                self.connection().executescript(schema)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (and again in a forked child)."""
@@ -96,6 +145,22 @@ class SQLiteDatabase:
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
+
+    def checkpoint(self, mode: str = "PASSIVE", busy_timeout_ms: int = 0) -> bool:
+        """Copy the WAL's committed pages into the database file, so the file alone holds every
+        row (a backup or a lost ``-wal`` then loses nothing). TRUNCATE also empties the WAL; it
+        waits up to ``busy_timeout_ms`` for readers and writers, then does what it can. A short-lived
+        connection of its own, so the wait never holds up this thread's. True when complete."""
+        mode = mode.upper()
+        if mode not in CHECKPOINT_MODES:  # it goes into a PRAGMA: no free text
+            raise ValueError(f"checkpoint mode must be one of {CHECKPOINT_MODES}, not {mode!r}")
+        conn = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            busy, _, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return busy == 0
+        finally:
+            conn.close()
 
     def close(self) -> None:
         """Close this thread's connection and drop every other thread's. Another thread's

@@ -261,3 +261,21 @@ def test_weights_auto_reuses_an_existing_tiny_model(empty_hf_cache, tiny_model_d
     model = load_model(ModelSpec(weights="auto", tiny_model_dir=str(tiny_model_dir)))
     assert model.weights.folder == tiny_model_dir
     assert index.stat().st_mtime_ns == before
+
+
+def test_weights_auto_builds_one_tiny_model_in_the_user_cache_for_generate_and_the_server(
+    empty_hf_cache, tmp_path, monkeypatch
+):
+    from pipelines.loading import resolve_weights
+    from server.config import Settings
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data_dir = tmp_path / "data"
+
+    served = resolve_weights(Settings(data_dir=str(data_dir)).model_spec())  # what `serve` loads
+    generated = resolve_weights(ModelSpec(weights="auto"))  # what `generate --model auto` loads
+
+    assert served.folder == generated.folder == tmp_path / "cache" / "fluxserve" / "tiny-flux"
+    assert is_tiny_model(served.folder)
+    assert not (data_dir / "tiny-flux").exists()

@@ -1,12 +1,31 @@
-"""One server per data folder: a second one stops at the lock instead of settling the first
-server's running prediction as "worker lost"."""
+"""One server per database and per data folder: a second one stops at the lock, with one line,
+instead of settling the first server's running prediction as "worker lost" and running its
+queue."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
-from server.datalock import DataDirBusy, DataDirLock
-from tests.server.live import LiveServer
+from server.datalock import DatabaseBusy, DatabaseLock, DataDirBusy, DataDirLock
+from tests.server.live import FLUXSERVE, LiveServer, free_port
+
+SLOW = {"prompt": "slow", "num_inference_steps": "50", "megapixels": "1"}
+
+
+def serve_once(config: os.PathLike[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`fluxserve serve` expected to stop by itself; its stdout and stderr together."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+    return subprocess.run(
+        [FLUXSERVE, "serve", "--config", str(config), "--port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**clean, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=120,
+    )
 
 
 def test_a_second_lock_on_the_same_folder_is_refused_naming_the_holder(tmp_path):
@@ -22,15 +41,53 @@ def test_a_second_lock_on_the_same_folder_is_refused_naming_the_holder(tmp_path)
     again.release()
 
 
+def test_the_database_lock_holds_for_every_path_to_the_same_file(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    first = DatabaseLock(tmp_path / "real" / "fluxserve.db")
+    first.acquire()
+    try:
+        with pytest.raises(DatabaseBusy, match=r"is using the database .*/real/fluxserve.db"):
+            DatabaseLock(tmp_path / "link" / "fluxserve.db").acquire()
+    finally:
+        first.release()
+
+
 def test_second_server_on_the_same_data_folder_exits_and_leaves_the_running_job_alone(tmp_path, tiny_model_dir):
     with LiveServer(tmp_path / "data", tiny_model_dir) as first:
         first.start()
         slow = {"prompt": "slow", "num_inference_steps": "50", "megapixels": "1"}
         created = first.http.post("/v1/prediction", json={"model": "flux-dev", "input": slow}, headers=first.headers("key-alpha"))
         pid = created.json()["predictionID"]
-        intruder = LiveServer(tmp_path / "data", tiny_model_dir)
-        intruder.launch()
-        assert intruder.proc.wait(timeout=60) != 0
-        assert "is using the data folder" in intruder.log_text()
+
+        intruder = serve_once(first.config_path)
+
+        assert intruder.returncode == 1
+        assert intruder.stdout.startswith("error: another fluxserve server (pid ")
+        assert "is using the data folder" in intruder.stdout
+        assert intruder.stdout.count("\n") == 1, intruder.stdout  # one line, no traceback
         body = first.http.get(f"/v1/prediction/{pid}?wait=60", headers=first.headers("key-alpha")).json()
         assert body["status"] == "success", body["error"]
+
+
+def test_second_server_with_its_own_data_folder_on_the_same_database_exits_and_leaves_the_first_alone(
+    tmp_path, tiny_model_dir
+):
+    with LiveServer(tmp_path / "first", tiny_model_dir) as first:
+        first.start()
+        running = first.create("key-alpha", SLOW)
+        queued = first.create("key-alpha")
+        first.wait_until("key-alpha", running, lambda body: body["status"] == "processing")
+        second = LiveServer(tmp_path / "second", tiny_model_dir)
+
+        intruder = serve_once(second.config_path, {"FLUXSERVE_STORE_URL": f"sqlite:///{first.db_path}"})
+
+        assert intruder.returncode == 1
+        assert intruder.stdout.count("\n") == 1, intruder.stdout
+        assert f"is using the database {first.db_path}" in intruder.stdout
+        for pid in (running, queued):
+            body = first.wait_for_end("key-alpha", pid)
+            assert body["status"] == "success", body["error"]
+            outputs = body["output"] if isinstance(body["output"], list) else [body["output"]]
+            assert first.http.get(first.output_path(outputs[0])).status_code == 200
+        assert not (second.data_dir / "outputs").exists()
