@@ -411,7 +411,7 @@ class Supervisor:
             await wait_event(self._retry_now, delay)  # set when the store recovers
             self._retry_now.clear()
             if not self._pending:
-                delay = RETRY_FIRST_S
+                delay = await self._probe_failing_store(delay)
                 continue
             try:
                 progressed = await self.retry_pending_ends()
@@ -419,6 +419,20 @@ class Supervisor:
                 log.exception("retrying the kept ends failed")
                 progressed = False
             delay = RETRY_FIRST_S if progressed else min(RETRY_MAX_S, delay * 2)
+
+    async def _probe_failing_store(self, delay: float) -> float:
+        """With nothing kept to retry, a store marked failing is probed with a harmless write, so
+        an idle server does not report the outage after it ended. The next delay to wait."""
+        if not self.store_health.failing:
+            return RETRY_FIRST_S
+        try:
+            took = await asyncio.to_thread(self.store.probe_write)
+        except Exception as exc:  # noqa: BLE001 - still failing: the state keeps the reason
+            self.store_failed(exc)
+            return min(RETRY_MAX_S, delay * 2)
+        if took:
+            self.store_working()
+        return RETRY_FIRST_S
 
     @property
     def pending_ends(self) -> int:

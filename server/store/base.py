@@ -188,6 +188,11 @@ class PredictionStore(abc.ABC):
         bug or bad data, which no retry mends."""
         return isinstance(exc, OSError)
 
+    def probe_write(self) -> bool:
+        """Make one harmless write and say whether the store took it (raises when it does not).
+        A store that cannot probe answers False: only real writes then tell that it works again."""
+        return False
+
     def unknown_ids(self, prediction_ids: list[str]) -> list[str]:
         """The ids in the list that the store holds no prediction for."""
         return [pid for pid in prediction_ids if self.get(pid) is None]

@@ -143,6 +143,14 @@ class SQLitePredictionStore(PredictionStore):
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    def probe_write(self) -> bool:
+        # Rewriting the header's user_version with its own value appends a frame to the WAL: it
+        # fails exactly when the file takes no writes (disk full, read-only), and changes nothing.
+        with self.transaction() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version = {version}")
+        return True
+
     def schema_version(self) -> int:
         return self.connection().execute("PRAGMA user_version").fetchone()[0]
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import time
 
 import pytest
 
+from server import auth as auth_module
 from server.store import ListFilter
 from tests.server.live import FLUXSERVE
 
@@ -275,3 +277,19 @@ def test_adopt_open_to_an_unknown_key_fails_and_moves_nothing(open_server):
     assert "no active key named 'nobody'" in result.stderr
     assert open_server.store.list(ListFilter(owner="anonymous"))[1] == 1  # still owned by no key
     assert executions_total(open_server, {"X-API-Key": key}) == 0
+
+
+def test_health_answers_200_with_auth_unknown_while_the_key_store_cannot_be_read(open_server, monkeypatch):
+    keystore = open_server.app.state.fluxserve.keyring._keystore
+
+    def unreadable() -> bool:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(keystore, "has_keys", unreadable)
+    monkeypatch.setattr(auth_module, "OPEN_RECHECK_S", 0.0)  # the ring re-reads the store on every look
+
+    r = open_server.client.get("/health-check")
+
+    assert r.status_code == 200
+    assert r.json()["auth"] == "unknown"
+    assert r.json()["store"]["error"] == "disk I/O error"

@@ -32,7 +32,7 @@ IMAGE = OutputImage(b"RIFF\x1a\x00\x00\x00WEBPVP8 fake image", "webp", "image/we
 class Outage:
     """While ``active``, the store's writes raise what SQLite raises on a full disk; reads work."""
 
-    WRITES = ("create", "claim_next", "append_logs", "finish", "requeue", "request_cancel")
+    WRITES = ("create", "claim_next", "append_logs", "finish", "requeue", "request_cancel", "probe_write")
 
     def __init__(self, store: SQLitePredictionStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.active = False
@@ -189,3 +189,30 @@ def test_a_failing_store_is_logged_once_when_it_fails_and_once_when_it_recovers(
     assert not [line for line in lines if "dispatch failed" in line]
     assert not [r for r in caplog.records if r.exc_info]  # no traceback for a known outage
     assert slot.job is not None and slot.job.id == "p1"  # dispatch went on once the store took writes
+
+
+def test_an_idle_server_reports_the_store_working_again_once_a_probe_write_goes_through(parts, monkeypatch):
+    supervisor, _store, slot, _finished, outage = parts
+    slot.state = W_READY
+    monkeypatch.setattr(supervisor_module, "RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(supervisor_module, "RETRY_MAX_S", 0.02)
+
+    async def scenario():
+        retry = asyncio.create_task(supervisor._retry_loop())
+        outage.active = True
+        supervisor.store_failed(sqlite3.OperationalError(DISK_FULL))  # e.g. a create refused; nothing kept
+        await asyncio.sleep(0.2)  # probes keep failing
+        during = supervisor.health()
+        outage.active = False
+        await asyncio.sleep(0.2)  # no create, no claim, no kept end: only the probe can tell
+        after = supervisor.health()
+        supervisor._stopped = True
+        retry.cancel()
+        await asyncio.gather(retry, return_exceptions=True)
+        return during, after
+
+    (status, details), (status_after, details_after) = run_in_own_loop(scenario())
+
+    assert (status, details["store"]["error"]) == ("UNHEALTHY", DISK_FULL)
+    assert details_after["store"] == {"status": "ok"}
+    assert status_after == "READY"
