@@ -77,6 +77,21 @@ def static_identities(static_keys: Iterable[str]) -> list[Identity]:
     return [identity for _, identity in _static_entries(static_keys)]
 
 
+def identity_named(name: str, static_keys: Iterable[str], keystore: KeyStore | None) -> Identity | None:
+    """The identity a key called ``name`` has on a server: ``anonymous``, a static key's
+    ``config-N``, or an active stored key's name (names the CLI takes). None when there is none.
+
+    Stored names can never be ``anonymous`` or ``config-*`` (``keystore.validate_name``), so the
+    three kinds never shadow each other."""
+    if name == ANONYMOUS.name:
+        return ANONYMOUS
+    for identity in static_identities(static_keys):
+        if identity.name == name:
+            return identity
+    info = keystore.active(name) if keystore is not None else None
+    return Identity(info.key_id, info.name) if info is not None else None
+
+
 def extract_key(headers: Mapping[str, str]) -> str | None:
     """The API key a request presents, or None.
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported late at run time: `fluxserve --help` stays quick
+    from server.auth import Identity
+    from server.config import Settings
+    from server.keystore import KeyStore
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +29,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _settings(config: str | None):
+def _settings(config: str | None) -> Settings:
     from server.config import load_settings
 
     settings = load_settings(config)
@@ -31,29 +37,41 @@ def _settings(config: str | None):
     return settings
 
 
-def _keystore(config: str | None):
+def _keystore(config: str | None) -> tuple[Settings, KeyStore]:
+    """The settings of ``config`` and the key store in their database."""
     from server.keystore import KeyStore
 
-    return KeyStore(_settings(config).db_path)
+    settings = _settings(config)
+    return settings, KeyStore(settings.db_path)
+
+
+def _key_named(config: str | None, name: str) -> tuple[Settings, Identity | None]:
+    """(settings, the identity of the key called ``name``: a stored key, ``config-N`` for a static
+    key, or ``anonymous``; None when there is none). The one name lookup of every command."""
+    from server.auth import identity_named
+
+    settings, keys = _keystore(config)
+    try:
+        return settings, identity_named(name, settings.api_keys, keys)
+    finally:
+        keys.close()
+
+
+def _no_key(name: str, hint: str | None = None) -> int:
+    print(f"error: no active key named {name!r}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+    return 1
 
 
 def _rotate_webhook_secret(config: str | None, name: str) -> int:
     """Give the key called ``name`` (stored, ``config-N`` or ``anonymous``) a new signing secret."""
-    from server.auth import ANONYMOUS, static_identities
-    from server.keystore import KeyStore
     from server.store.deliveries import DeliveryStore
 
-    settings = _settings(config)
-    keystore = KeyStore(settings.db_path)
-    owners = {i.name: i.key_id for i in [ANONYMOUS, *static_identities(settings.api_keys)]}
-    owners.update({info.name: info.key_id for info in keystore.list() if not info.revoked})
-    keystore.close()
-    if name not in owners:
-        print(f"error: no active key named {name!r}", file=sys.stderr)
-        return 1
+    settings, identity = _key_named(config, name)
+    if identity is None:
+        return _no_key(name)
     deliveries = DeliveryStore(settings.db_path)
     try:
-        print(deliveries.rotate_signing_secret(owners[name]))
+        print(deliveries.rotate_signing_secret(identity.key_id))
     finally:
         deliveries.close()
     print(
@@ -65,22 +83,22 @@ def _rotate_webhook_secret(config: str | None, name: str) -> int:
 
 
 def _adopt_open(config: str | None, name: str) -> int:
-    """Hand every prediction made while the server ran open (owner ``anonymous``) to key ``name``."""
+    """Hand every prediction made while the server ran open (owner ``anonymous``) to the key
+    called ``name``: a stored key or ``config-N`` for a static one."""
     from server.auth import ANONYMOUS
-    from server.keystore import KeyStore
     from server.store import open_store
 
-    settings = _settings(config)
-    keys = KeyStore(settings.db_path)
-    info = next((k for k in keys.list() if k.name == name and not k.revoked), None)
-    keys.close()
-    if info is None:
-        hint = f"create it with `fluxserve keys create {name}`"
-        print(f"error: no active key named {name!r} ({hint})", file=sys.stderr)
-        return 1
+    settings, identity = _key_named(config, name)
+    if identity is None:
+        return _no_key(name, f"create it with `fluxserve keys create {name}`, or name a static key config-N")
+    if identity == ANONYMOUS:
+        print(
+            "error: 'anonymous' owns the predictions made in open mode already: name a key", file=sys.stderr
+        )
+        return 2
     store = open_store(settings.resolved_store_url)
     try:
-        moved = store.reassign_owner(ANONYMOUS.key_id, info.key_id)
+        moved = store.reassign_owner(ANONYMOUS.key_id, identity.key_id)
     finally:
         store.close()
     print(f"handed {moved} prediction(s) made in open mode to key {name!r}")
@@ -110,14 +128,14 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
         help="hand every prediction made while the server ran without keys to the key NAME "
         "(they are visible to no key otherwise)",
     )
-    adopt.add_argument("name")
+    adopt.add_argument("name", help="a stored key's name, or config-N for a static key")
 
     def run(args: argparse.Namespace) -> int:
         if args.keys_command == "rotate-webhook-secret":
             return _rotate_webhook_secret(args.config, args.name)
         if args.keys_command == "adopt-open":
             return _adopt_open(args.config, args.name)
-        store = _keystore(args.config)
+        settings, store = _keystore(args.config)
         if args.keys_command == "create":
             try:
                 key = store.create(args.name)
@@ -137,8 +155,16 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
         if store.revoke(args.name):
             print(f"revoked key {args.name!r}")
             return 0
-        print(f"error: no active key named {args.name!r}", file=sys.stderr)
-        return 1
+        from server.auth import identity_named
+
+        if identity_named(args.name, settings.api_keys, None) is not None:
+            print(
+                f"error: {args.name!r} is not a stored key: only those can be revoked "
+                "(a static key stops working once removed from api_keys)",
+                file=sys.stderr,
+            )
+            return 1
+        return _no_key(args.name)
 
     p.set_defaults(func=run)
 

@@ -137,6 +137,15 @@ class KeyStore:
         )
         return [KeyInfo(*row) for row in rows]
 
+    def active(self, name: str) -> KeyInfo | None:
+        """The active key named ``name``; None when there is none (unknown or revoked)."""
+        row = (
+            self._db.connection()
+            .execute(f"SELECT {_COLUMNS} FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,))
+            .fetchone()
+        )
+        return KeyInfo(*row) if row else None
+
     def revoke(self, name: str) -> bool:
         """Revoke the active key named ``name``. False when there is none."""
         with self._db.transaction() as conn:

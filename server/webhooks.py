@@ -12,7 +12,11 @@ Two flavours, picked by who created the prediction (``Prediction.extra["api"]``)
   ``webhook_events_filter`` (default ``output`` and ``completed``, as Replicate documents).
   The secret is the owner's: each key (the one that made the prediction) has its own, as each
   Replicate account does, so no key holder can sign a webhook another key's receiver accepts.
-  It is read at send time, so after a rotation every delivery, queued ones too, uses the new one.
+  The signer is the owner when the prediction was made (``Prediction.webhook_signer``): handing
+  open mode's predictions to a key (``keys adopt-open``) does not change the secret their
+  receivers check. The signer's secret is read at send time, so after a rotation every delivery,
+  queued ones too, uses the new one. When the database cannot give the secret (an outage), the
+  delivery waits and tries again later without using one of its attempts.
 
 **Durable events.** The end of a prediction (the Eachlabs webhook; Replicate's ``completed``, and
 ``output`` when ``completed`` is not requested: FLUX makes its output all at once at the end, so an
@@ -43,6 +47,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections import OrderedDict
@@ -73,6 +78,7 @@ KEEP_FINISHED_S = 7 * 24 * 3600  # delivered/failed rows are pruned after this
 # At start, ends this recent without a delivery row get one (the process died between writing
 # the end and its delivery). Well inside KEEP_FINISHED_S: a pruned row is never sent again.
 SWEEP_WINDOW_S = 24 * 3600
+MIN_PUT_OFF_S = 1.0  # a delivery the database could not sign waits interval_s, at least this
 IGNORED_CACHE = 4096  # predictions known to need no progress events (an LRU)
 
 
@@ -158,6 +164,7 @@ class WebhookDispatcher:
         # never holds up the store calls that share the loop's default executor.
         self._post_pool: ThreadPoolExecutor | None = None
         self._stopping = False
+        self._signing_outage = False  # the warning about an outage is logged once
 
     # -- settings ---------------------------------------------------------------------------
     @property
@@ -353,8 +360,17 @@ class WebhookDispatcher:
         error: str | None = None
         try:
             if delivery.flavour == REPLICATE:
-                owner = await asyncio.to_thread(self._owner_of, delivery.prediction_id)
-                headers.update(await self._signature_headers(owner, delivery.id, delivery.payload))
+                # Signed before the attempt counts: a database that cannot give the secret now
+                # says nothing about the receiver, so it must not use up the delivery's attempts.
+                try:
+                    signer = await asyncio.to_thread(self._signer_of, delivery.prediction_id)
+                    headers.update(await self._signature_headers(signer, delivery.id, delivery.payload))
+                except Exception as exc:
+                    if not self._is_store_outage(exc):
+                        raise
+                    await self._put_off(delivery, exc)
+                    return
+                self._signing_recovered()
             async with self._slots():
                 code = await self._post(delivery.url, delivery.payload, headers)
         except FetchError as exc:
@@ -400,15 +416,37 @@ class WebhookDispatcher:
             self._send_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         return self._send_slots
 
-    def _owner_of(self, prediction_id: str) -> str:
+    def _signer_of(self, prediction_id: str) -> str:
         pred = self.store.get(prediction_id)
         if pred is None:  # predictions are never deleted; a row without one cannot be signed
             raise LookupError(f"prediction {prediction_id} not found")
-        return pred.owner
+        return pred.webhook_signer
 
-    async def _signature_headers(self, owner: str, msg_id: str, payload: Any) -> dict[str, str]:
-        """The Standard Webhooks headers, signed now with ``owner``'s current secret."""
-        secret = await asyncio.to_thread(self.signing_secret, owner)
+    def _is_store_outage(self, exc: BaseException) -> bool:
+        """The database (predictions or secrets, one SQLite file) cannot be used right now."""
+        return self.store.is_outage(exc) or isinstance(exc, sqlite3.OperationalError)
+
+    async def _put_off(self, delivery: Delivery, exc: BaseException) -> None:
+        """The delivery could not be signed (the database is out): try it again later, its
+        attempt count unchanged. Logged once per outage, not once per delivery and try."""
+        if not self._signing_outage:
+            self._signing_outage = True
+            log.warning(
+                "cannot sign webhooks: the database is unavailable (%s); they wait, their attempts unused",
+                exc,
+            )
+        retry_at = time.time() + max(self.settings.webhooks.interval_s, MIN_PUT_OFF_S)
+        with contextlib.suppress(Exception):  # if not, its lease runs out and it is claimed again
+            await asyncio.to_thread(self.deliveries.release, delivery.id, due_at=retry_at)
+
+    def _signing_recovered(self) -> None:
+        if self._signing_outage:
+            self._signing_outage = False
+            log.info("webhooks are signed again: the database answers")
+
+    async def _signature_headers(self, signer: str, msg_id: str, payload: Any) -> dict[str, str]:
+        """The Standard Webhooks headers, signed now with ``signer``'s current secret."""
+        secret = await asyncio.to_thread(self.signing_secret, signer)
         timestamp = int(time.time())
         return {
             "webhook-id": msg_id,
@@ -487,7 +525,7 @@ class WebhookDispatcher:
     async def _send_once(self, pred: Prediction, event: str) -> None:
         assert pred.webhook_url is not None
         payload = prediction_object(self.base_url, pred)
-        headers = await self._signature_headers(pred.owner, "msg_" + uuid.uuid4().hex, payload)
+        headers = await self._signature_headers(pred.webhook_signer, "msg_" + uuid.uuid4().hex, payload)
         try:
             async with self._slots():
                 code = await self._post(pred.webhook_url, payload, headers)

@@ -65,7 +65,7 @@ from server.routes.eachlabs import (
     owned_prediction,
     wait_for_end,
 )
-from server.store import ListFilter
+from server.store import WEBHOOK_SIGNER, ListFilter
 
 router = APIRouter(tags=["replicate"], dependencies=KEY_REQUIRED)
 
@@ -347,6 +347,9 @@ async def _create(request: Request, version: str | None) -> JSONResponse:
     webhook = hooks.get("webhook")
     if webhook:
         extra["webhook_events_filter"] = hooks.get("webhook_events_filter") or None
+        # Whose secret signs its webhooks, for good: the receiver was set up with this key's
+        # secret, and `keys adopt-open` may give the prediction another owner later.
+        extra[WEBHOOK_SIGNER] = identity.key_id
         extra = {k: v for k, v in extra.items() if v is not None}
     eachlabs_body = {"model": model_name, "input": body["input"], "webhook_url": webhook or None}
     pred = await create_prediction(request, identity, eachlabs_body, extra=extra)

@@ -28,6 +28,9 @@ IN_FLIGHT = (STARTING, PROCESSING)
 TERMINAL = (SUCCESS, ERROR, CANCELLED)
 
 WORKER_LOST = "worker lost"
+# Prediction.extra: the owner whose webhook secret signs the prediction's webhooks (the owner when
+# it was made). Absent on rows from before it was recorded: the owner then.
+WEBHOOK_SIGNER = "webhook_signer"
 
 
 @dataclass
@@ -57,6 +60,12 @@ class Prediction:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def webhook_signer(self) -> str:
+        """Whose secret signs this prediction's webhooks: its owner when it was made, which a
+        later ``reassign_owner`` (``keys adopt-open``) does not change."""
+        return self.extra.get(WEBHOOK_SIGNER) or self.owner
 
     @property
     def queue_time(self) -> float | None:
@@ -179,7 +188,8 @@ class PredictionStore(abc.ABC):
         return outcomes
 
     def reassign_owner(self, old_owner: str, new_owner: str) -> int:
-        """Give every prediction of ``old_owner`` to ``new_owner`` (``keys adopt-open``); how many."""
+        """Give every prediction of ``old_owner`` to ``new_owner`` (``keys adopt-open``); how many.
+        Their ``webhook_signer`` stays ``old_owner`` (recorded now on rows made without one)."""
         raise NotImplementedError(f"{type(self).__name__} cannot hand predictions to another owner")
 
     def is_outage(self, exc: BaseException) -> bool:

@@ -210,12 +210,13 @@ class DeliveryStore:
             (attempts, state, error, now, next_attempt_at, delivery_id),
         )
 
-    def release(self, delivery_id: str, *, now: float | None = None) -> None:
-        """Give a leased delivery back (due now): its attempt did not run to the end."""
+    def release(self, delivery_id: str, *, due_at: float | None = None, now: float | None = None) -> None:
+        """Give a leased delivery back, due at ``due_at`` (default now), its attempt count
+        unchanged: its attempt did not run to the end, or did not start."""
         now = time.time() if now is None else now
         self._db.connection().execute(
             "UPDATE webhook_deliveries SET next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = ?",
-            (now, now, delivery_id, PENDING),
+            (now if due_at is None else due_at, now, delivery_id, PENDING),
         )
 
     def next_due_at(self) -> float | None:

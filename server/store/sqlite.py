@@ -22,6 +22,7 @@ from server.store.base import (
     PROCESSING,
     STARTING,
     TERMINAL,
+    WEBHOOK_SIGNER,
     CancelOutcome,
     InFlightLimitExceeded,
     ListFilter,
@@ -353,7 +354,15 @@ class SQLitePredictionStore(PredictionStore):
 
     def reassign_owner(self, old_owner: str, new_owner: str) -> int:
         with self.transaction() as conn:
-            cur = conn.execute("UPDATE predictions SET owner = ? WHERE owner = ?", (new_owner, old_owner))
+            # Rows made before the signer was recorded get it now, so their webhooks keep the
+            # secret their receivers were given.
+            signer = "$." + WEBHOOK_SIGNER
+            cur = conn.execute(
+                "UPDATE predictions SET owner = :new, extra = CASE WHEN webhook_url IS NOT NULL "
+                "AND json_type(extra, :signer) IS NULL THEN json_set(extra, :signer, owner) ELSE extra END "
+                "WHERE owner = :old",
+                {"new": new_owner, "old": old_owner, "signer": signer},
+            )
         return cur.rowcount
 
     def counts_by_status(self) -> dict[str, int]:

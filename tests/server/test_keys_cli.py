@@ -139,6 +139,14 @@ def test_revoking_an_unknown_name_fails_with_a_message(srv):
     assert "no active key named 'nobody'" in result.stderr
 
 
+def test_revoking_a_static_key_by_its_config_name_says_it_is_not_stored(srv):
+    result = keys_cli(srv, "revoke", "config-1", env={"FLUXSERVE_API_KEYS": ENV_KEY})
+
+    assert result.returncode == 1
+    assert "'config-1' is not a stored key: only those can be revoked" in result.stderr
+    assert status(srv, ENV_KEY) == 200
+
+
 def test_creating_a_duplicate_active_name_fails_and_prints_no_key(srv):
     assert keys_cli(srv, "create", "twice").returncode == 0
 

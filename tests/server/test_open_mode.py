@@ -19,8 +19,10 @@ import time
 import pytest
 
 from server import auth as auth_module
-from server.store import ListFilter
+from server.store import SUCCESS, ListFilter
+from tests.server.conftest import running_server
 from tests.server.live import FLUXSERVE
+from tests.server.test_webhooks import Receiver, signed_with, whsec_key
 
 LOCAL = "http://127.0.0.1:8000"
 PROMPT = {"model": "flux-dev", "input": {"prompt": "a lighthouse at dawn"}}
@@ -236,10 +238,10 @@ def test_first_stored_key_switches_to_keys_with_one_warning_and_health_shows_whe
     assert "fluxserve keys adopt-open NAME" in warnings[0].getMessage()
 
 
-def keys_cli(server, *args: str) -> subprocess.CompletedProcess:
+def keys_cli(server, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     config = server.settings.data_path / "cli.yaml"
     config.write_text(f"data_dir: {server.settings.data_path}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")} | (env or {})
     return subprocess.run(
         [FLUXSERVE, "keys", "--config", str(config), *args],
         capture_output=True,
@@ -277,6 +279,82 @@ def test_adopt_open_to_an_unknown_key_fails_and_moves_nothing(open_server):
     assert "no active key named 'nobody'" in result.stderr
     assert open_server.store.list(ListFilter(owner="anonymous"))[1] == 1  # still owned by no key
     assert executions_total(open_server, {"X-API-Key": key}) == 0
+
+
+def test_adopt_open_to_a_static_key_by_its_config_name(make_server, tiny_model_dir):
+    static = "static-key-after-open-mode"
+    with open_app(make_server) as server:
+        server.client.base_url = LOCAL
+        made_open = {
+            server.client.post("/v1/prediction", json=PROMPT).json()["predictionID"] for _ in range(2)
+        }
+    # The operator stops the open server, gives it a key in the environment, adopts, restarts.
+
+    result = keys_cli(server, "adopt-open", "config-1", env={"FLUXSERVE_API_KEYS": static})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "handed 2 prediction(s) made in open mode to key 'config-1'"
+    with running_server(
+        server.settings.data_path, tiny_model_dir, start_workers=False, api_keys=[static]
+    ) as keyed:
+        listed = keyed.client.get("/v1/executions", headers={"X-API-Key": static}).json()
+    assert {p["id"] for p in listed["executions"]} == made_open
+
+
+def test_adopt_open_to_anonymous_is_refused_and_moves_nothing(open_server):
+    open_server.client.post("/v1/prediction", json=PROMPT)
+    open_server.new_key()
+
+    result = keys_cli(open_server, "adopt-open", "anonymous")
+
+    assert result.returncode == 2
+    assert "error: 'anonymous' owns the predictions made in open mode already: name a key" in result.stderr
+    assert result.stdout == ""
+    assert open_server.store.list(ListFilter(owner="anonymous"))[1] == 1
+
+
+@pytest.fixture
+def open_server_with_hooks(make_server):
+    """An open server that may post webhooks to a receiver on loopback."""
+    with open_app(make_server, input_images={"allowed_hosts": ["127.0.0.1"]}) as server:
+        server.client.base_url = LOCAL
+        yield server
+
+
+@pytest.mark.parametrize("row", ["recorded", "from an earlier version"])
+def test_webhooks_of_adopted_predictions_stay_signed_with_the_open_mode_secret(open_server_with_hooks, row):
+    server = open_server_with_hooks
+    receiver = Receiver()
+    try:
+        r = server.client.post(
+            "/v1/models/black-forest-labs/flux-dev/predictions",
+            json={
+                "input": {"prompt": "a lighthouse"},
+                "webhook": receiver.url,
+                "webhook_events_filter": ["completed"],
+            },
+        )
+        assert r.status_code == 201, r.text
+        prediction_id = r.json()["id"]
+        open_secret = whsec_key(server.client.get("/v1/webhooks/default/secret").json()["key"])
+        if row != "recorded":  # a row made before the signer was recorded: only its owner says it
+            with sqlite3.connect(server.settings.db_path) as conn:
+                conn.execute("UPDATE predictions SET extra = json_remove(extra, '$.webhook_signer')")
+        key = keys_cli(server, "create", "alice").stdout.strip()
+        wait_for_keys_mode(server)
+        assert keys_cli(server, "adopt-open", "alice").returncode == 0
+        # Still running when adopted: it ends now, and its webhook is signed.
+        store = server.store
+        store.claim_next("test-worker")
+        assert store.finish(prediction_id, SUCCESS, output=["out-0.webp"])
+        server.state.on_finished(store.get(prediction_id))
+        [request] = receiver.wait_for(1)
+    finally:
+        receiver.close()
+
+    alice_secret = server.client.get("/v1/webhooks/default/secret", headers={"X-API-Key": key}).json()["key"]
+    assert signed_with(request, open_secret)
+    assert not signed_with(request, whsec_key(alice_secret))
 
 
 def test_health_answers_200_with_auth_unknown_while_the_key_store_cannot_be_read(open_server, monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from server.auth import key_id_for
 from server.config import Settings
 from server.replicate_render import version_id
 from server.routes import replicate as replicate_routes
@@ -208,7 +209,11 @@ def test_the_replicate_flavour_is_marked_in_the_prediction(client):
         },
     ).json()["id"]
     pred = store_of(client).get(pid)
-    assert pred.extra == {"api": "replicate", "webhook_events_filter": ["start", "completed"]}
+    assert pred.extra == {
+        "api": "replicate",
+        "webhook_events_filter": ["start", "completed"],
+        "webhook_signer": key_id_for(KEY),  # whose secret signs its webhooks, even once adopted
+    }
     assert pred.webhook_url == "https://example.com/h"
 
 

@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import logging
+import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -564,3 +566,48 @@ def test_signing_secrets_are_kept_across_restarts_rotated_ones_too(app_client):
     second = app_client()
     assert signing_key(second) == key
     assert signing_key(second, OTHER_AUTH) == rotated
+
+
+def fail_signing(client: TestClient, monkeypatch, times: int) -> None:
+    """The database cannot give the signing secret for the next ``times`` tries (an outage)."""
+    deliveries = state_of(client).webhooks.deliveries
+    real, left = deliveries.signing_secret, itertools.count(times, -1)
+
+    def signing_secret(owner: str) -> str:
+        if next(left) > 0:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(owner)
+
+    monkeypatch.setattr(deliveries, "signing_secret", signing_secret)
+
+
+def test_a_delivery_the_database_cannot_sign_waits_without_using_its_attempts(
+    app_client, receiver, monkeypatch
+):
+    client = app_client(attempts=2)
+    pid = create_replicate(client, receiver.url, ["completed"])
+    fail_signing(client, monkeypatch, times=3)  # more tries than the delivery has attempts
+    finish(client, pid, SUCCESS, output=["out-0.webp"])
+
+    [request] = receiver.wait_for(1, timeout=20)
+
+    assert_signed(request, signing_key(client))
+    logs = wait_for_logs(client, pid, "delivered")
+    assert "Webhook delivery 1/2 (completed) to http://127.0.0.1:" in logs and "2/2" not in logs
+    [delivery] = deliveries_of(client, pid)
+    assert (delivery.state, delivery.attempts) == (DELIVERED, 1)
+
+
+def test_a_database_outage_while_signing_is_logged_once(app_client, receiver, monkeypatch, caplog):
+    client = app_client(attempts=2)
+    pid = create_replicate(client, receiver.url, ["completed"])
+    fail_signing(client, monkeypatch, times=3)
+    caplog.set_level(logging.INFO, logger="fluxserve.webhooks")
+    finish(client, pid, SUCCESS, output=["out-0.webp"])
+
+    receiver.wait_for(1, timeout=20)
+
+    warnings = [r for r in caplog.records if r.name == "fluxserve.webhooks" and r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "cannot sign webhooks: the database is unavailable (disk I/O error); they wait, their attempts unused"
+    ]
