@@ -22,6 +22,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +30,8 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.store.sqlite_db import DatabaseUnusable
 
 if TYPE_CHECKING:
     from server.auth import KeyRing
@@ -38,6 +41,8 @@ log = logging.getLogger("fluxserve")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _NAME_RE = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+# What reading the key store (SQLite) raises when it cannot be read: a bad disk, a damaged file.
+STORE_ERRORS = (sqlite3.Error, OSError, DatabaseUnusable)
 _SHOWN_CHARS = 100  # how much of a refused Host or Origin the error body repeats
 
 
@@ -157,7 +162,8 @@ def _shown(value: str) -> str:
 class HostGuardMiddleware:
     """Refuses foreign Host names and cross-site writes (see the module docstring), 403 in the
     contract's error shape. Asks the key ring for the mode only when a request would be refused
-    in open mode, so ordinary requests never wait for the store."""
+    in open mode, so ordinary requests never wait for the store; if the store cannot be read then,
+    503 (Retry-After): the request is neither refused as open mode's nor served as keyed mode's."""
 
     def __init__(self, app: ASGIApp, *, policy: HostPolicy, keyring: KeyRing) -> None:
         self.app = app
@@ -173,6 +179,25 @@ class HostGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        try:
+            refusal = await self._refusal(scope)
+        except STORE_ERRORS as exc:
+            # Whether keys are needed is unknown: neither refuse (403 would claim open mode) nor
+            # serve what open mode would refuse. A retry once the store reads again is answered.
+            why = f"the key store cannot be read ({exc}): whether this request needs an API key is unknown"
+            log.warning("answered %s %s with 503: %s", scope["method"], scope["path"], why)
+            await _answer(scope, receive, send, 503, "Key store unavailable", why, {"Retry-After": "5"})
+            return
+        if refusal is not None:
+            error, why = refusal
+            log.info("refused %s %s: %s", scope["method"], scope["path"], why)
+            await _answer(scope, receive, send, 403, error, why)
+            return
+        await self.app(scope, receive, send)
+
+    async def _refusal(self, scope: Scope) -> tuple[str, str] | None:
+        """(error, details) of a 403 for this request, or None to serve it. Reads the key store
+        (and so may raise one of ``STORE_ERRORS``) only for a request open mode would refuse."""
         headers = Headers(scope=scope)
         raw_host = headers.get("host")
         if raw_host is None:  # HTTP/1.0 without Host: the address the server listens on
@@ -192,9 +217,7 @@ class HostGuardMiddleware:
                 else f"Host {shown!r} is not served: a server without API keys answers only loopback names "
                 "(localhost, 127.0.0.1, [::1]); add the name to server.allowed_hosts to serve it"
             )
-            log.info("refused %s %s: %s", scope["method"], scope["path"], why)
-            await _refuse(scope, receive, send, "Host not allowed", why)
-            return
+            return "Host not allowed", why
         if scope["method"] in UNSAFE_METHODS and host is not None:
             origin = headers.get("origin")
             if origin is not None:
@@ -208,13 +231,19 @@ class HostGuardMiddleware:
                     f"{source} is not this server's own: a server without API keys accepts POST, PUT, "
                     "PATCH and DELETE only from its own pages and from clients that send no Origin"
                 )
-                log.info("refused %s %s: %s", scope["method"], scope["path"], why)
-                await _refuse(scope, receive, send, "Cross-site request refused", why)
-                return
-        await self.app(scope, receive, send)
+                return "Cross-site request refused", why
+        return None
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, error: str, details: str) -> None:
+async def _answer(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    error: str,
+    details: str,
+    headers: dict[str, str] | None = None,
+) -> None:
     from server.errors import error_response
 
-    await error_response(403, error, details)(scope, receive, send)
+    await error_response(status, error, details, headers)(scope, receive, send)

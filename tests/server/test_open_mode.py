@@ -279,17 +279,45 @@ def test_adopt_open_to_an_unknown_key_fails_and_moves_nothing(open_server):
     assert executions_total(open_server, {"X-API-Key": key}) == 0
 
 
-def test_health_answers_200_with_auth_unknown_while_the_key_store_cannot_be_read(open_server, monkeypatch):
-    keystore = open_server.app.state.fluxserve.keyring._keystore
+def unreadable_key_store(server, monkeypatch) -> None:
+    """The key store's reads fail the way SQLite fails on a bad disk; the ring re-reads on every look."""
+    keystore = server.app.state.fluxserve.keyring._keystore
 
     def unreadable() -> bool:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(keystore, "has_keys", unreadable)
-    monkeypatch.setattr(auth_module, "OPEN_RECHECK_S", 0.0)  # the ring re-reads the store on every look
+    monkeypatch.setattr(auth_module, "OPEN_RECHECK_S", 0.0)
+
+
+def test_health_answers_200_with_auth_unknown_while_the_key_store_cannot_be_read(open_server, monkeypatch):
+    unreadable_key_store(open_server, monkeypatch)
 
     r = open_server.client.get("/health-check")
 
     assert r.status_code == 200
     assert r.json()["auth"] == "unknown"
     assert r.json()["store"]["error"] == "disk I/O error"
+
+
+def test_a_foreign_host_gets_503_not_500_while_the_key_store_cannot_be_read(open_server, monkeypatch):
+    unreadable_key_store(open_server, monkeypatch)
+
+    r = open_server.client.get("/v1/executions", headers={"Host": "evil.example"})
+
+    assert r.status_code == 503
+    body = r.json()
+    assert body["error"] == "Key store unavailable" and body["status"] == 503
+    assert "disk I/O error" in body["details"]
+    assert r.headers["Retry-After"]
+
+
+def test_a_cross_site_write_gets_503_and_creates_nothing_while_the_key_store_cannot_be_read(
+    open_server, monkeypatch
+):
+    unreadable_key_store(open_server, monkeypatch)
+
+    r = open_server.client.post("/v1/prediction", json=PROMPT, headers={"Origin": "https://evil.example"})
+
+    assert r.status_code == 503
+    assert open_server.store.counts_by_status()["starting"] == 0
