@@ -7,9 +7,11 @@ that page read the answers too. So, in open mode:
 
 - only loopback Host names are served (``localhost``, 127.0.0.0/8, ``[::1]``, any port), plus
   ``server.allowed_hosts`` and the host of ``public_url``; any other Host gets 403;
-- POST, PUT, PATCH and DELETE carrying a foreign ``Origin`` (neither the request's own host nor
-  ``public_url``'s origin) get 403. Without ``Origin``, ``Sec-Fetch-Site: cross-site|same-site``
-  counts as foreign. Requests with neither (curl, scripts) are not browser requests: served.
+- POST, PUT, PATCH and DELETE carrying a foreign ``Origin`` (neither the request's own scheme,
+  host and port nor ``public_url``'s origin) get 403. Without ``Origin``,
+  ``Sec-Fetch-Site: cross-site|same-site`` counts as foreign. Requests with neither (curl,
+  scripts) are not browser requests: served. Behind a TLS proxy (``public_url`` https, no
+  ``tls`` here) a request arriving as http may come from an https page of the same host.
 
 With API keys configured, a key is needed anyway (a cross-site page cannot send ``X-API-Key``
 without a CORS preflight, which this server never grants), so any Host and Origin is served,
@@ -105,7 +107,7 @@ def _matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
-Origin = tuple[str, str, int | None]  # scheme, host name, port (None: the scheme's default)
+Origin = tuple[str, str, int]  # scheme, host name, port (the scheme's default when not given)
 
 
 def _parse_origin(value: str) -> Origin | None:
@@ -117,9 +119,7 @@ def _parse_origin(value: str) -> Origin | None:
     scheme = parts.scheme.lower()
     if not name or scheme not in DEFAULT_PORTS:
         return None
-    if port == DEFAULT_PORTS[scheme]:
-        port = None
-    return scheme, name.rstrip("."), port
+    return scheme, name.rstrip("."), DEFAULT_PORTS[scheme] if port is None else port
 
 
 @dataclass(frozen=True)
@@ -129,30 +129,43 @@ class HostPolicy:
     patterns: tuple[str, ...] = ()  # server.allowed_hosts, then public_url's host
     explicit: bool = False  # server.allowed_hosts was given: the Host rule holds with keys too
     public_origin: Origin | None = None
+    tls_at_proxy: bool = False  # public_url is https and this server speaks plain http
 
     @classmethod
-    def from_settings(cls, allowed_hosts: Iterable[str], public_url: str | None) -> HostPolicy:
+    def from_settings(
+        cls, allowed_hosts: Iterable[str], public_url: str | None, *, tls_enabled: bool = False
+    ) -> HostPolicy:
         allowed = list(allowed_hosts)
         patterns = [validate_host_pattern(h) for h in allowed]
         public_origin = _parse_origin(public_url) if public_url else None
         if public_origin is not None:
             patterns.append(validate_host_pattern(public_origin[1]))
-        return cls(tuple(dict.fromkeys(patterns)), bool(allowed), public_origin)
+        tls_at_proxy = public_origin is not None and public_origin[0] == "https" and not tls_enabled
+        return cls(tuple(dict.fromkeys(patterns)), bool(allowed), public_origin, tls_at_proxy)
 
     def host_allowed(self, name: str) -> bool:
         return is_loopback_name(name) or any(_matches(p, name) for p in self.patterns)
 
-    def origin_is_own(self, origin: str, host: tuple[str, int | None]) -> bool:
-        """True when ``origin`` is the request's own host (same name and port) or public_url's."""
+    def origin_is_own(self, origin: str, host: tuple[str, int | None], scheme: str) -> bool:
+        """True when ``origin`` is public_url's, or the request's own: same scheme, name and port,
+        a port not given being its own scheme's default (``Host: localhost`` over http is port
+        80, ``https://localhost`` port 443: another server)."""
         parsed = _parse_origin(origin)
         if parsed is None:  # "null" (sandboxed frames, file: pages) or garbage
             return False
-        _, name, port = parsed
-        # The scheme is left out for the request's own host: behind a TLS proxy the request may
-        # arrive as http while the page's origin is https.
-        if (name, port) == host:
+        if parsed == self.public_origin:
             return True
-        return self.public_origin is not None and parsed == self.public_origin
+        origin_scheme, name, port = parsed
+        # Behind a TLS proxy (public_url https, no TLS here) a request may arrive as http from a
+        # page whose origin is https, unless the proxy sends X-Forwarded-Proto (uvicorn then sets
+        # the request's scheme from it).
+        schemes = {scheme, "https"} if self.tls_at_proxy and scheme == "http" else {scheme}
+        if origin_scheme not in schemes:
+            return False
+        host_name, host_port = host
+        if host_port is None:
+            host_port = DEFAULT_PORTS[origin_scheme]
+        return (name, port) == (host_name, host_port)
 
 
 def _shown(value: str) -> str:
@@ -205,8 +218,6 @@ class HostGuardMiddleware:
             host = (str(server[0]).lower(), server[1])
         else:
             host = split_host(raw_host)
-        if host is not None and host[1] == DEFAULT_PORTS.get(scope.get("scheme", "http")):
-            host = (host[0], None)  # as in an Origin: the default port is left out
         if (host is None or not self.policy.host_allowed(host[0])) and (
             self.policy.explicit or await self._open()
         ):
@@ -221,7 +232,7 @@ class HostGuardMiddleware:
         if scope["method"] in UNSAFE_METHODS and host is not None:
             origin = headers.get("origin")
             if origin is not None:
-                foreign = not self.policy.origin_is_own(origin, host)
+                foreign = not self.policy.origin_is_own(origin, host, scope.get("scheme", "http"))
                 source = f"Origin {_shown(origin)!r}"
             else:  # browsers that send no Origin still say where the request came from
                 foreign = headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site")

@@ -167,6 +167,34 @@ def test_open_server_serves_writes_from_the_public_url_origin(make_server):
         assert server.client.post("/v1/prediction", json=PROMPT, headers=headers).status_code == 200
 
 
+def test_open_server_refuses_a_write_from_its_host_name_on_another_scheme(open_server):
+    # Host: localhost over http is port 80; https://localhost is port 443: another local server
+    headers = {"Host": "localhost", "Origin": "https://localhost"}
+
+    r = open_server.client.post("/v1/prediction", json=PROMPT, headers=headers)
+
+    assert r.status_code == 403
+    assert r.json()["error"] == "Cross-site request refused"
+
+
+def test_open_server_serves_writes_from_its_own_https_origin(open_server):
+    r = open_server.client.post(
+        "https://localhost/v1/prediction", json=PROMPT, headers={"Origin": "https://localhost"}
+    )
+
+    assert r.status_code == 200
+
+
+def test_behind_a_tls_proxy_an_allowed_names_https_origin_is_its_own(make_server):
+    # public_url https with no TLS here: TLS ends at a proxy, which may pass the request on as http
+    with open_app(
+        make_server, public_url="https://flux.example.com", server={"allowed_hosts": ["alt.example.com"]}
+    ) as server:
+        headers = {"Host": "alt.example.com", "Origin": "https://alt.example.com"}
+
+        assert server.client.post("/v1/prediction", json=PROMPT, headers=headers).status_code == 200
+
+
 def test_cross_site_post_with_a_key_is_served_by_a_keyed_server(keyed_server):
     key = keyed_server.new_key()
 
