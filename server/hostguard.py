@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.allowlist import normalize_host, parse_host_name
 from server.store.sqlite_db import DatabaseUnusable
 
 if TYPE_CHECKING:
@@ -42,34 +42,33 @@ log = logging.getLogger("fluxserve")
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-_NAME_RE = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 # What reading the key store (SQLite) raises when it cannot be read: a bad disk, a damaged file.
 STORE_ERRORS = (sqlite3.Error, OSError, DatabaseUnusable)
 _SHOWN_CHARS = 100  # how much of a refused Host or Origin the error body repeats
 
 
 def validate_host_pattern(value: str) -> str:
-    """One ``server.allowed_hosts`` entry, normalised: ``name``, ``*.domain`` or ``*``.
+    """One ``server.allowed_hosts`` entry, normalised: ``name``, ``*.domain`` or ``*``; an IP
+    address as ``ipaddress`` writes it. Names follow ``input_images.allowed_hosts``' grammar
+    (:func:`server.allowlist.parse_host_name`: lower case, IDNA-encoded, no trailing dot).
 
     Raises ValueError naming what is wrong (a scheme, a port, a path, an empty entry).
     """
-    pattern = value.strip().lower().rstrip(".")
+    pattern = value.strip()
     if not pattern:
         raise ValueError("a host name is blank")
     if pattern == "*":
         return pattern
     if "://" in pattern or "/" in pattern:
         raise ValueError(f"{value!r} is not a host name: give the name only (no scheme or path)")
-    name = pattern[2:] if pattern.startswith("*.") else pattern
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
     try:
-        return str(ipaddress.ip_address(name))
+        return str(ipaddress.ip_address(pattern.removeprefix("[").removesuffix("]")))
     except ValueError:
         pass
-    if not _NAME_RE.fullmatch(name):
+    name = parse_host_name(pattern)
+    if name is None:
         raise ValueError(f"{value!r} is not a host name: use `name`, `*.domain` or `*`, without a port")
-    return pattern
+    return f"*{name}" if name.startswith(".") else name
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -81,7 +80,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
         return None
     if not name or parts.path or parts.query or parts.fragment or parts.username is not None:
         return None
-    return name.rstrip("."), port
+    return normalize_host(name), port
 
 
 def is_loopback_name(name: str) -> bool:
@@ -119,7 +118,7 @@ def _parse_origin(value: str) -> Origin | None:
     scheme = parts.scheme.lower()
     if not name or scheme not in DEFAULT_PORTS:
         return None
-    return scheme, name.rstrip("."), DEFAULT_PORTS[scheme] if port is None else port
+    return scheme, normalize_host(name), DEFAULT_PORTS[scheme] if port is None else port
 
 
 @dataclass(frozen=True)

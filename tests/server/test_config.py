@@ -71,6 +71,21 @@ def test_an_allowed_host_that_is_not_a_host_name_is_refused_naming_the_field(tmp
         load_settings(cfg)
 
 
+@pytest.mark.parametrize("entry", ["-flux.lan", "flux-.lan", "a" * 64 + ".lan", "flux..lan"])
+def test_a_malformed_host_name_is_refused_by_both_allowed_hosts_settings(entry):
+    with pytest.raises(ConfigError) as refused:
+        load_settings(server={"allowed_hosts": [entry]}, input_images={"allowed_hosts": [entry]})
+
+    assert "server.allowed_hosts" in str(refused.value)
+    assert "input_images.allowed_hosts" in str(refused.value)
+
+
+def test_an_internationalised_allowed_host_is_kept_in_its_idna_form():
+    assert load_settings(server={"allowed_hosts": ["Bücher.example."]}).server.allowed_hosts == [
+        "xn--bcher-kva.example"
+    ]
+
+
 def test_arguments_override_environment(monkeypatch):
     monkeypatch.setenv("FLUXSERVE_PORT", "9002")
     assert load_settings(port=9003).port == 9003
@@ -209,7 +224,7 @@ def test_an_encrypted_keyfile_without_its_password_is_a_clear_error(tmp_path):
 def test_an_encrypted_keyfile_with_a_wrong_password_is_a_clear_error(tmp_path):
     cert, key = self_signed_cert(tmp_path, password="s3cret")
 
-    with pytest.raises(ConfigError, match=r"tls: .*cannot use the certificate and key \(is tls\.keyfile_pass"):
+    with pytest.raises(ConfigError, match=r"tls: .*cannot use the certificate and key \(is tls\.keyfile_pa"):
         load_settings(tls={"certfile": cert, "keyfile": key, "keyfile_password": "wrong"})
 
 

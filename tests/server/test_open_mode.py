@@ -85,6 +85,13 @@ def test_allowed_hosts_adds_a_name_to_an_open_server(make_server):
         assert client.get("/v1/executions", headers={"Host": "evil.example"}).status_code == 403
 
 
+def test_an_internationalised_allowed_host_is_served_under_the_name_browsers_send(make_server):
+    with open_app(make_server, server={"allowed_hosts": ["bücher.example"]}) as server:
+        r = server.client.get("/v1/executions", headers={"Host": "xn--bcher-kva.example"})
+
+        assert r.status_code == 200
+
+
 def test_public_url_host_is_served_by_an_open_server(make_server):
     with open_app(make_server, public_url="https://flux.example.com") as server:
         assert server.client.get("/v1/executions", headers={"Host": "flux.example.com"}).status_code == 200
