@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["HostRule", "IPAddress", "IPNetwork", "normalize_host", "parse_host_rule"]
+__all__ = ["HostRule", "IPAddress", "IPNetwork", "normalize_host", "parse_host_name", "parse_host_rule"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,6 +45,23 @@ def normalize_host(host: str) -> str:
         except (httpx.InvalidURL, UnicodeError, ValueError):
             pass
     return host
+
+
+def parse_host_name(text: str) -> str | None:
+    """``name`` or ``*.domain`` as :func:`normalize_host` makes it (``*.domain`` as ``.domain``),
+    or None if it is not one: labels of letters, digits, ``_`` and inner ``-``, at most 63 each.
+
+    The one host-name grammar of the settings: ``input_images.allowed_hosts`` and
+    ``server.allowed_hosts`` both read names with it.
+    """
+    labels = normalize_host(text).split(".")
+    wildcard = labels[0] == "*"
+    if wildcard:
+        labels = labels[1:]
+    if not labels or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    suffix = ".".join(labels)
+    return f".{suffix}" if wildcard else suffix
 
 
 @dataclass(frozen=True)
@@ -135,12 +152,9 @@ def parse_host_rule(entry: str) -> HostRule:
         except OSError:
             raise ValueError(f"{entry!r}: not a valid IPv4 address") from None
         return HostRule(entry, network=ipaddress.IPv4Network(address), port=port)
-    wildcard = labels[0] == "*"
-    if wildcard:
-        labels = labels[1:]
-    if not labels or not all(_LABEL.fullmatch(label) for label in labels):
+    parsed = parse_host_name(name)
+    if parsed is None:
         raise ValueError(
             f"{entry!r}: not a valid host name (e.g. images.internal, *.corp.example, images.internal:8080)"
         )
-    suffix = ".".join(labels)
-    return HostRule(entry, name=f".{suffix}" if wildcard else suffix, port=port)
+    return HostRule(entry, name=parsed, port=port)

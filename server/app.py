@@ -243,7 +243,9 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(BlankQueryMiddleware)
     # Outermost (added last): a refused Host or cross-site write is answered before anything else.
-    policy = HostPolicy.from_settings(settings.server.allowed_hosts, settings.public_url)
+    policy = HostPolicy.from_settings(
+        settings.server.allowed_hosts, settings.public_url, tls_enabled=settings.tls.enabled
+    )
     app.add_middleware(HostGuardMiddleware, policy=policy, keyring=state.keyring)
     install_error_handlers(app)
     openapi.install(app)  # document what the handlers answer (400s, hand-parsed bodies)

@@ -14,7 +14,7 @@ import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -142,12 +142,21 @@ class MetricsSettings(_Section):
     )
 
 
+class _KeyIsEncrypted(Exception):
+    """OpenSSL asked for the keyfile's password and none is configured."""
+
+
 class TLSSettings(_Section):
     certfile: str | None = Field(
         None, description="PEM certificate (chain) file: `serve` speaks HTTPS (also `--ssl-certfile`)."
     )
     keyfile: str | None = Field(
-        None, description="PEM private key of the certificate (also `--ssl-keyfile`); unencrypted."
+        None, description="PEM private key of the certificate (also `--ssl-keyfile`)."
+    )
+    keyfile_password: SecretStr | None = Field(
+        None,
+        description="Password of an encrypted keyfile (best given as FLUXSERVE_TLS__KEYFILE_PASSWORD); "
+        "an encrypted keyfile without it is refused at start.",
     )
 
     @model_validator(mode="after")
@@ -155,21 +164,44 @@ class TLSSettings(_Section):
         # Checked here so a bad pair is a one-line config error, not a traceback from uvicorn.
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together: give both or neither")
-        if self.certfile is not None and self.keyfile is not None:
-            for name, path in (("certfile", self.certfile), ("keyfile", self.keyfile)):
-                if not Path(path).expanduser().is_file():
-                    raise ValueError(f"{name} {path} does not exist")
-            try:
-                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                    Path(self.certfile).expanduser(), Path(self.keyfile).expanduser()
-                )
-            except (ssl.SSLError, OSError) as exc:
-                raise ValueError(f"cannot use the certificate and key: {exc}") from None
+        if self.certfile is None or self.keyfile is None:
+            return self
+        for name, path in (("certfile", self.certfile), ("keyfile", self.keyfile)):
+            if not Path(path).expanduser().is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        # uvicorn opens these paths as given: keep the ones checked here (`~` expanded, absolute).
+        self.certfile = str(Path(self.certfile).expanduser().resolve())
+        self.keyfile = str(Path(self.keyfile).expanduser().resolve())
+
+        def password() -> bytes:
+            # Called by OpenSSL only for an encrypted key. Without this callback OpenSSL would
+            # prompt on the terminal, on every command that reads the settings.
+            if self.keyfile_password is None:
+                raise _KeyIsEncrypted
+            return self.keyfile_password.get_secret_value().encode()
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                self.certfile, self.keyfile, password=password
+            )
+        except _KeyIsEncrypted:
+            raise ValueError(
+                f"keyfile {self.keyfile} is encrypted: give its password in tls.keyfile_password "
+                "(FLUXSERVE_TLS__KEYFILE_PASSWORD)"
+            ) from None
+        except (ssl.SSLError, OSError) as exc:
+            hint = " (is tls.keyfile_password right?)" if self.keyfile_password is not None else ""
+            raise ValueError(f"cannot use the certificate and key{hint}: {exc}") from None
         return self
 
     @property
     def enabled(self) -> bool:
         return self.certfile is not None
+
+    @property
+    def password(self) -> str | None:
+        """``keyfile_password`` in clear, for uvicorn."""
+        return self.keyfile_password.get_secret_value() if self.keyfile_password is not None else None
 
 
 class Settings(BaseSettings):

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 log = logging.getLogger("fluxserve.api")
 
@@ -48,13 +48,19 @@ def allowed_methods(request: Request) -> str:
     """Every method routed on the request's path, for a 405's ``Allow``. Starlette's own names
     only the methods of the first route matching the path (POST alone on ``/v1/predictions``,
     where GET is routed too). Each method is tried against the routes as the router would."""
-    routes = request.app.router.routes
-    allowed = [
-        method
-        for method in HTTP_METHODS
-        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
-    ]
-    return ", ".join(allowed)
+    # A mount that took the request has moved root_path down to itself: match from the app's.
+    app_root_path = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+    scope = {**request.scope, "root_path": app_root_path}
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Mount):
+            # A mount matches whatever the method; the mounts here serve static files (the docs
+            # pages' assets), which answer GET and HEAD only.
+            if route.matches(scope)[0] is Match.FULL:
+                allowed |= {"GET", "HEAD"}
+            continue
+        allowed |= {m for m in HTTP_METHODS if route.matches({**scope, "method": m})[0] is Match.FULL}
+    return ", ".join(m for m in HTTP_METHODS if m in allowed)
 
 
 def install_error_handlers(app: FastAPI) -> None:

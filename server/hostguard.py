@@ -7,9 +7,11 @@ that page read the answers too. So, in open mode:
 
 - only loopback Host names are served (``localhost``, 127.0.0.0/8, ``[::1]``, any port), plus
   ``server.allowed_hosts`` and the host of ``public_url``; any other Host gets 403;
-- POST, PUT, PATCH and DELETE carrying a foreign ``Origin`` (neither the request's own host nor
-  ``public_url``'s origin) get 403. Without ``Origin``, ``Sec-Fetch-Site: cross-site|same-site``
-  counts as foreign. Requests with neither (curl, scripts) are not browser requests: served.
+- POST, PUT, PATCH and DELETE carrying a foreign ``Origin`` (neither the request's own scheme,
+  host and port nor ``public_url``'s origin) get 403. Without ``Origin``,
+  ``Sec-Fetch-Site: cross-site|same-site`` counts as foreign. Requests with neither (curl,
+  scripts) are not browser requests: served. Behind a TLS proxy (``public_url`` https, no
+  ``tls`` here) a request arriving as http may come from an https page of the same host.
 
 With API keys configured, a key is needed anyway (a cross-site page cannot send ``X-API-Key``
 without a CORS preflight, which this server never grants), so any Host and Origin is served,
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +32,9 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.allowlist import normalize_host, parse_host_name
+from server.store.sqlite_db import DatabaseUnusable
+
 if TYPE_CHECKING:
     from server.auth import KeyRing
 
@@ -37,32 +42,33 @@ log = logging.getLogger("fluxserve")
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-_NAME_RE = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+# What reading the key store (SQLite) raises when it cannot be read: a bad disk, a damaged file.
+STORE_ERRORS = (sqlite3.Error, OSError, DatabaseUnusable)
 _SHOWN_CHARS = 100  # how much of a refused Host or Origin the error body repeats
 
 
 def validate_host_pattern(value: str) -> str:
-    """One ``server.allowed_hosts`` entry, normalised: ``name``, ``*.domain`` or ``*``.
+    """One ``server.allowed_hosts`` entry, normalised: ``name``, ``*.domain`` or ``*``; an IP
+    address as ``ipaddress`` writes it. Names follow ``input_images.allowed_hosts``' grammar
+    (:func:`server.allowlist.parse_host_name`: lower case, IDNA-encoded, no trailing dot).
 
     Raises ValueError naming what is wrong (a scheme, a port, a path, an empty entry).
     """
-    pattern = value.strip().lower().rstrip(".")
+    pattern = value.strip()
     if not pattern:
         raise ValueError("a host name is blank")
     if pattern == "*":
         return pattern
     if "://" in pattern or "/" in pattern:
         raise ValueError(f"{value!r} is not a host name: give the name only (no scheme or path)")
-    name = pattern[2:] if pattern.startswith("*.") else pattern
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
     try:
-        return str(ipaddress.ip_address(name))
+        return str(ipaddress.ip_address(pattern.removeprefix("[").removesuffix("]")))
     except ValueError:
         pass
-    if not _NAME_RE.fullmatch(name):
+    name = parse_host_name(pattern)
+    if name is None:
         raise ValueError(f"{value!r} is not a host name: use `name`, `*.domain` or `*`, without a port")
-    return pattern
+    return f"*{name}" if name.startswith(".") else name
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -74,7 +80,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
         return None
     if not name or parts.path or parts.query or parts.fragment or parts.username is not None:
         return None
-    return name.rstrip("."), port
+    return normalize_host(name), port
 
 
 def is_loopback_name(name: str) -> bool:
@@ -100,7 +106,7 @@ def _matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
-Origin = tuple[str, str, int | None]  # scheme, host name, port (None: the scheme's default)
+Origin = tuple[str, str, int]  # scheme, host name, port (the scheme's default when not given)
 
 
 def _parse_origin(value: str) -> Origin | None:
@@ -112,9 +118,7 @@ def _parse_origin(value: str) -> Origin | None:
     scheme = parts.scheme.lower()
     if not name or scheme not in DEFAULT_PORTS:
         return None
-    if port == DEFAULT_PORTS[scheme]:
-        port = None
-    return scheme, name.rstrip("."), port
+    return scheme, normalize_host(name), DEFAULT_PORTS[scheme] if port is None else port
 
 
 @dataclass(frozen=True)
@@ -124,30 +128,43 @@ class HostPolicy:
     patterns: tuple[str, ...] = ()  # server.allowed_hosts, then public_url's host
     explicit: bool = False  # server.allowed_hosts was given: the Host rule holds with keys too
     public_origin: Origin | None = None
+    tls_at_proxy: bool = False  # public_url is https and this server speaks plain http
 
     @classmethod
-    def from_settings(cls, allowed_hosts: Iterable[str], public_url: str | None) -> HostPolicy:
+    def from_settings(
+        cls, allowed_hosts: Iterable[str], public_url: str | None, *, tls_enabled: bool = False
+    ) -> HostPolicy:
         allowed = list(allowed_hosts)
         patterns = [validate_host_pattern(h) for h in allowed]
         public_origin = _parse_origin(public_url) if public_url else None
         if public_origin is not None:
             patterns.append(validate_host_pattern(public_origin[1]))
-        return cls(tuple(dict.fromkeys(patterns)), bool(allowed), public_origin)
+        tls_at_proxy = public_origin is not None and public_origin[0] == "https" and not tls_enabled
+        return cls(tuple(dict.fromkeys(patterns)), bool(allowed), public_origin, tls_at_proxy)
 
     def host_allowed(self, name: str) -> bool:
         return is_loopback_name(name) or any(_matches(p, name) for p in self.patterns)
 
-    def origin_is_own(self, origin: str, host: tuple[str, int | None]) -> bool:
-        """True when ``origin`` is the request's own host (same name and port) or public_url's."""
+    def origin_is_own(self, origin: str, host: tuple[str, int | None], scheme: str) -> bool:
+        """True when ``origin`` is public_url's, or the request's own: same scheme, name and port,
+        a port not given being its own scheme's default (``Host: localhost`` over http is port
+        80, ``https://localhost`` port 443: another server)."""
         parsed = _parse_origin(origin)
         if parsed is None:  # "null" (sandboxed frames, file: pages) or garbage
             return False
-        _, name, port = parsed
-        # The scheme is left out for the request's own host: behind a TLS proxy the request may
-        # arrive as http while the page's origin is https.
-        if (name, port) == host:
+        if parsed == self.public_origin:
             return True
-        return self.public_origin is not None and parsed == self.public_origin
+        origin_scheme, name, port = parsed
+        # Behind a TLS proxy (public_url https, no TLS here) a request may arrive as http from a
+        # page whose origin is https, unless the proxy sends X-Forwarded-Proto (uvicorn then sets
+        # the request's scheme from it).
+        schemes = {scheme, "https"} if self.tls_at_proxy and scheme == "http" else {scheme}
+        if origin_scheme not in schemes:
+            return False
+        host_name, host_port = host
+        if host_port is None:
+            host_port = DEFAULT_PORTS[origin_scheme]
+        return (name, port) == (host_name, host_port)
 
 
 def _shown(value: str) -> str:
@@ -157,7 +174,8 @@ def _shown(value: str) -> str:
 class HostGuardMiddleware:
     """Refuses foreign Host names and cross-site writes (see the module docstring), 403 in the
     contract's error shape. Asks the key ring for the mode only when a request would be refused
-    in open mode, so ordinary requests never wait for the store."""
+    in open mode, so ordinary requests never wait for the store; if the store cannot be read then,
+    503 (Retry-After): the request is neither refused as open mode's nor served as keyed mode's."""
 
     def __init__(self, app: ASGIApp, *, policy: HostPolicy, keyring: KeyRing) -> None:
         self.app = app
@@ -173,6 +191,25 @@ class HostGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        try:
+            refusal = await self._refusal(scope)
+        except STORE_ERRORS as exc:
+            # Whether keys are needed is unknown: neither refuse (403 would claim open mode) nor
+            # serve what open mode would refuse. A retry once the store reads again is answered.
+            why = f"the key store cannot be read ({exc}): whether this request needs an API key is unknown"
+            log.warning("answered %s %s with 503: %s", scope["method"], scope["path"], why)
+            await _answer(scope, receive, send, 503, "Key store unavailable", why, {"Retry-After": "5"})
+            return
+        if refusal is not None:
+            error, why = refusal
+            log.info("refused %s %s: %s", scope["method"], scope["path"], why)
+            await _answer(scope, receive, send, 403, error, why)
+            return
+        await self.app(scope, receive, send)
+
+    async def _refusal(self, scope: Scope) -> tuple[str, str] | None:
+        """(error, details) of a 403 for this request, or None to serve it. Reads the key store
+        (and so may raise one of ``STORE_ERRORS``) only for a request open mode would refuse."""
         headers = Headers(scope=scope)
         raw_host = headers.get("host")
         if raw_host is None:  # HTTP/1.0 without Host: the address the server listens on
@@ -180,8 +217,6 @@ class HostGuardMiddleware:
             host = (str(server[0]).lower(), server[1])
         else:
             host = split_host(raw_host)
-        if host is not None and host[1] == DEFAULT_PORTS.get(scope.get("scheme", "http")):
-            host = (host[0], None)  # as in an Origin: the default port is left out
         if (host is None or not self.policy.host_allowed(host[0])) and (
             self.policy.explicit or await self._open()
         ):
@@ -192,13 +227,11 @@ class HostGuardMiddleware:
                 else f"Host {shown!r} is not served: a server without API keys answers only loopback names "
                 "(localhost, 127.0.0.1, [::1]); add the name to server.allowed_hosts to serve it"
             )
-            log.info("refused %s %s: %s", scope["method"], scope["path"], why)
-            await _refuse(scope, receive, send, "Host not allowed", why)
-            return
+            return "Host not allowed", why
         if scope["method"] in UNSAFE_METHODS and host is not None:
             origin = headers.get("origin")
             if origin is not None:
-                foreign = not self.policy.origin_is_own(origin, host)
+                foreign = not self.policy.origin_is_own(origin, host, scope.get("scheme", "http"))
                 source = f"Origin {_shown(origin)!r}"
             else:  # browsers that send no Origin still say where the request came from
                 foreign = headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site")
@@ -208,13 +241,19 @@ class HostGuardMiddleware:
                     f"{source} is not this server's own: a server without API keys accepts POST, PUT, "
                     "PATCH and DELETE only from its own pages and from clients that send no Origin"
                 )
-                log.info("refused %s %s: %s", scope["method"], scope["path"], why)
-                await _refuse(scope, receive, send, "Cross-site request refused", why)
-                return
-        await self.app(scope, receive, send)
+                return "Cross-site request refused", why
+        return None
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, error: str, details: str) -> None:
+async def _answer(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    error: str,
+    details: str,
+    headers: dict[str, str] | None = None,
+) -> None:
     from server.errors import error_response
 
-    await error_response(403, error, details)(scope, receive, send)
+    await error_response(status, error, details, headers)(scope, receive, send)

@@ -26,6 +26,19 @@ REF = "#/components/schemas/"
 _DEFAULT_422 = REF + "HTTPValidationError"
 
 
+def prefer_header(description: str) -> dict[str, Any]:
+    """The ``Prefer`` request header as an OpenAPI parameter (for ``openapi_extra``): the routes
+    read it by hand, so FastAPI does not document it. No pattern or example: a fuzzer would
+    send ``wait`` and hold each request 60 s."""
+    return {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
 def _models() -> dict[str, type[BaseModel]]:
     """Models routes refer to by name without FastAPI knowing them."""
     from server.protocol import CreateRequest, ErrorResponse

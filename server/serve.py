@@ -130,6 +130,7 @@ def run_server(settings: Settings) -> int:
         proxy_headers=True,
         ssl_certfile=settings.tls.certfile,
         ssl_keyfile=settings.tls.keyfile,
+        ssl_keyfile_password=settings.tls.password,
     )
     server = GracefulServer(config, app)
     # What imports and set-up made lives as long as the process: move it out of the collector's

@@ -24,6 +24,7 @@ from server.auth import Identity
 from server.deps import KEY_REQUIRED, app_state, authenticate, caller, check_rate, too_many
 from server.errors import ApiError, not_found
 from server.loading_notice import TINY_MODEL_NOTICE
+from server.openapi import prefer_header
 from server.protocol import (
     CancelResponse,
     CreateRequest,
@@ -298,15 +299,7 @@ async def owned_prediction(request: Request, identity: Identity, prediction_id: 
     responses={200: {"model": PredictionResponse}, **{**ERRORS, **NOT_FOUND}},
     description="Add `?wait=n` or `Prefer: wait=n` (up to 60 s) to hold the request until the prediction ends.",
     openapi_extra={
-        "parameters": [
-            {
-                "name": "Prefer",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string"},
-                "description": "`wait=n`: as `?wait=n` (the query wins when both are given).",
-            }
-        ]
+        "parameters": [prefer_header("`wait=n`: as `?wait=n` (the query wins when both are given).")]
     },
 )
 async def get_prediction(

@@ -46,6 +46,7 @@ from pipelines.inputs import FluxInputs
 from server.auth import Identity
 from server.deps import KEY_REQUIRED, app_state, authenticate, check_rate
 from server.errors import ApiError
+from server.openapi import prefer_header
 from server.protocol import ErrorResponse
 from server.replicate_render import (
     API,
@@ -138,16 +139,11 @@ def create_doc(model: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
         },
         "parameters": [
-            {
-                "name": "Prefer",
-                "in": "header",
-                "required": False,
-                # No pattern or example: a fuzzer would send `wait` and hold each create 60 s.
-                "schema": {"type": "string"},
-                "description": "`wait` holds the request until the prediction ends, up to 60 s; `wait=n` "
-                "up to n seconds (1-60). 201 when it ended in time, else 202 with `status: starting`. "
-                "Without it the create answers 201 at once.",
-            }
+            prefer_header(
+                "`wait` holds the request until the prediction ends, up to 60 s; `wait=n` up to n seconds "
+                "(1-60). 201 when it ended in time, else 202 with `status: starting`. "
+                "Without it the create answers 201 at once."
+            )
         ],
     }
 

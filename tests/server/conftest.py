@@ -34,15 +34,16 @@ STATIC_KEYS = ("key-alpha", "key-bravo")
 _key_numbers = itertools.count(1)
 
 
-def self_signed_cert(folder: Path) -> tuple[str, str]:
+def self_signed_cert(folder: Path, password: str | None = None) -> tuple[str, str]:
     """A throwaway certificate for https://127.0.0.1 and its key (made with the ``openssl``
-    command): ``(certfile, keyfile)``."""
+    command): ``(certfile, keyfile)``. With ``password`` the key is encrypted with it."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make a test certificate")
     cert, key = folder / "cert.pem", folder / "key.pem"
+    encryption = ["-nodes"] if password is None else ["-passout", f"pass:{password}"]
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", *encryption, "-days", "1",
             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
             "-keyout", str(key), "-out", str(cert),
         ],

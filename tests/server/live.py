@@ -154,7 +154,7 @@ class LiveServer:
     @property
     def verify(self) -> ssl.SSLContext | bool:
         """What a client passes as ``verify`` to trust this server."""
-        return ssl.create_default_context(cafile=self.tls[0]) if self.tls else True
+        return ssl.create_default_context(cafile=os.path.expanduser(self.tls[0])) if self.tls else True
 
     @property
     def db_path(self) -> Path:

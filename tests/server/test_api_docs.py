@@ -97,6 +97,13 @@ def test_replicate_create_documents_its_body_and_the_prefer_header(document, pat
     assert len(prefer) == 1 and prefer[0]["in"] == "header" and "wait" in prefer[0]["description"]
 
 
+def test_get_prediction_documents_the_prefer_header(document):
+    operation = document["paths"]["/v1/prediction/{prediction_id}"]["get"]
+
+    prefer = [p for p in operation["parameters"] if p["name"] == "Prefer"]
+    assert len(prefer) == 1 and prefer[0]["in"] == "header" and "wait=n" in prefer[0]["description"]
+
+
 def test_list_documents_the_bound_of_limit(document):
     limit = next(p for p in document["paths"]["/v1/executions"]["get"]["parameters"] if p["name"] == "limit")
 

@@ -500,6 +500,13 @@ def test_405_allow_matches_the_methods_the_document_lists_on_every_path(queued_s
         assert set(r.headers["Allow"].split(", ")) == documented, path
 
 
+def test_405_on_a_docs_asset_allows_get_and_head_only(queued_server):
+    r = queued_server.client.post("/static-offline-docs/swagger-ui.css")
+
+    _assert_error(r, 405)
+    assert r.headers["Allow"] == "GET, HEAD"
+
+
 def test_a_store_that_fails_on_create_gives_the_contracts_500_and_no_prediction(make_server):
     import sqlite3
 

@@ -12,6 +12,7 @@ import pytest
 from server.config import ConfigError, load_settings
 from server.supervisor import Supervisor
 from tests.server.conftest import self_signed_cert
+from tests.server.live import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,6 +69,21 @@ def test_an_allowed_host_that_is_not_a_host_name_is_refused_naming_the_field(tmp
     cfg.write_text(f"server:\n  allowed_hosts: ['{entry}']\n")
     with pytest.raises(ConfigError, match=r"server\.allowed_hosts"):
         load_settings(cfg)
+
+
+@pytest.mark.parametrize("entry", ["-flux.lan", "flux-.lan", "a" * 64 + ".lan", "flux..lan"])
+def test_a_malformed_host_name_is_refused_by_both_allowed_hosts_settings(entry):
+    with pytest.raises(ConfigError) as refused:
+        load_settings(server={"allowed_hosts": [entry]}, input_images={"allowed_hosts": [entry]})
+
+    assert "server.allowed_hosts" in str(refused.value)
+    assert "input_images.allowed_hosts" in str(refused.value)
+
+
+def test_an_internationalised_allowed_host_is_kept_in_its_idna_form():
+    assert load_settings(server={"allowed_hosts": ["Bücher.example."]}).server.allowed_hosts == [
+        "xn--bcher-kva.example"
+    ]
 
 
 def test_arguments_override_environment(monkeypatch):
@@ -175,6 +191,52 @@ def test_serve_with_a_key_that_is_not_the_certificates_exits_2_naming_tls(tmp_pa
 
     assert done.returncode == 2
     assert "tls" in done.stderr and "cannot use the certificate and key" in done.stderr
+
+
+def test_tls_files_under_a_tilde_are_kept_as_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    self_signed_cert(tmp_path)
+
+    tls = load_settings(tls={"certfile": "~/cert.pem", "keyfile": "~/key.pem"}).tls
+
+    assert (tls.certfile, tls.keyfile) == (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+
+
+def test_serve_with_tls_files_under_a_tilde_speaks_https(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # the server's home too (LiveServer passes the environment)
+    self_signed_cert(tmp_path)
+
+    tls = ("~/cert.pem", "~/key.pem")
+
+    with LiveServer(tmp_path / "data", "auto", workers={"count": 0}, tls=tls) as server:
+        server.start(wait=None)
+
+        assert server.http.get("/health-check").status_code == 200
+
+
+def test_an_encrypted_keyfile_without_its_password_is_a_clear_error(tmp_path):
+    cert, key = self_signed_cert(tmp_path, password="s3cret")
+
+    with pytest.raises(ConfigError, match=r"tls: .*keyfile .*key\.pem is encrypted: .*tls\.keyfile_password"):
+        load_settings(tls={"certfile": cert, "keyfile": key})
+
+
+def test_an_encrypted_keyfile_with_a_wrong_password_is_a_clear_error(tmp_path):
+    cert, key = self_signed_cert(tmp_path, password="s3cret")
+
+    with pytest.raises(ConfigError, match=r"tls: .*cannot use the certificate and key \(is tls\.keyfile_pa"):
+        load_settings(tls={"certfile": cert, "keyfile": key, "keyfile_password": "wrong"})
+
+
+def test_serve_with_an_encrypted_keyfile_and_its_password_speaks_https(tmp_path):
+    tls = self_signed_cert(tmp_path, password="s3cret")
+    env = {"FLUXSERVE_TLS__KEYFILE_PASSWORD": "s3cret"}
+
+    with LiveServer(tmp_path / "data", "auto", workers={"count": 0}, tls=tls, env=env) as server:
+        server.start(wait=None)
+
+        assert server.http.get("/health-check").status_code == 200
+        assert "s3cret" not in server.log_text()
 
 
 def test_readme_documents_every_config_key():

@@ -87,6 +87,13 @@ def test_allowed_hosts_adds_a_name_to_an_open_server(make_server):
         assert client.get("/v1/executions", headers={"Host": "evil.example"}).status_code == 403
 
 
+def test_an_internationalised_allowed_host_is_served_under_the_name_browsers_send(make_server):
+    with open_app(make_server, server={"allowed_hosts": ["bücher.example"]}) as server:
+        r = server.client.get("/v1/executions", headers={"Host": "xn--bcher-kva.example"})
+
+        assert r.status_code == 200
+
+
 def test_public_url_host_is_served_by_an_open_server(make_server):
     with open_app(make_server, public_url="https://flux.example.com") as server:
         assert server.client.get("/v1/executions", headers={"Host": "flux.example.com"}).status_code == 200
@@ -165,6 +172,34 @@ def test_open_server_serves_writes_from_its_own_origin_and_without_origin(open_s
 def test_open_server_serves_writes_from_the_public_url_origin(make_server):
     with open_app(make_server, public_url="https://flux.example.com") as server:
         headers = {"Host": "127.0.0.1:8000", "Origin": "https://flux.example.com"}
+
+        assert server.client.post("/v1/prediction", json=PROMPT, headers=headers).status_code == 200
+
+
+def test_open_server_refuses_a_write_from_its_host_name_on_another_scheme(open_server):
+    # Host: localhost over http is port 80; https://localhost is port 443: another local server
+    headers = {"Host": "localhost", "Origin": "https://localhost"}
+
+    r = open_server.client.post("/v1/prediction", json=PROMPT, headers=headers)
+
+    assert r.status_code == 403
+    assert r.json()["error"] == "Cross-site request refused"
+
+
+def test_open_server_serves_writes_from_its_own_https_origin(open_server):
+    r = open_server.client.post(
+        "https://localhost/v1/prediction", json=PROMPT, headers={"Origin": "https://localhost"}
+    )
+
+    assert r.status_code == 200
+
+
+def test_behind_a_tls_proxy_an_allowed_names_https_origin_is_its_own(make_server):
+    # public_url https with no TLS here: TLS ends at a proxy, which may pass the request on as http
+    with open_app(
+        make_server, public_url="https://flux.example.com", server={"allowed_hosts": ["alt.example.com"]}
+    ) as server:
+        headers = {"Host": "alt.example.com", "Origin": "https://alt.example.com"}
 
         assert server.client.post("/v1/prediction", json=PROMPT, headers=headers).status_code == 200
 
@@ -357,17 +392,45 @@ def test_webhooks_of_adopted_predictions_stay_signed_with_the_open_mode_secret(o
     assert not signed_with(request, whsec_key(alice_secret))
 
 
-def test_health_answers_200_with_auth_unknown_while_the_key_store_cannot_be_read(open_server, monkeypatch):
-    keystore = open_server.app.state.fluxserve.keyring._keystore
+def unreadable_key_store(server, monkeypatch) -> None:
+    """The key store's reads fail the way SQLite fails on a bad disk; the ring re-reads on every look."""
+    keystore = server.app.state.fluxserve.keyring._keystore
 
     def unreadable() -> bool:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(keystore, "has_keys", unreadable)
-    monkeypatch.setattr(auth_module, "OPEN_RECHECK_S", 0.0)  # the ring re-reads the store on every look
+    monkeypatch.setattr(auth_module, "OPEN_RECHECK_S", 0.0)
+
+
+def test_health_answers_200_with_auth_unknown_while_the_key_store_cannot_be_read(open_server, monkeypatch):
+    unreadable_key_store(open_server, monkeypatch)
 
     r = open_server.client.get("/health-check")
 
     assert r.status_code == 200
     assert r.json()["auth"] == "unknown"
     assert r.json()["store"]["error"] == "disk I/O error"
+
+
+def test_a_foreign_host_gets_503_not_500_while_the_key_store_cannot_be_read(open_server, monkeypatch):
+    unreadable_key_store(open_server, monkeypatch)
+
+    r = open_server.client.get("/v1/executions", headers={"Host": "evil.example"})
+
+    assert r.status_code == 503
+    body = r.json()
+    assert body["error"] == "Key store unavailable" and body["status"] == 503
+    assert "disk I/O error" in body["details"]
+    assert r.headers["Retry-After"]
+
+
+def test_a_cross_site_write_gets_503_and_creates_nothing_while_the_key_store_cannot_be_read(
+    open_server, monkeypatch
+):
+    unreadable_key_store(open_server, monkeypatch)
+
+    r = open_server.client.post("/v1/prediction", json=PROMPT, headers={"Origin": "https://evil.example"})
+
+    assert r.status_code == 503
+    assert open_server.store.counts_by_status()["starting"] == 0
