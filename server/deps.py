@@ -9,6 +9,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from server.auth import Identity, extract_key
 from server.errors import ApiError, unauthorized
+from server.store.sqlite_db import STORE_ERRORS
 
 # The two ways to present a key, declared for the OpenAPI document (its security schemes, the
 # Authorize button of /docs). They never refuse a request themselves (auto_error=False):
@@ -34,7 +35,15 @@ async def authenticate(request: Request) -> Identity:
     state = app_state(request)
     key = extract_key(request.headers)
     # Static keys are checked on the loop; only stored keys need the database (a thread hop).
-    identity = state.keyring.static_identity(key) or await asyncio.to_thread(state.keyring.authenticate, key)
+    try:
+        identity = state.keyring.static_identity(key) or await asyncio.to_thread(state.keyring.authenticate, key)
+    except STORE_ERRORS as exc:
+        # The stored keys live in the database: while it cannot be read the key is neither good nor
+        # bad. A 503 the client may retry, not a 500 and not a 401 that would call its key wrong.
+        state.supervisor.store_failed(exc)
+        raise ApiError(
+            503, "Key store unavailable", f"the key store cannot be read ({exc})", headers={"Retry-After": "5"}
+        ) from None
     if identity is None:
         raise unauthorized()
     return identity

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,7 +32,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.allowlist import normalize_host, parse_host_name
-from server.store.sqlite_db import DatabaseUnusable
+from server.store.sqlite_db import STORE_ERRORS
 
 if TYPE_CHECKING:
     from server.auth import KeyRing
@@ -42,8 +41,6 @@ log = logging.getLogger("fluxserve")
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-# What reading the key store (SQLite) raises when it cannot be read: a bad disk, a damaged file.
-STORE_ERRORS = (sqlite3.Error, OSError, DatabaseUnusable)
 _SHOWN_CHARS = 100  # how much of a refused Host or Origin the error body repeats
 
 

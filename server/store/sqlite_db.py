@@ -31,6 +31,10 @@ class DatabaseUnusable(RuntimeError):
     """The database file cannot be used as it is; the message names it and says what to do."""
 
 
+# What reading the database raises when it cannot be read: a bad disk, a damaged file.
+STORE_ERRORS = (sqlite3.Error, OSError, DatabaseUnusable)
+
+
 def is_damage(exc: sqlite3.Error) -> bool:
     """The file itself is bad (not a database, a malformed page), as opposed to busy or locked."""
     return getattr(exc, "sqlite_errorname", "").startswith(_DAMAGED)

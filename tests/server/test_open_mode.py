@@ -434,3 +434,22 @@ def test_a_cross_site_write_gets_503_and_creates_nothing_while_the_key_store_can
 
     assert r.status_code == 503
     assert open_server.store.counts_by_status()["starting"] == 0
+
+
+def test_a_stored_key_gets_503_not_500_while_the_key_store_cannot_be_read(make_server, monkeypatch):
+    with make_server(start_workers=False) as server:
+        key = server.new_key()
+        keystore = server.app.state.fluxserve.keyring._keystore
+
+        def unreadable(_key_hash: str):
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(keystore, "lookup", unreadable)
+        r = server.client.get("/v1/executions", headers={"X-API-Key": key})
+        health = server.client.get("/health-check").json()
+
+    assert r.status_code == 503
+    assert r.json()["error"] == "Key store unavailable" and r.json()["status"] == 503
+    assert "disk I/O error" in r.json()["details"]
+    assert r.headers["Retry-After"]
+    assert health["store"]["error"] == "disk I/O error"
