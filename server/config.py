@@ -251,7 +251,7 @@ class Settings(BaseSettings):
             return self.data_path / "fluxserve.db"
         from server.store import sqlite_file
 
-        return Path(sqlite_file(self.store_url)[0]).expanduser().resolve()
+        return sqlite_file(self.store_url)[0]
 
     @property
     def resolved_store_url(self) -> str:

@@ -485,7 +485,7 @@ def test_open_store_accepts_a_path_and_a_sqlite_url(tmp_path, monkeypatch):
     absolute.close()
     monkeypatch.chdir(tmp_path)
     relative = open_store("sqlite:///rel/c.db")
-    assert relative.path == Path("rel/c.db")
+    assert relative.path == tmp_path.resolve() / "rel" / "c.db"
     relative.close()
 
 
