@@ -24,17 +24,34 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(config: str | None):
+    """The settings, with a store_url that names a database file (one line otherwise)."""
     from server.config import load_settings
 
     settings = load_settings(config)
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.db_path  # noqa: B018 - raises for a store_url that names no file
+    except ValueError as exc:
+        raise SystemExit(f"error: store_url: {exc}") from None
+    return settings
+
+
+def _key_settings(config: str | None):
+    """The settings, for a command that reads or writes stored keys: the database's folder is
+    made (as `serve` makes it), and keys an earlier version kept elsewhere are carried over."""
+    from server.store.carryover import carry_over_keys
+
+    settings = _settings(config)
+    settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    carried = carry_over_keys(settings)
+    if carried:
+        print(carried, file=sys.stderr)
     return settings
 
 
 def _keystore(config: str | None):
     from server.keystore import KeyStore
 
-    return KeyStore(_settings(config).db_path)
+    return KeyStore(_key_settings(config).db_path)
 
 
 def _rotate_webhook_secret(config: str | None, name: str) -> int:
@@ -43,7 +60,7 @@ def _rotate_webhook_secret(config: str | None, name: str) -> int:
     from server.keystore import KeyStore
     from server.store.deliveries import DeliveryStore
 
-    settings = _settings(config)
+    settings = _key_settings(config)
     keystore = KeyStore(settings.db_path)
     owners = {i.name: i.key_id for i in [ANONYMOUS, *static_identities(settings.api_keys)]}
     owners.update({info.name: info.key_id for info in keystore.list() if not info.revoked})
@@ -70,7 +87,7 @@ def _adopt_open(config: str | None, name: str) -> int:
     from server.keystore import KeyStore
     from server.store import open_store
 
-    settings = _settings(config)
+    settings = _key_settings(config)
     keys = KeyStore(settings.db_path)
     info = next((k for k in keys.list() if k.name == name and not k.revoked), None)
     keys.close()
@@ -143,16 +160,6 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _db_path(config: str | None):
-    from server.config import load_settings
-
-    settings = load_settings(config)
-    try:
-        return settings.db_path
-    except ValueError as exc:
-        raise SystemExit(f"error: store_url: {exc}") from None
-
-
 def _add_backup(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backup",
@@ -167,7 +174,7 @@ def _add_backup(sub: argparse._SubParsersAction) -> None:
 
         from server.dbtools import backup
 
-        source = _db_path(args.config)
+        source = _settings(args.config).db_path
         target = Path(args.path).expanduser().resolve()
         try:
             count = backup(source, target)
@@ -189,7 +196,7 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from server.dbtools import check
 
-        report = check(_db_path(args.config))
+        report = check(_settings(args.config).db_path)
         print("\n".join(report.lines))
         return 0 if report.ok else 1
 

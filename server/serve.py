@@ -24,6 +24,7 @@ from server.config import ConfigError, Settings, load_settings
 from server.datalock import ServerBusy, ServerLock
 from server.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
 from server.store import PredictionStore, open_store
+from server.store.carryover import carry_over_keys
 from server.store.sqlite_db import RESTORE_ADVICE, DatabaseUnusable
 
 log = logging.getLogger("fluxserve")
@@ -88,18 +89,25 @@ def _open_checked_store(settings: Settings) -> PredictionStore:
 
 
 def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]:
-    """Take the server's locks, check the port and open the checked store; StartError,
-    ServerBusy or DatabaseUnusable otherwise (nothing held)."""
+    """Take the server's locks, check the port, open the checked store and carry stored keys
+    over; StartError, ServerBusy or DatabaseUnusable otherwise (nothing held)."""
     try:
         db_path = settings.db_path
     except ValueError as exc:
         raise StartError(f"store_url: {exc}") from None
     lock = ServerLock(settings.data_path, db_path)
     lock.acquire()  # first: a second server must not even open the first one's database
+    store: PredictionStore | None = None
     try:
         _check_port(host, settings.port)
-        return lock, _open_checked_store(settings)
+        store = _open_checked_store(settings)
+        carried = carry_over_keys(settings)
+        if carried:
+            log.warning("%s", carried)
+        return lock, store
     except BaseException:
+        if store is not None:
+            store.close()
         lock.release()
         raise
 
