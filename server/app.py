@@ -31,6 +31,7 @@ from server.metrics import ServerMetrics
 from server.outputs import ID_PATTERN, LocalOutputStorage
 from server.ratelimit import RequestRateLimiter
 from server.store import PredictionStore, open_store
+from server.store.health import describe
 from server.supervisor import Supervisor
 from server.webhooks import WebhookDispatcher
 
@@ -175,9 +176,17 @@ def _check_store(state: AppState) -> str | None:
     the database was replaced, restored from an older backup, or lost its -wal file."""
     try:
         ids = [e.name for e in os.scandir(state.outputs.root) if e.is_dir() and ID_PATTERN.fullmatch(e.name)]
+        missing = state.store.unknown_ids(ids)
     except FileNotFoundError:
         return None
-    missing = state.store.unknown_ids(ids)
+    except Exception as exc:  # noqa: BLE001 - an unreadable folder or a busy store: the check only warns
+        log.warning(
+            "could not compare the outputs folder %s with the database %s (%s); starting without that check",
+            state.outputs.root,
+            state.settings.db_path,
+            describe(exc),
+        )
+        return None
     if not missing:
         return None
     return (

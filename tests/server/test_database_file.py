@@ -14,6 +14,7 @@ these tests need.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -157,6 +158,44 @@ def test_a_store_that_knows_every_output_has_no_warning(tmp_path, tiny_model_dir
 
     with srv:
         assert "store_warning" not in srv.start(wait="STARTING")
+
+
+def started_app(settings, store=None):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    return TestClient(create_app(settings, store=store, start_workers=False))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [PermissionError(13, "Permission denied"), sqlite3.OperationalError("database is locked")],
+    ids=["unreadable outputs folder", "busy store"],
+)
+def test_a_start_whose_outputs_check_fails_goes_on_with_a_warning(tmp_path, monkeypatch, caplog, failure):
+    from server import app as app_module
+    from server.config import Settings
+    from server.store import SQLitePredictionStore
+
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    store = SQLitePredictionStore(settings.db_path)
+    (settings.outputs_path / str(uuid.uuid4())).mkdir(parents=True)
+
+    def fail(*_args):
+        raise failure
+
+    if isinstance(failure, OSError):
+        monkeypatch.setattr(app_module.os, "scandir", fail)
+    else:
+        monkeypatch.setattr(store, "unknown_ids", fail)
+
+    with caplog.at_level(logging.WARNING), started_app(settings, store) as client:
+        health = client.get("/health-check").json()
+
+    assert "store_warning" not in health
+    assert f"could not compare the outputs folder {settings.outputs_path}" in caplog.text
+    assert str(failure) in caplog.text
 
 
 # -- keys an earlier version kept in the data folder's database ----------------------------------
