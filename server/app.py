@@ -110,7 +110,7 @@ def build_state(
         events=events,
         metrics=metrics,
         supervisor=supervisor,
-        lock=lock or ServerLock(settings.data_path, settings.db_path),
+        lock=lock or ServerLock(settings.data_path, settings.db_path, settings.outputs_path),
         webhooks=webhooks,
     )
     state.on_finished = webhooks.on_finished  # type: ignore[attr-defined]

@@ -95,7 +95,7 @@ def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]
         db_path = settings.db_path
     except ValueError as exc:
         raise StartError(f"store_url: {exc}") from None
-    lock = ServerLock(settings.data_path, db_path)
+    lock = ServerLock(settings.data_path, db_path, settings.outputs_path)
     lock.acquire()  # first: a second server must not even open the first one's database
     store: PredictionStore | None = None
     try:
