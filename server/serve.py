@@ -25,7 +25,7 @@ from server.datalock import ServerBusy, ServerLock
 from server.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
 from server.store import PredictionStore, open_store
 from server.store.carryover import carry_over_keys
-from server.store.sqlite_db import RESTORE_ADVICE, DatabaseUnusable
+from server.store.sqlite_db import DatabaseUnusable
 
 log = logging.getLogger("fluxserve")
 
@@ -80,11 +80,11 @@ def _open_checked_store(settings: Settings) -> PredictionStore:
         store = open_store(settings.resolved_store_url)
     except ValueError as exc:
         raise StartError(f"store_url: {exc}") from None
-    problems = store.integrity_check(quick=True)
-    if problems != "ok":
+    try:
+        store.check_integrity(quick=True)
+    except BaseException:
         store.close()
-        summary = "; ".join(problems.splitlines()[:3])
-        raise DatabaseUnusable(f"the database {settings.db_path} is damaged ({summary}): {RESTORE_ADVICE}")
+        raise
     return store
 
 
