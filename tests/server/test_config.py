@@ -227,3 +227,14 @@ def test_auto_workers_on_a_machine_without_gpus_start_one_cpu_worker(monkeypatch
 
 def test_explicit_worker_count_shares_gpus_round_robin(monkeypatch):
     assert _slots(monkeypatch, "0,1", count=3) == [(0, "0"), (1, "1"), (2, "0")]
+
+
+def test_the_docker_image_keeps_the_tiny_model_cache_in_a_volume():
+    """The image is not built in CI; read it: a cache in the container's layer is rebuilt by
+    every new container, one in a volume is kept."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cache = re.search(r"^\s*XDG_CACHE_HOME=(\S+)", dockerfile, re.MULTILINE)
+    volumes = re.search(r"^VOLUME \[(.*)\]", dockerfile, re.MULTILINE)
+
+    assert cache and volumes
+    assert any(Path(cache[1]).is_relative_to(v.strip(' "')) for v in volumes[1].split(","))
