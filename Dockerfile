@@ -4,6 +4,8 @@
 #     -v ~/.cache/huggingface:/models/huggingface -v fluxserve-data:/data fluxserve
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
+# XDG_CACHE_HOME: caches (the tiny model of `weights: auto`) in the /data volume, not in the
+# container's own layer, which a new container starts without.
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -11,6 +13,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/fluxserve/bin:$PATH \
     HF_HOME=/models/huggingface \
     HF_HUB_OFFLINE=1 \
+    XDG_CACHE_HOME=/data/cache \
     FLUXSERVE_DATA_DIR=/data \
     FLUXSERVE_HOST=0.0.0.0 \
     FLUXSERVE_PORT=8000

@@ -31,6 +31,7 @@ from server.metrics import ServerMetrics
 from server.outputs import ID_PATTERN, LocalOutputStorage
 from server.ratelimit import RequestRateLimiter
 from server.store import PredictionStore, open_store
+from server.store.health import describe
 from server.supervisor import Supervisor
 from server.webhooks import WebhookDispatcher
 
@@ -109,7 +110,7 @@ def build_state(
         events=events,
         metrics=metrics,
         supervisor=supervisor,
-        lock=lock or ServerLock(settings.data_path, settings.db_path),
+        lock=lock or ServerLock(settings.data_path, settings.db_path, settings.outputs_path),
         webhooks=webhooks,
     )
     state.on_finished = webhooks.on_finished  # type: ignore[attr-defined]
@@ -118,16 +119,29 @@ def build_state(
     return state
 
 
+async def _finish_in_thread(func, *args):
+    """``func(*args)`` in a thread; a cancel waits for it to return before it propagates, so
+    nothing started here still runs once the task is done (and what the stop does next, such
+    as its own checkpoint, never races it)."""
+    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
+
+
 async def _retention_loop(state: AppState) -> None:
     """Delete output files older than retention_hours; the predictions keep their status."""
     hours = state.settings.outputs.retention_hours
     while True:
         cutoff = time.time() - hours * 3600
         try:
-            expired = await asyncio.to_thread(state.store.finished_before, cutoff)
+            expired = await _finish_in_thread(state.store.finished_before, cutoff)
             for pred in expired:
-                await asyncio.to_thread(state.outputs.delete, pred.id)
-                await asyncio.to_thread(state.store.mark_data_removed, pred.id)
+                await _finish_in_thread(state.outputs.delete, pred.id)
+                await _finish_in_thread(state.store.mark_data_removed, pred.id)
             if expired:
                 log.info("retention: removed the outputs of %d predictions", len(expired))
         except Exception:  # noqa: BLE001 - retry on the next sweep
@@ -135,16 +149,17 @@ async def _retention_loop(state: AppState) -> None:
         await asyncio.sleep(min(RETENTION_SWEEP_S, max(1.0, hours * 3600 / 10)))
 
 
-async def _checkpoint_loop(store: PredictionStore) -> None:
+async def _checkpoint_loop(state: AppState) -> None:
     """Fold the WAL into the database file now and then, so the file alone holds (nearly) every
     row: a backup of the file, or a lost -wal, then loses little. It never waits for a lock:
-    what readers still need stays for the next round."""
+    what readers still need stays for the next round. A failure (the disk is full) is the
+    store's: /health-check reports it and the log has one line when it starts, not one a round."""
     while True:
         await asyncio.sleep(CHECKPOINT_INTERVAL_S)
         try:
-            await asyncio.to_thread(store.checkpoint, "TRUNCATE", 0)
-        except Exception:  # noqa: BLE001 - retry on the next round
-            log.exception("database checkpoint failed")
+            await _finish_in_thread(state.store.checkpoint, "TRUNCATE", 0)
+        except Exception as exc:  # noqa: BLE001 - retry on the next round
+            state.supervisor.store_failed(exc)
 
 
 def _checkpoint_at_stop(store: PredictionStore) -> None:
@@ -161,9 +176,17 @@ def _check_store(state: AppState) -> str | None:
     the database was replaced, restored from an older backup, or lost its -wal file."""
     try:
         ids = [e.name for e in os.scandir(state.outputs.root) if e.is_dir() and ID_PATTERN.fullmatch(e.name)]
+        missing = state.store.unknown_ids(ids)
     except FileNotFoundError:
         return None
-    missing = state.store.unknown_ids(ids)
+    except Exception as exc:  # noqa: BLE001 - an unreadable folder or a busy store: the check only warns
+        log.warning(
+            "could not compare the outputs folder %s with the database %s (%s); starting without that check",
+            state.outputs.root,
+            state.settings.db_path,
+            describe(exc),
+        )
+        return None
     if not missing:
         return None
     return (
@@ -179,9 +202,11 @@ async def _stop_workers(state: AppState) -> None:
     await state.supervisor.stop()
 
 
-def _cancel_all(tasks: list[asyncio.Task]) -> None:
+async def _cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel the background loops and wait until they have ended (with what they ran in threads)."""
     for task in tasks:
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def create_app(
@@ -219,8 +244,8 @@ def create_app(
                 await state.supervisor.start()
             if settings.outputs.retention_hours > 0:
                 state.background.append(asyncio.create_task(_retention_loop(state)))
-            state.background.append(asyncio.create_task(_checkpoint_loop(state.store)))
-            stack.callback(_cancel_all, state.background)
+            state.background.append(asyncio.create_task(_checkpoint_loop(state)))
+            stack.push_async_callback(_cancel_all, state.background)
             yield
 
     # /docs and /redoc load Swagger UI and ReDoc from files the fastapi-offline package ships
@@ -255,4 +280,3 @@ def create_app(
     for module in (eachlabs, outputs, health, replicate, playground):
         app.include_router(module.router)
     return app
-

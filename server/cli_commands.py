@@ -30,10 +30,27 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(config: str | None) -> Settings:
+    """The settings, with a store_url that names a database file (one line otherwise)."""
     from server.config import load_settings
 
     settings = load_settings(config)
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.db_path  # noqa: B018 - raises for a store_url that names no file
+    except ValueError as exc:
+        raise SystemExit(f"error: store_url: {exc}") from None
+    return settings
+
+
+def _key_settings(config: str | None):
+    """The settings, for a command that reads or writes stored keys: the database's folder is
+    made (as `serve` makes it), and keys an earlier version kept elsewhere are carried over."""
+    from server.store.carryover import carry_over_keys
+
+    settings = _settings(config)
+    settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    carried = carry_over_keys(settings)
+    if carried:
+        print(carried, file=sys.stderr)
     return settings
 
 
@@ -41,7 +58,7 @@ def _keystore(config: str | None) -> tuple[Settings, KeyStore]:
     """The settings of ``config`` and the key store in their database."""
     from server.keystore import KeyStore
 
-    settings = _settings(config)
+    settings = _key_settings(config)
     return settings, KeyStore(settings.db_path)
 
 
@@ -169,16 +186,6 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _db_path(config: str | None):
-    from server.config import load_settings
-
-    settings = load_settings(config)
-    try:
-        return settings.db_path
-    except ValueError as exc:
-        raise SystemExit(f"error: store_url: {exc}") from None
-
-
 def _add_backup(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backup",
@@ -193,7 +200,7 @@ def _add_backup(sub: argparse._SubParsersAction) -> None:
 
         from server.dbtools import backup
 
-        source = _db_path(args.config)
+        source = _settings(args.config).db_path
         target = Path(args.path).expanduser().resolve()
         try:
             count = backup(source, target)
@@ -215,7 +222,7 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from server.dbtools import check
 
-        report = check(_db_path(args.config))
+        report = check(_settings(args.config).db_path)
         print("\n".join(report.lines))
         return 0 if report.ok else 1
 

@@ -276,14 +276,20 @@ class Settings(BaseSettings):
         return Path(self.data_dir).expanduser().resolve()
 
     @property
+    def data_dir_db_path(self) -> Path:
+        """The database file in the data folder: the store's without a store_url (and where
+        earlier versions kept stored keys and webhooks even with one, see store/carryover.py)."""
+        return self.data_path / "fluxserve.db"
+
+    @property
     def db_path(self) -> Path:
         """The SQLite file of the store: predictions, stored keys and webhook deliveries
         (ValueError for a store_url that names none)."""
         if not self.store_url:
-            return self.data_path / "fluxserve.db"
+            return self.data_dir_db_path
         from server.store import sqlite_file
 
-        return Path(sqlite_file(self.store_url)[0]).expanduser().resolve()
+        return sqlite_file(self.store_url)[0]
 
     @property
     def resolved_store_url(self) -> str:

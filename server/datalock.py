@@ -4,7 +4,9 @@ A second `fluxserve serve` on the same database would run restart recovery and e
 server's running prediction as "worker lost", then run its queued ones; it stops at these locks
 instead. The database lock is taken on ``<database file>.lock`` beside the file, its path
 resolved through symlinks, so it holds wherever ``store_url`` puts the file and whatever data
-folder each server has. The data-folder lock keeps two servers out of one outputs folder. The
+folder each server has. The data-folder lock keeps two servers out of one data folder, and the
+outputs lock (``.fluxserve.lock`` in the outputs folder) out of one outputs folder wherever
+``outputs.dir`` puts it: each would report the other's images as missing from its database. The
 kernel drops a lock when its process dies, so a killed server never leaves a stale one behind.
 """
 
@@ -24,6 +26,10 @@ class DataDirBusy(ServerBusy):
 
 
 class DatabaseBusy(ServerBusy):
+    pass
+
+
+class OutputsBusy(ServerBusy):
     pass
 
 
@@ -92,14 +98,40 @@ class DatabaseLock(_FileLock):
         )
 
 
-class ServerLock:
-    """The locks one server holds: its data folder's, then its database's. ``acquire`` is
-    idempotent (`fluxserve serve` takes them before the app starts, the app's start-up again)."""
+class OutputsLock(_FileLock):
+    error = OutputsBusy
 
-    def __init__(self, data_path: Path, db_path: str | os.PathLike[str] | None) -> None:
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(os.path.realpath(folder))
+        super().__init__(self.folder / ".fluxserve.lock")
+
+    def busy_message(self, holder: str) -> str:
+        return (
+            f"another fluxserve server (pid {holder}) is using the outputs folder {self.folder}; "
+            "stop it, or give this server an outputs.dir of its own"
+        )
+
+
+class ServerLock:
+    """The locks one server holds: its data folder's, its database's, then its outputs folder's
+    (which may lie outside the data folder). ``acquire`` is idempotent (`fluxserve serve` takes
+    them before the app starts, the app's start-up again)."""
+
+    def __init__(
+        self,
+        data_path: Path,
+        db_path: str | os.PathLike[str] | None,
+        outputs_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.locks: list[_FileLock] = [DataDirLock(data_path)]
         if db_path is not None:
             self.locks.append(DatabaseLock(db_path))
+        if outputs_path is not None:
+            outputs = OutputsLock(outputs_path)
+            # An outputs.dir that is the data folder itself is under that folder's lock already
+            # (a second flock on the same file from this process would refuse itself).
+            if all(os.path.realpath(lock.path) != os.path.realpath(outputs.path) for lock in self.locks):
+                self.locks.append(outputs)
 
     def acquire(self) -> None:
         try:

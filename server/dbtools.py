@@ -13,7 +13,14 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.store.sqlite_db import RESTORE_ADVICE, DatabaseUnusable, is_damage, unusable
+from server.store.sqlite_db import (
+    RESTORE_ADVICE,
+    DatabaseDamaged,
+    DatabaseUnusable,
+    check_integrity,
+    reporting_unusable,
+    unusable,
+)
 
 
 def _open_existing(path: Path) -> sqlite3.Connection:
@@ -83,13 +90,8 @@ def check(path: Path) -> CheckReport:
     wal = path.with_name(path.name + "-wal")
     report.lines.append(f"database: {path} ({_size(path)}; WAL {_size(wal)})")
     try:
-        with contextlib.closing(_open_existing(path)) as conn:
-            problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
-            if problems != ["ok"]:
-                report.lines.append("integrity: FAILED")
-                report.lines += [f"  {p}" for p in problems[:20]]
-                report.lines.append(f"the database is damaged: {RESTORE_ADVICE.split(';')[0]}")
-                return report
+        with reporting_unusable(path), contextlib.closing(_open_existing(path)) as conn:
+            check_integrity(conn, path)  # the check `serve` makes at start, in full
             report.lines.append("integrity: ok")
             report.lines.append(f"schema version: {conn.execute('PRAGMA user_version').fetchone()[0]}")
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -107,11 +109,12 @@ def check(path: Path) -> CheckReport:
             if "api_keys" in tables:
                 keys = conn.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0]
                 report.lines.append(f"stored API keys: {keys} active")
-    except sqlite3.Error as exc:
-        if not is_damage(exc):
-            raise DatabaseUnusable(f"cannot read the database {path}: {exc}") from exc
-        report.lines.append(f"integrity: FAILED ({exc})")
+    except DatabaseDamaged as exc:
+        report.lines.append("integrity: FAILED")
+        report.lines += [f"  {p}" for p in exc.problems[:20]]
         report.lines.append(f"the database is damaged: {RESTORE_ADVICE.split(';')[0]}")
         return report
+    except sqlite3.Error as exc:  # busy, an I/O error: the file may be sound
+        raise DatabaseUnusable(f"cannot read the database {path}: {exc}") from exc
     report.ok = True
     return report

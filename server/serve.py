@@ -24,7 +24,8 @@ from server.config import ConfigError, Settings, load_settings
 from server.datalock import ServerBusy, ServerLock
 from server.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
 from server.store import PredictionStore, open_store
-from server.store.sqlite_db import RESTORE_ADVICE, DatabaseUnusable
+from server.store.carryover import carry_over_keys
+from server.store.sqlite_db import DatabaseUnusable
 
 log = logging.getLogger("fluxserve")
 
@@ -79,27 +80,34 @@ def _open_checked_store(settings: Settings) -> PredictionStore:
         store = open_store(settings.resolved_store_url)
     except ValueError as exc:
         raise StartError(f"store_url: {exc}") from None
-    problems = store.integrity_check(quick=True)
-    if problems != "ok":
+    try:
+        store.check_integrity(quick=True)
+    except BaseException:
         store.close()
-        summary = "; ".join(problems.splitlines()[:3])
-        raise DatabaseUnusable(f"the database {settings.db_path} is damaged ({summary}): {RESTORE_ADVICE}")
+        raise
     return store
 
 
 def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]:
-    """Take the server's locks, check the port and open the checked store; StartError,
-    ServerBusy or DatabaseUnusable otherwise (nothing held)."""
+    """Take the server's locks, check the port, open the checked store and carry stored keys
+    over; StartError, ServerBusy or DatabaseUnusable otherwise (nothing held)."""
     try:
         db_path = settings.db_path
     except ValueError as exc:
         raise StartError(f"store_url: {exc}") from None
-    lock = ServerLock(settings.data_path, db_path)
+    lock = ServerLock(settings.data_path, db_path, settings.outputs_path)
     lock.acquire()  # first: a second server must not even open the first one's database
+    store: PredictionStore | None = None
     try:
         _check_port(host, settings.port)
-        return lock, _open_checked_store(settings)
+        store = _open_checked_store(settings)
+        carried = carry_over_keys(settings)
+        if carried:
+            log.warning("%s", carried)
+        return lock, store
     except BaseException:
+        if store is not None:
+            store.close()
         lock.release()
         raise
 

@@ -29,7 +29,7 @@ from server.store.base import (
     Prediction,
     PredictionStore,
 )
-from server.store.sqlite_db import SQLiteDatabase, reporting_unusable
+from server.store.sqlite_db import SQLiteDatabase, check_integrity, reporting_unusable
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
@@ -155,13 +155,9 @@ class SQLitePredictionStore(PredictionStore):
     def schema_version(self) -> int:
         return self.connection().execute("PRAGMA user_version").fetchone()[0]
 
-    def integrity_check(self, quick: bool = False) -> str:
-        """'ok' when the file is sound, else SQLite's list of problems. ``quick``: every page is
-        read and checked, but indexes are not matched against their tables (seconds per GB)."""
-        pragma = "quick_check" if quick else "integrity_check"
-        with reporting_unusable(self.path):
-            rows = self.connection().execute(f"PRAGMA {pragma}").fetchall()
-        return "\n".join(row[0] for row in rows)
+    def check_integrity(self, quick: bool = False) -> None:
+        """See ``sqlite_db.check_integrity``: DatabaseDamaged when the file is damaged."""
+        check_integrity(self.connection(), self.path, quick=quick)
 
     def checkpoint(self, mode: str = "PASSIVE", busy_timeout_ms: int = 0) -> bool:
         """See ``SQLiteDatabase.checkpoint``."""

@@ -31,6 +31,16 @@ class DatabaseUnusable(RuntimeError):
     """The database file cannot be used as it is; the message names it and says what to do."""
 
 
+class DatabaseDamaged(DatabaseUnusable):
+    """The file is not a database, or SQLite found damaged pages in it (``problems``)."""
+
+    def __init__(self, path: str | os.PathLike[str], problems: list[str]) -> None:
+        self.path = os.fspath(path)
+        self.problems = problems
+        summary = "; ".join(problems[:3])
+        super().__init__(f"the database {self.path} is damaged ({summary}): {RESTORE_ADVICE}")
+
+
 # What reading the database raises when it cannot be read: a bad disk, a damaged file.
 STORE_ERRORS = (sqlite3.Error, OSError, DatabaseUnusable)
 
@@ -42,10 +52,9 @@ def is_damage(exc: sqlite3.Error) -> bool:
 
 def unusable(path: str | os.PathLike[str], exc: sqlite3.Error) -> DatabaseUnusable | None:
     """The one-line error for a failure that means the file cannot be used, else None."""
-    name = getattr(exc, "sqlite_errorname", "")
-    if name.startswith(_DAMAGED):
-        return DatabaseUnusable(f"the database {os.fspath(path)} is damaged ({exc}): {RESTORE_ADVICE}")
-    if name.startswith(_CANNOT_OPEN):
+    if is_damage(exc):
+        return DatabaseDamaged(path, [str(exc)])
+    if getattr(exc, "sqlite_errorname", "").startswith(_CANNOT_OPEN):
         return DatabaseUnusable(
             f"cannot open the database {os.fspath(path)} ({exc}): "
             "check the path, its folder and their permissions"
@@ -63,6 +72,18 @@ def reporting_unusable(path: str | os.PathLike[str]) -> Iterator[None]:
         if error is None:
             raise
         raise error from exc
+
+
+def check_integrity(conn: sqlite3.Connection, path: str | os.PathLike[str], *, quick: bool = False) -> None:
+    """Read every page of the file once: ``quick`` runs PRAGMA quick_check (about a second per
+    GB), else integrity_check (which also matches each index to its table). DatabaseDamaged
+    when the file is damaged, DatabaseUnusable when it cannot be opened. `serve` (quick) and
+    `fluxserve db check` (full) both check through here."""
+    pragma = "quick_check" if quick else "integrity_check"
+    with reporting_unusable(path):
+        problems = [row[0] for row in conn.execute(f"PRAGMA {pragma}")]
+    if problems != ["ok"]:
+        raise DatabaseDamaged(path, problems)
 
 
 class _Connection(sqlite3.Connection):

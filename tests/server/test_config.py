@@ -141,6 +141,26 @@ def test_every_shipped_config_loads(name):
     load_settings(ROOT / "configs" / name)
 
 
+@pytest.mark.parametrize(
+    "store_url",
+    ["~/db/x.db", "sqlite:///~/db/x.db", "sqlite:///~/db/x.db?synchronous=NORMAL", "db/../db/x.db"],
+)
+def test_the_store_opens_the_one_file_keys_deliveries_and_the_lock_name(tmp_path, monkeypatch, store_url):
+    from server.store import open_store
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path / "home")  # a relative path is taken from the working directory
+    settings = load_settings(store_url=store_url)
+
+    store = open_store(settings.resolved_store_url)
+    store.close()
+
+    assert settings.db_path == tmp_path / "home" / "db" / "x.db"
+    assert store.path == settings.db_path
+    assert not (tmp_path / "home" / "~").exists()
+
+
 def test_public_url_builds_absolute_urls():
     assert load_settings(public_url="https://flux.example.com/").base_url == "https://flux.example.com"
     assert load_settings(host="0.0.0.0", port=8123).base_url == "http://127.0.0.1:8123"
@@ -269,3 +289,14 @@ def test_auto_workers_on_a_machine_without_gpus_start_one_cpu_worker(monkeypatch
 
 def test_explicit_worker_count_shares_gpus_round_robin(monkeypatch):
     assert _slots(monkeypatch, "0,1", count=3) == [(0, "0"), (1, "1"), (2, "0")]
+
+
+def test_the_docker_image_keeps_the_tiny_model_cache_in_a_volume():
+    """The image is not built in CI; read it: a cache in the container's layer is rebuilt by
+    every new container, one in a volume is kept."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cache = re.search(r"^\s*XDG_CACHE_HOME=(\S+)", dockerfile, re.MULTILINE)
+    volumes = re.search(r"^VOLUME \[(.*)\]", dockerfile, re.MULTILINE)
+
+    assert cache and volumes
+    assert any(Path(cache[1]).is_relative_to(v.strip(' "')) for v in volumes[1].split(","))

@@ -14,6 +14,7 @@ these tests need.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -157,6 +158,89 @@ def test_a_store_that_knows_every_output_has_no_warning(tmp_path, tiny_model_dir
 
     with srv:
         assert "store_warning" not in srv.start(wait="STARTING")
+
+
+def started_app(settings, store=None):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    return TestClient(create_app(settings, store=store, start_workers=False))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [PermissionError(13, "Permission denied"), sqlite3.OperationalError("database is locked")],
+    ids=["unreadable outputs folder", "busy store"],
+)
+def test_a_start_whose_outputs_check_fails_goes_on_with_a_warning(tmp_path, monkeypatch, caplog, failure):
+    from server import app as app_module
+    from server.config import Settings
+    from server.store import SQLitePredictionStore
+
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    store = SQLitePredictionStore(settings.db_path)
+    (settings.outputs_path / str(uuid.uuid4())).mkdir(parents=True)
+
+    def fail(*_args):
+        raise failure
+
+    if isinstance(failure, OSError):
+        monkeypatch.setattr(app_module.os, "scandir", fail)
+    else:
+        monkeypatch.setattr(store, "unknown_ids", fail)
+
+    with caplog.at_level(logging.WARNING), started_app(settings, store) as client:
+        health = client.get("/health-check").json()
+
+    assert "store_warning" not in health
+    assert f"could not compare the outputs folder {settings.outputs_path}" in caplog.text
+    assert str(failure) in caplog.text
+
+
+# -- keys an earlier version kept in the data folder's database ----------------------------------
+
+
+def keys_of_an_earlier_version(data_dir: Path) -> str:
+    """A key made with `keys create` by a version that kept stored keys in the data folder's
+    database even when store_url named another file."""
+    from server.keystore import KeyStore
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keys = KeyStore(data_dir / "fluxserve.db")
+    key = keys.create("alice")
+    keys.close()
+    return key
+
+
+def test_stored_keys_an_earlier_version_kept_in_the_data_folder_still_guard_a_server_with_a_store_url(
+    tmp_path, tiny_model_dir
+):
+    key = keys_of_an_earlier_version(tmp_path / "data")
+    store = tmp_path / "fast" / "preds.db"
+
+    with queued_server(tmp_path / "data", tiny_model_dir, api_keys=[], store_url=str(store)) as srv:
+        srv.start(wait="STARTING")
+
+        assert srv.http.get("/v1/executions").status_code == 401  # not open
+        assert srv.http.get("/v1/executions", headers={"X-API-Key": key}).status_code == 200
+        assert f"carried 1 stored API key(s) over from {srv.db_path} into {store}" in srv.log_text()
+        assert "is open" not in srv.log_text()
+
+
+def test_serve_stops_with_one_line_when_the_keys_an_earlier_version_kept_cannot_be_read(
+    tmp_path, tiny_model_dir
+):
+    srv = queued_server(tmp_path / "data", tiny_model_dir, api_keys=[], store_url=str(tmp_path / "preds.db"))
+    not_a_database(srv.db_path)
+
+    result = serve_once(srv)
+
+    assert result.returncode == 1
+    assert result.stdout.count("\n") == 1, result.stdout
+    assert result.stdout.startswith(
+        f"error: cannot carry the stored API keys and webhooks that earlier versions kept in {srv.db_path}"
+    )
 
 
 # -- a damaged database --------------------------------------------------------------------------

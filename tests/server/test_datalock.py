@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from server.datalock import DatabaseBusy, DatabaseLock, DataDirBusy, DataDirLock
+from server.datalock import DatabaseBusy, DatabaseLock, DataDirBusy, DataDirLock, OutputsBusy, ServerLock
 from tests.server.live import FLUXSERVE, LiveServer, free_port
 
 SLOW = {"prompt": "slow", "num_inference_steps": "50", "megapixels": "1"}
@@ -53,6 +53,26 @@ def test_the_database_lock_holds_for_every_path_to_the_same_file(tmp_path):
         first.release()
 
 
+def test_a_second_server_lock_on_the_same_outputs_folder_is_refused_whatever_its_data_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "images")
+    first = ServerLock(tmp_path / "a", tmp_path / "a" / "fluxserve.db", tmp_path / "images")
+    first.acquire()
+    try:
+        second = ServerLock(tmp_path / "b", tmp_path / "b" / "fluxserve.db", tmp_path / "link")
+        with pytest.raises(OutputsBusy, match=r"is using the outputs folder .*/images; stop it, or give"):
+            second.acquire()
+        assert not any(lock.held for lock in second.locks)  # nothing of it kept
+    finally:
+        first.release()
+
+
+def test_an_outputs_folder_that_is_the_data_folder_takes_no_second_lock(tmp_path):
+    lock = ServerLock(tmp_path, tmp_path / "fluxserve.db", tmp_path)
+    lock.acquire()
+    lock.release()
+
+
 def test_second_server_on_the_same_data_folder_exits_and_leaves_the_running_job_alone(tmp_path, tiny_model_dir):
     with LiveServer(tmp_path / "data", tiny_model_dir) as first:
         first.start()
@@ -91,3 +111,21 @@ def test_second_server_with_its_own_data_folder_on_the_same_database_exits_and_l
             outputs = body["output"] if isinstance(body["output"], list) else [body["output"]]
             assert first.http.get(first.output_path(outputs[0])).status_code == 200
         assert not (second.data_dir / "outputs").exists()
+
+
+def test_second_server_with_its_own_data_folder_and_database_on_the_same_outputs_folder_exits(
+    tmp_path, tiny_model_dir
+):
+    shared = tmp_path / "images"
+    settings = {"workers": {"count": 0}, "outputs": {"dir": str(shared)}}
+    with LiveServer(tmp_path / "first", tiny_model_dir, **settings) as first:
+        first.start(wait="STARTING")
+        second = LiveServer(tmp_path / "second", tiny_model_dir, **settings)
+
+        intruder = serve_once(second.config_path)
+
+        assert intruder.returncode == 1
+        assert intruder.stdout.count("\n") == 1, intruder.stdout
+        assert intruder.stdout.startswith("error: another fluxserve server (pid ")
+        assert f"is using the outputs folder {shared}" in intruder.stdout
+        assert "store_warning" not in first.health()

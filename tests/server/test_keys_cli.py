@@ -206,3 +206,23 @@ def test_first_created_key_closes_an_open_server_within_seconds(tmp_path, tiny_m
             time.sleep(0.1)
         assert status(open_srv, key) == 200
         assert "no API key is configured" in open_srv.log_text()
+
+
+def test_create_before_any_server_ran_makes_the_folder_store_url_names(tmp_path):
+    from server.keystore import KeyStore, hash_key
+
+    store = tmp_path / "new" / "folder" / "preds.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+    env |= {"FLUXSERVE_DATA_DIR": str(tmp_path / "data"), "FLUXSERVE_STORE_URL": str(store)}
+
+    result = subprocess.run(
+        [FLUXSERVE, "keys", "create", "alice"], capture_output=True, text=True, env=env, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    keys = KeyStore(store)
+    try:
+        info = keys.lookup(hash_key(result.stdout.strip()))
+    finally:
+        keys.close()
+    assert info is not None and info.name == "alice"

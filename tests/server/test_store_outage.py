@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -216,3 +218,82 @@ def test_an_idle_server_reports_the_store_working_again_once_a_probe_write_goes_
     assert (status, details["store"]["error"]) == ("UNHEALTHY", DISK_FULL)
     assert details_after["store"] == {"status": "ok"}
     assert status_after == "READY"
+
+
+# -- the app's WAL checkpoints ---------------------------------------------------------------------
+
+
+def wait_for(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def app_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An app (no workers) on a real store, checkpointing every 20 ms."""
+    from server import app as app_module
+
+    monkeypatch.setattr(app_module, "CHECKPOINT_INTERVAL_S", 0.02)
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    store = SQLitePredictionStore(settings.db_path)
+    return settings, store
+
+
+def test_checkpoints_the_full_disk_refuses_mark_the_store_failing_with_one_line_and_no_traceback(
+    app_parts, monkeypatch, caplog
+):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    settings, store = app_parts
+    rounds: list[str] = []
+
+    def full_disk(mode: str = "PASSIVE", busy_timeout_ms: int = 0) -> bool:
+        rounds.append(mode)
+        raise sqlite3.OperationalError(DISK_FULL)
+
+    monkeypatch.setattr(store, "checkpoint", full_disk)
+    app = create_app(settings, store=store, start_workers=False)
+    with caplog.at_level(logging.INFO), TestClient(app):
+        wait_for(lambda: len(rounds) >= 5)
+        health = app.state.fluxserve.supervisor.store_health.info()
+        records = list(caplog.records)
+
+    assert (health["status"], health["error"]) == ("failing", DISK_FULL)
+    failing = [r for r in records if r.getMessage().startswith("store failing")]
+    assert [r.getMessage() for r in failing] == [f"store failing: {DISK_FULL}"]
+    assert not [r for r in records if r.exc_info], "no traceback while the disk is full"
+
+
+def test_a_stop_waits_for_a_running_checkpoint_before_its_own(app_parts, monkeypatch, caplog):
+    """SQLite answers "busy" to a checkpoint while another runs: the stop's must come after the
+    loop's, or the log warns that the database file is incomplete when it is not."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    settings, store = app_parts
+    real = store.checkpoint
+    running = threading.Lock()
+    loop_checkpoint_started = threading.Event()
+
+    def one_at_a_time(mode: str = "PASSIVE", busy_timeout_ms: int = 0) -> bool:
+        if not running.acquire(blocking=False):
+            return False  # what SQLite answers while another checkpoint runs
+        try:
+            if busy_timeout_ms == 0:  # the loop's: a slow disk
+                loop_checkpoint_started.set()
+                time.sleep(0.5)
+            return real(mode, busy_timeout_ms)
+        finally:
+            running.release()
+
+    monkeypatch.setattr(store, "checkpoint", one_at_a_time)
+    app = create_app(settings, store=store, start_workers=False)
+    with caplog.at_level(logging.INFO), TestClient(app):
+        assert loop_checkpoint_started.wait(10)
+
+    assert not [r for r in caplog.records if "checkpoint" in r.getMessage()], caplog.text
