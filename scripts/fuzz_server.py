@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadtest import OwnServer  # noqa: E402 - the load test's server harness
 
@@ -53,7 +55,7 @@ def run_schemathesis(
 
 def read_har(report_dir: Path) -> list[dict]:
     entries: list[dict] = []
-    for har in report_dir.glob("*.har"):
+    for har in report_dir.glob("har-*.json"):
         entries += json.loads(har.read_text())["log"]["entries"]
     return entries
 
@@ -83,7 +85,7 @@ def summarize(entries: list[dict]) -> dict:
         "by_status": dict(sorted(by_status.items())),
         "server_errors": server_errors,
         "replicate_create_object_bodies": replicate_bodies,
-        "operations_hit": len(per_path),
+        "distinct_requests": len(per_path),
     }
 
 
@@ -95,13 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timeout", type=float, default=1500, help="stop a seed's run after this many seconds")
     p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--keep", type=Path, help="keep the server's folder and the reports here")
     args = p.parse_args(argv)
     seeds = args.seed or [1, 2]
     results: dict[str, dict] = {}
     failed_checks = False
     with tempfile.TemporaryDirectory(prefix="fluxserve-fuzz-") as tmp:
         work = Path(tmp)
+        if args.keep:
+            work = args.keep
+            work.mkdir(parents=True, exist_ok=True)
         server = OwnServer(work, None, [KEY], workers=1, max_in_flight=0, rpm=0)
+        # run-and-wait answers after 5 s with the current state: the queue the fuzzer fills would
+        # otherwise hold each such request for the default 300 s.
+        config = yaml.safe_load(server.config.read_text()) | {"run_wait_timeout_s": 5}
+        server.config.write_text(yaml.safe_dump(config))
         server.start()
         try:
             for seed in seeds:
@@ -116,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                     results[f"seed {seed}, {label}"] = figures
                     failed_checks |= rc != 0
                     if rc != 0:
-                        print((report / "output.txt").read_text()[-4000:], file=sys.stderr)
+                        print((report / "output.txt").read_text()[-6000:], file=sys.stderr)
+                        if args.keep:
+                            print(f"reports kept in {report}", file=sys.stderr)
                     print(f"seed {seed}, {label}: {json.dumps(figures)}", flush=True)
             alive = server.proc is not None and server.proc.poll() is None
         finally:
