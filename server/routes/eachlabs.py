@@ -38,7 +38,7 @@ from server.protocol import (
 from server.render import prediction_body
 from server.store import CancelOutcome, InFlightLimitExceeded, ListFilter, Prediction
 from server.store.base import ALL_STATUSES
-from server.supervisor import SETUP_FAILED
+from server.workers.supervisor import SETUP_FAILED
 
 log = logging.getLogger(__name__)
 

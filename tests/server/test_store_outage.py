@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from server import supervisor as supervisor_module
 from server.config import Settings
 from server.outputs import LocalOutputStorage
 from server.store import CANCELLED, ERROR, SUCCESS
 from server.store.base import PROCESSING, CancelOutcome, Prediction
 from server.store.sqlite import SQLitePredictionStore
-from server.supervisor import W_BUSY, W_READY, Supervisor, WorkerSlot
-from server.worker.messages import JobSucceeded, OutputImage
+from server.workers import supervisor as supervisor_module
+from server.workers.messages import JobSucceeded, OutputImage
+from server.workers.supervisor import W_BUSY, W_READY, Supervisor, WorkerSlot
 from tests.server.conftest import run_in_own_loop
-from tests.server.test_supervisor_races import FakePipe, FakeProcess, queue
+from tests.server.workers.test_supervisor_races import FakePipe, FakeProcess, queue
 
 DISK_FULL = "database or disk is full"
 IMAGE = OutputImage(b"RIFF\x1a\x00\x00\x00WEBPVP8 fake image", "webp", "image/webp", 64, 64, 7)

@@ -31,7 +31,7 @@ from server.outputs import LocalOutputStorage, OutputStorageError, output_name
 from server.store import ERROR, PredictionStore
 from server.store.base import CANCELLED, SUCCESS, WORKER_LOST, Prediction
 from server.store.health import StoreHealth
-from server.worker.messages import (
+from server.workers.messages import (
     CancelJob,
     JobCancelled,
     JobFailed,
@@ -42,7 +42,7 @@ from server.worker.messages import (
     Shutdown,
     WorkerReady,
 )
-from server.worker.process import WorkerConfig, worker_main
+from server.workers.process import WorkerConfig, worker_main
 
 log = logging.getLogger("fluxserve.supervisor")
 

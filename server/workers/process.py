@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.worker.messages import (
+from server.workers.messages import (
     CancelJob,
     JobCancelled,
     JobFailed,
