@@ -32,7 +32,7 @@ from server.outputs import ID_PATTERN, LocalOutputStorage
 from server.ratelimit import RequestRateLimiter
 from server.store import PredictionStore, open_store
 from server.store.health import describe
-from server.webhooks import WebhookDispatcher
+from server.webhooks.dispatcher import WebhookDispatcher
 from server.workers.supervisor import Supervisor
 
 log = logging.getLogger("fluxserve")

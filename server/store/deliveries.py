@@ -2,7 +2,7 @@
 
 A webhook that must not be lost (the Eachlabs webhook at the end of a prediction, Replicate's
 ``completed`` event) is a row in ``webhook_deliveries``, in the same database file as the
-predictions. The row is written when the prediction ends; the dispatcher (``server/webhooks.py``)
+predictions. The row is written when the prediction ends; the dispatcher (``server/webhooks/dispatcher.py``)
 picks due rows, posts them and records each attempt. A server that stops with rows pending sends
 them after its next start.
 

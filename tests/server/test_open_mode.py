@@ -22,7 +22,7 @@ from server import auth as auth_module
 from server.store import SUCCESS, ListFilter
 from tests.server.conftest import running_server
 from tests.server.live import FLUXSERVE
-from tests.server.test_webhooks import Receiver, signed_with, whsec_key
+from tests.server.webhooks.test_webhooks import Receiver, signed_with, whsec_key
 
 LOCAL = "http://127.0.0.1:8000"
 PROMPT = {"model": "flux-dev", "input": {"prompt": "a lighthouse at dawn"}}
