@@ -24,8 +24,8 @@ from pydantic_settings import (
 )
 
 from pipelines.spec import ModelSpec
-from server.allowlist import parse_host_rule
 from server.auth import parse_static_keys
+from server.egress.allowlist import parse_host_rule
 from server.hostguard import validate_host_pattern
 
 MiB = 2**20

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.allowlist import normalize_host, parse_host_name
+from server.egress.allowlist import normalize_host, parse_host_name
 from server.store.sqlite_db import STORE_ERRORS
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ _SHOWN_CHARS = 100  # how much of a refused Host or Origin the error body repeat
 def validate_host_pattern(value: str) -> str:
     """One ``server.allowed_hosts`` entry, normalised: ``name``, ``*.domain`` or ``*``; an IP
     address as ``ipaddress`` writes it. Names follow ``input_images.allowed_hosts``' grammar
-    (:func:`server.allowlist.parse_host_name`: lower case, IDNA-encoded, no trailing dot).
+    (:func:`server.egress.allowlist.parse_host_name`: lower case, IDNA-encoded, no trailing dot).
 
     Raises ValueError naming what is wrong (a scheme, a port, a path, an empty entry).
     """

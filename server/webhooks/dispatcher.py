@@ -58,8 +58,8 @@ from typing import Any
 
 import httpx
 
+from server.egress.fetch import AddressPolicy, FetchError, post_json
 from server.events import wait_event
-from server.fetching import AddressPolicy, FetchError, post_json
 from server.render import output_urls
 from server.replicate_render import API, DEFAULT_EVENTS, prediction_object
 from server.store.base import ERROR, PROCESSING, SUCCESS, Prediction, PredictionStore

@@ -158,7 +158,7 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
     from pipelines.generate import pick_seed
     from pipelines.images import InputImageError, decode_image
     from pipelines.inputs import FluxInputs, img2img_size
-    from server.fetching import AddressPolicy, FetchError, load_image_source
+    from server.egress.fetch import AddressPolicy, FetchError, load_image_source
 
     pid = job.prediction_id
     logs: list[str] = []

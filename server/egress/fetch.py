@@ -42,7 +42,7 @@ import httpcore
 import httpx
 
 from pipelines.images import format_bytes, parse_data_url
-from server.allowlist import HostRule, IPAddress, normalize_host, parse_host_rule
+from server.egress.allowlist import HostRule, IPAddress, normalize_host, parse_host_rule
 
 __all__ = [
     "AddressPolicy",
@@ -76,7 +76,7 @@ class AddressPolicy:
 
     ``allow_private`` lifts the refusal of loopback/private/link-local/CGNAT/... addresses, but not of
     the cloud metadata addresses: those are reachable only when an ``allowed_hosts`` IP or CIDR entry
-    covers them explicitly. ``allowed_hosts`` entries (syntax: :mod:`server.allowlist`) are host names
+    covers them explicitly. ``allowed_hosts`` entries (syntax: :mod:`server.egress.allowlist`) are host names
     (``images.internal``, ``*.corp.example``), IP addresses or CIDR networks, each optionally with a
     port: a host name matching a name entry may resolve to private addresses, and any address inside
     an IP/CIDR entry is allowed; an entry with a port allows that port only, one without allows every

@@ -1,4 +1,4 @@
-"""Fetching image URLs and posting webhooks under the address policy (server/fetching.py).
+"""Fetching image URLs and posting webhooks under the address policy (server/egress/fetch.py).
 
 A real HTTP server runs on 127.0.0.1 (and, where the system allows binding it, a second on 127.0.0.2 to
 exercise the per-redirect check against an address that would really answer).
@@ -22,8 +22,8 @@ import httpcore
 import pytest
 from PIL import Image
 
-from server import fetching
-from server.fetching import (
+from server.egress import fetch as fetching
+from server.egress.fetch import (
     AddressPolicy,
     FetchError,
     address_problem,
