@@ -28,7 +28,7 @@ from server.events import PredictionEvents
 from server.hostguard import HostGuardMiddleware, HostPolicy
 from server.keystore import KeyStore
 from server.metrics import ServerMetrics
-from server.outputs import ID_PATTERN, LocalOutputStorage
+from server.outputs.local import ID_PATTERN, LocalOutputStorage
 from server.ratelimit import RequestRateLimiter
 from server.store import PredictionStore, open_store
 from server.store.health import describe

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from server.auth import extract_key
 from server.deps import app_state
 from server.errors import ApiError
-from server.outputs import content_type_for
+from server.outputs.local import content_type_for
 from server.protocol import ErrorResponse
 
 router = APIRouter()

@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse
 
 from pipelines.inputs import ASPECT_RATIO_SIZES, FluxInputs
 from server.deps import app_state
-from server.outputs import ID_PATTERN
+from server.outputs.local import ID_PATTERN
 from server.render import echo_input
 
 router = APIRouter(include_in_schema=False)

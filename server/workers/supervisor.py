@@ -27,7 +27,7 @@ from typing import Any
 
 from pipelines.inputs import InvalidInputs, parse_inputs
 from server.events import wait_event
-from server.outputs import LocalOutputStorage, OutputStorageError, output_name
+from server.outputs.local import LocalOutputStorage, OutputStorageError, output_name
 from server.store import ERROR, PredictionStore
 from server.store.base import CANCELLED, SUCCESS, WORKER_LOST, Prediction
 from server.store.health import StoreHealth

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.config import Settings
-from server.outputs import LocalOutputStorage
+from server.outputs.local import LocalOutputStorage
 from server.store import CANCELLED, ERROR, SUCCESS
 from server.store.base import PROCESSING, CancelOutcome, Prediction
 from server.store.sqlite import SQLitePredictionStore

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server.config import Settings
-from server.outputs import LocalOutputStorage
+from server.outputs.local import LocalOutputStorage
 from server.store import SUCCESS
 from server.store.base import STARTING, Prediction
 from server.store.sqlite import SQLitePredictionStore

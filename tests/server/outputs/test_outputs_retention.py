@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from server.outputs import output_name
+from server.outputs.local import output_name
 
 
 @pytest.fixture(scope="module")
