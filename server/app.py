@@ -26,12 +26,12 @@ from server.datalock import ServerLock
 from server.errors import install_error_handlers
 from server.events import PredictionEvents
 from server.hostguard import HostGuardMiddleware, HostPolicy
-from server.keystore import KeyStore
 from server.metrics import ServerMetrics
 from server.outputs.local import ID_PATTERN, LocalOutputStorage
 from server.ratelimit import RequestRateLimiter
 from server.store import PredictionStore, open_store
 from server.store.health import describe
+from server.store.sqlite.keys import KeyStore
 from server.webhooks.dispatcher import WebhookDispatcher
 from server.workers.supervisor import Supervisor
 

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from server.config import ConfigError
     from server.datalock import ServerBusy
-    from server.store.sqlite_db import DatabaseUnusable
+    from server.store.sqlite.db import DatabaseUnusable
 
     try:
         return int(args.func(args) or 0)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported late at run time: `fluxserve --help` stays quick
     from server.auth import Identity
     from server.config import Settings
-    from server.keystore import KeyStore
+    from server.store.sqlite.keys import KeyStore
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,7 @@ def _key_settings(config: str | None):
 
 def _keystore(config: str | None) -> tuple[Settings, KeyStore]:
     """The settings of ``config`` and the key store in their database."""
-    from server.keystore import KeyStore
+    from server.store.sqlite.keys import KeyStore
 
     settings = _key_settings(config)
     return settings, KeyStore(settings.db_path)
@@ -81,7 +81,7 @@ def _no_key(name: str, hint: str | None = None) -> int:
 
 def _rotate_webhook_secret(config: str | None, name: str) -> int:
     """Give the key called ``name`` (stored, ``config-N`` or ``anonymous``) a new signing secret."""
-    from server.store.deliveries import DeliveryStore
+    from server.store.sqlite.deliveries import DeliveryStore
 
     settings, identity = _key_named(config, name)
     if identity is None:
@@ -198,7 +198,7 @@ def _add_backup(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from server.dbtools import backup
+        from server.store.sqlite.tools import backup
 
         source = _settings(args.config).db_path
         target = Path(args.path).expanduser().resolve()
@@ -220,7 +220,7 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     db.add_parser("check", help="SQLite's integrity check and what the file holds; exit 1 when damaged")
 
     def run(args: argparse.Namespace) -> int:
-        from server.dbtools import check
+        from server.store.sqlite.tools import check
 
         report = check(_settings(args.config).db_path)
         print("\n".join(report.lines))

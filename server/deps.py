@@ -9,7 +9,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from server.auth import Identity, extract_key
 from server.errors import ApiError, unauthorized
-from server.store.sqlite_db import STORE_ERRORS
+from server.store.sqlite.db import STORE_ERRORS
 
 # The two ways to present a key, declared for the OpenAPI document (its security schemes, the
 # Authorize button of /docs). They never refuse a request themselves (auto_error=False):

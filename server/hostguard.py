@@ -32,7 +32,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.egress.allowlist import normalize_host, parse_host_name
-from server.store.sqlite_db import STORE_ERRORS
+from server.store.sqlite.db import STORE_ERRORS
 
 if TYPE_CHECKING:
     from server.auth import KeyRing

@@ -25,7 +25,7 @@ from server.datalock import ServerBusy, ServerLock
 from server.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
 from server.store import PredictionStore, open_store
 from server.store.carryover import carry_over_keys
-from server.store.sqlite_db import DatabaseUnusable
+from server.store.sqlite.db import DatabaseUnusable
 
 log = logging.getLogger("fluxserve")
 

@@ -21,7 +21,7 @@ Two flavours, picked by who created the prediction (``Prediction.extra["api"]``)
 **Durable events.** The end of a prediction (the Eachlabs webhook; Replicate's ``completed``, and
 ``output`` when ``completed`` is not requested: FLUX makes its output all at once at the end, so an
 ``output`` event is folded into ``completed`` when both are asked for) is written as a row in the
-``webhook_deliveries`` table (``server/store/deliveries.py``) when the supervisor reports the end.
+``webhook_deliveries`` table (``server/store/sqlite/deliveries.py``) when the supervisor reports the end.
 A loop posts due rows: up to ``webhooks.attempts`` attempts ``webhooks.interval_s`` apart, each
 bounded by ``webhooks.timeout_s``; any 2xx acknowledges. Rows still pending when the server
 stops are sent by the next start. Every attempt's outcome is appended to the prediction's logs
@@ -63,7 +63,7 @@ from server.events import wait_event
 from server.render import output_urls
 from server.replicate_render import API, DEFAULT_EVENTS, prediction_object
 from server.store.base import ERROR, PROCESSING, SUCCESS, Prediction, PredictionStore
-from server.store.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
+from server.store.sqlite.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
 
 log = logging.getLogger("fluxserve.webhooks")
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from server.auth import ANONYMOUS, Identity, KeyRing, extract_key, key_id_for, parse_static_keys
-from server.keystore import KeyStore
+from server.store.sqlite.keys import KeyStore
 
 STATIC = "static-key-0123456789abcdef"
 

@@ -209,7 +209,7 @@ def test_first_created_key_closes_an_open_server_within_seconds(tmp_path, tiny_m
 
 
 def test_create_before_any_server_ran_makes_the_folder_store_url_names(tmp_path):
-    from server.keystore import KeyStore, hash_key
+    from server.store.sqlite.keys import KeyStore, hash_key
 
     store = tmp_path / "new" / "folder" / "preds.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}

@@ -16,7 +16,7 @@ from server.config import Settings
 from server.outputs.local import LocalOutputStorage
 from server.store import SUCCESS
 from server.store.base import STARTING, Prediction
-from server.store.sqlite import SQLitePredictionStore
+from server.store.sqlite.store import SQLitePredictionStore
 from server.workers.messages import JobSucceeded, RunJob, WorkerReady
 from server.workers.supervisor import W_BUSY, W_FAILED, W_READY, W_STARTING, W_STOPPED, Supervisor, WorkerSlot
 from tests.server.conftest import run_in_own_loop

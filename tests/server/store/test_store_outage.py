@@ -20,7 +20,7 @@ from server.config import Settings
 from server.outputs.local import LocalOutputStorage
 from server.store import CANCELLED, ERROR, SUCCESS
 from server.store.base import PROCESSING, CancelOutcome, Prediction
-from server.store.sqlite import SQLitePredictionStore
+from server.store.sqlite.store import SQLitePredictionStore
 from server.workers import supervisor as supervisor_module
 from server.workers.messages import JobSucceeded, OutputImage
 from server.workers.supervisor import W_BUSY, W_READY, Supervisor, WorkerSlot

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from server.keystore import KeyInfo, KeyStore, hash_key, key_id_from_hash
+from server.store.sqlite.keys import KeyInfo, KeyStore, hash_key, key_id_from_hash
 
 
 class Clock:

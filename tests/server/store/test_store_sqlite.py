@@ -25,7 +25,7 @@ from server.store import (
     SQLitePredictionStore,
     open_store,
 )
-from server.store.sqlite import SCHEMA_VERSION
+from server.store.sqlite.store import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -409,7 +409,7 @@ def test_counts_by_status_reports_every_status_including_zeros(store):
 
 
 def test_finished_before_and_mark_data_removed(store, monkeypatch):
-    import server.store.sqlite as sqlite_module
+    import server.store.sqlite.store as sqlite_module
 
     add(store, pred("old"), pred("new"), pred("queued"))
     monkeypatch.setattr(sqlite_module.time, "time", lambda: 100.0)

@@ -29,7 +29,7 @@ from server.store.base import (
     Prediction,
     PredictionStore,
 )
-from server.store.sqlite_db import SQLiteDatabase, check_integrity, reporting_unusable
+from server.store.sqlite.db import SQLiteDatabase, check_integrity, reporting_unusable
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000

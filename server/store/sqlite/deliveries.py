@@ -14,7 +14,7 @@ them after its next start.
 - Replicate webhooks are signed with a secret per owner (the key id that made the prediction;
   ``anonymous`` in open mode), in ``webhook_signing_keys``: random, made on first use, replaced
   by a rotation. A secret is never derived from the key, so no key holder can compute another's.
-- Connections (one per thread, WAL, busy timeout) come from ``server/store/sqlite_db.py``.
+- Connections (one per thread, WAL, busy timeout) come from ``server/store/sqlite/db.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.store.sqlite_db import SQLiteDatabase
+from server.store.sqlite.db import SQLiteDatabase
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 BUSY_TIMEOUT_MS = 10_000

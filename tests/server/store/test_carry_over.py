@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from server.keystore import KeyStore, hash_key
 from server.store.carryover import carry_over
-from server.store.deliveries import DeliveryStore
-from server.store.sqlite_db import DatabaseUnusable
+from server.store.sqlite.db import DatabaseUnusable
+from server.store.sqlite.deliveries import DeliveryStore
+from server.store.sqlite.keys import KeyStore, hash_key
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ and never again.
 - Rows are never deleted, so "this server has had keys" stays true after every key is revoked
   (see ``KeyRing.open``: revoking the last key must lock the server, not open it).
 - Every method is synchronous and thread-safe: each thread gets its own connection (WAL,
-  busy_timeout) from ``server/store/sqlite_db.py``, like the prediction store. The async API calls them from a thread pool.
+  busy_timeout) from ``server/store/sqlite/db.py``, like the prediction store. The async API calls them from a thread pool.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.store.sqlite_db import SQLiteDatabase
+from server.store.sqlite.db import SQLiteDatabase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("server.keystore")  # the name it had before the move: log filters keep working
 
 KEY_PREFIX = "fsk_"
 KEY_ID_HEX_CHARS = 32

@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.store.sqlite_db import (
+from server.store.sqlite.db import (
     RESTORE_ADVICE,
     DatabaseDamaged,
     DatabaseUnusable,
