@@ -18,7 +18,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from server import openapi
-from server.auth import KeyRing
+from server.auth.keyring import KeyRing
+from server.auth.ratelimit import RequestRateLimiter
 from server.blank_query import BlankQueryMiddleware
 from server.body_limit import BodySizeLimitMiddleware
 from server.config import Settings
@@ -28,7 +29,6 @@ from server.events import PredictionEvents
 from server.hostguard import HostGuardMiddleware, HostPolicy
 from server.metrics import ServerMetrics
 from server.outputs.local import ID_PATTERN, LocalOutputStorage
-from server.ratelimit import RequestRateLimiter
 from server.store import PredictionStore, open_store
 from server.store.health import describe
 from server.store.sqlite.keys import KeyStore

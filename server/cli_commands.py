@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported late at run time: `fluxserve --help` stays quick
-    from server.auth import Identity
+    from server.auth.keyring import Identity
     from server.config import Settings
     from server.store.sqlite.keys import KeyStore
 
@@ -65,7 +65,7 @@ def _keystore(config: str | None) -> tuple[Settings, KeyStore]:
 def _key_named(config: str | None, name: str) -> tuple[Settings, Identity | None]:
     """(settings, the identity of the key called ``name``: a stored key, ``config-N`` for a static
     key, or ``anonymous``; None when there is none). The one name lookup of every command."""
-    from server.auth import identity_named
+    from server.auth.keyring import identity_named
 
     settings, keys = _keystore(config)
     try:
@@ -102,7 +102,7 @@ def _rotate_webhook_secret(config: str | None, name: str) -> int:
 def _adopt_open(config: str | None, name: str) -> int:
     """Hand every prediction made while the server ran open (owner ``anonymous``) to the key
     called ``name``: a stored key or ``config-N`` for a static one."""
-    from server.auth import ANONYMOUS
+    from server.auth.keyring import ANONYMOUS
     from server.store import open_store
 
     settings, identity = _key_named(config, name)
@@ -172,7 +172,7 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
         if store.revoke(args.name):
             print(f"revoked key {args.name!r}")
             return 0
-        from server.auth import identity_named
+        from server.auth.keyring import identity_named
 
         if identity_named(args.name, settings.api_keys, None) is not None:
             print(

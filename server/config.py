@@ -24,7 +24,7 @@ from pydantic_settings import (
 )
 
 from pipelines.spec import ModelSpec
-from server.auth import parse_static_keys
+from server.auth.keyring import parse_static_keys
 from server.egress.allowlist import parse_host_rule
 from server.hostguard import validate_host_pattern
 

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 
-from server.auth import Identity, extract_key
+from server.auth.keyring import Identity, extract_key
 from server.errors import ApiError, unauthorized
 from server.store.sqlite.db import STORE_ERRORS
 

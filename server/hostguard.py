@@ -35,7 +35,7 @@ from server.egress.allowlist import normalize_host, parse_host_name
 from server.store.sqlite.db import STORE_ERRORS
 
 if TYPE_CHECKING:
-    from server.auth import KeyRing
+    from server.auth.keyring import KeyRing
 
 log = logging.getLogger("fluxserve")
 

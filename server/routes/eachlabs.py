@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from pipelines.images import data_url_size_problem
 from pipelines.inputs import FluxInputs, InvalidInputs, parse_inputs
-from server.auth import Identity
+from server.auth.keyring import Identity
 from server.deps import KEY_REQUIRED, app_state, authenticate, caller, check_rate, too_many
 from server.errors import ApiError, not_found
 from server.loading_notice import TINY_MODEL_NOTICE

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from server.auth import extract_key
+from server.auth.keyring import extract_key
 from server.deps import app_state
 from server.errors import ApiError
 from server.outputs.local import content_type_for

@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.inputs import FluxInputs
-from server.auth import Identity
+from server.auth.keyring import Identity
 from server.deps import KEY_REQUIRED, app_state, authenticate, check_rate
 from server.errors import ApiError
 from server.openapi import prefer_header

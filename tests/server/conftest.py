@@ -91,7 +91,7 @@ class Server:
 
     @staticmethod
     def owner_of(key: str) -> str:
-        from server.auth import key_id_for
+        from server.auth.keyring import key_id_for
 
         return key_id_for(key)
 

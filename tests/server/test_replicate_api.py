@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.auth import key_id_for
+from server.auth.keyring import key_id_for
 from server.config import Settings
 from server.replicate_render import version_id
 from server.routes import replicate as replicate_routes

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from server.auth import ANONYMOUS, Identity, KeyRing, extract_key, key_id_for, parse_static_keys
+from server.auth.keyring import ANONYMOUS, Identity, KeyRing, extract_key, key_id_for, parse_static_keys
 from server.store.sqlite.keys import KeyStore
 
 STATIC = "static-key-0123456789abcdef"

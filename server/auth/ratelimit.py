@@ -34,7 +34,7 @@ from limits.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("server.ratelimit")  # the name it had before the move: log filters keep working
 
 WINDOW_S = 60
 NAMESPACE = "fluxserve-requests"

@@ -8,7 +8,7 @@ import time
 import pytest
 from limits.errors import StorageError
 
-from server.ratelimit import InlinePruningMemoryStorage, RateDecision, RequestRateLimiter
+from server.auth.ratelimit import InlinePruningMemoryStorage, RateDecision, RequestRateLimiter
 
 
 def test_sixty_per_minute_allows_sixty_then_refuses():

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from server import auth as auth_module
+from server.auth import keyring as auth_module
 from server.store import SUCCESS, ListFilter
 from tests.server.conftest import running_server
 from tests.server.live import FLUXSERVE
