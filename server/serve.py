@@ -20,9 +20,9 @@ import sys
 
 import uvicorn
 
+from server.api.middleware.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
 from server.config import ConfigError, Settings, load_settings
 from server.datalock import ServerBusy, ServerLock
-from server.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
 from server.store import PredictionStore, open_store
 from server.store.carryover import carry_over_keys
 from server.store.sqlite.db import DatabaseUnusable

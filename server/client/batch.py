@@ -572,7 +572,7 @@ class BatchRunner:
     ) -> tuple[list[_Item], list[_Item]]:
         """Match creates cut off before their id was journaled to this key's recent predictions
         with the same inputs. Returns (items to poll by id, items to create)."""
-        from server.render import echo_input
+        from server.api.eachlabs.render import echo_input
 
         since = min(float(entry.get("t", 0)) for _, entry in orphans) - ORPHAN_WINDOW_S
         candidates: list[dict[str, Any]] = []

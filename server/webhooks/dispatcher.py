@@ -58,10 +58,10 @@ from typing import Any
 
 import httpx
 
+from server.api.eachlabs.render import output_urls
+from server.api.replicate.render import API, DEFAULT_EVENTS, prediction_object
 from server.egress.fetch import AddressPolicy, FetchError, post_json
 from server.events import wait_event
-from server.render import output_urls
-from server.replicate_render import API, DEFAULT_EVENTS, prediction_object
 from server.store.base import ERROR, PROCESSING, SUCCESS, Prediction, PredictionStore
 from server.store.sqlite.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
 

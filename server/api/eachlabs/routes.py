@@ -20,12 +20,9 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from pipelines.images import data_url_size_problem
 from pipelines.inputs import FluxInputs, InvalidInputs, parse_inputs
-from server.auth.keyring import Identity
-from server.deps import KEY_REQUIRED, app_state, authenticate, caller, check_rate, too_many
-from server.errors import ApiError, not_found
-from server.loading_notice import TINY_MODEL_NOTICE
-from server.openapi import prefer_header
-from server.protocol import (
+from server.api.deps import KEY_REQUIRED, app_state, authenticate, caller, check_rate, too_many
+from server.api.eachlabs.render import prediction_body
+from server.api.eachlabs.schemas import (
     CancelResponse,
     CreateRequest,
     CreateResponse,
@@ -35,12 +32,15 @@ from server.protocol import (
     ModelsResponse,
     PredictionResponse,
 )
-from server.render import prediction_body
+from server.api.errors import ApiError, not_found
+from server.api.notices import TINY_MODEL_NOTICE
+from server.api.openapi import prefer_header
+from server.auth.keyring import Identity
 from server.store import CancelOutcome, InFlightLimitExceeded, ListFilter, Prediction
 from server.store.base import ALL_STATUSES
 from server.workers.supervisor import SETUP_FAILED
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("server.routes.eachlabs")  # the name it had before the move
 
 router = APIRouter(tags=["predictions"], dependencies=KEY_REQUIRED)
 

@@ -6,9 +6,9 @@ import asyncio
 
 from fastapi import APIRouter, Request, Response
 
-from server.deps import app_state, authenticate
-from server.loading_notice import TINY_MODEL_NOTICE
-from server.render import iso
+from server.api.deps import app_state, authenticate
+from server.api.eachlabs.render import iso
+from server.api.notices import TINY_MODEL_NOTICE
 
 router = APIRouter()
 

@@ -7,8 +7,8 @@ import asyncio
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 
+from server.api.errors import ApiError, unauthorized
 from server.auth.keyring import Identity, extract_key
-from server.errors import ApiError, unauthorized
 from server.store.sqlite.db import STORE_ERRORS
 
 # The two ways to present a key, declared for the OpenAPI document (its security schemes, the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.blank_query import drop_blank_values
+from server.api.middleware.blank_query import drop_blank_values
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """Pydantic models of the Eachlabs prediction contract, for the OpenAPI document and for
-reading create requests. Request bodies are parsed by hand (server/routes/eachlabs.py) so
+reading create requests. Request bodies are parsed by hand (server/api/eachlabs/routes.py) so
 every error has the contract's shape; these models describe them."""
 
 from __future__ import annotations

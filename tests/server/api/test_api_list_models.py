@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-from server.loading_notice import TINY_MODEL_NOTICE
+from server.api.notices import TINY_MODEL_NOTICE
 
 
 @dataclass

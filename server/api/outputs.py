@@ -7,11 +7,11 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
+from server.api.deps import app_state
+from server.api.eachlabs.schemas import ErrorResponse
+from server.api.errors import ApiError
 from server.auth.keyring import extract_key
-from server.deps import app_state
-from server.errors import ApiError
 from server.outputs.local import content_type_for
-from server.protocol import ErrorResponse
 
 router = APIRouter()
 

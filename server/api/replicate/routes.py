@@ -43,12 +43,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.inputs import FluxInputs
-from server.auth.keyring import Identity
-from server.deps import KEY_REQUIRED, app_state, authenticate, check_rate
-from server.errors import ApiError
-from server.openapi import prefer_header
-from server.protocol import ErrorResponse
-from server.replicate_render import (
+from server.api.deps import KEY_REQUIRED, app_state, authenticate, check_rate
+from server.api.eachlabs.routes import (
+    cancel_prediction,
+    create_prediction,
+    decode_json_body,
+    owned_prediction,
+    wait_for_end,
+)
+from server.api.eachlabs.schemas import ErrorResponse
+from server.api.errors import ApiError
+from server.api.openapi import prefer_header
+from server.api.replicate.render import (
     API,
     EVENTS,
     OWNER,
@@ -59,13 +65,7 @@ from server.replicate_render import (
     version_id,
     version_object,
 )
-from server.routes.eachlabs import (
-    cancel_prediction,
-    create_prediction,
-    decode_json_body,
-    owned_prediction,
-    wait_for_end,
-)
+from server.auth.keyring import Identity
 from server.store import WEBHOOK_SIGNER, ListFilter
 
 router = APIRouter(tags=["replicate"], dependencies=KEY_REQUIRED)

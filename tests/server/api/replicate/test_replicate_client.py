@@ -194,7 +194,7 @@ def test_signed_webhooks_of_a_real_run_validate_with_the_clients_own_checker(cli
 
 def readme_examples() -> list[str]:
     """The Python blocks of the README's "Replicate-compatible routes" section: http, then https."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[4] / "README.md").read_text()
     section = readme.split("### Replicate-compatible routes", 1)[1].split("\n### ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 

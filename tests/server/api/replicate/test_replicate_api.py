@@ -11,11 +11,11 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from server.api.replicate import routes as replicate_routes
+from server.api.replicate.render import version_id
 from server.app import create_app
 from server.auth.keyring import key_id_for
 from server.config import Settings
-from server.replicate_render import version_id
-from server.routes import replicate as replicate_routes
 from server.store import ERROR, SUCCESS
 
 KEY = "test-key-replicate"

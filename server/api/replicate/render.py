@@ -15,7 +15,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from pipelines.inputs import FluxInputs
-from server.render import echo_input, iso, output_urls
+from server.api.eachlabs.render import echo_input, iso, output_urls
 from server.store.base import CANCELLED, ERROR, PROCESSING, STARTING, SUCCESS, Prediction
 
 OWNER = "black-forest-labs"

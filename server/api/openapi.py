@@ -6,7 +6,7 @@
   sees those models, so they are added here (with the models they refer to), else the reference
   dangles.
 - **Validation errors are 400, not 422.** FastAPI documents a 422 ``HTTPValidationError`` on
-  every route with parameters, but ``server.errors`` answers a bad parameter with a 400 in the
+  every route with parameters, but ``server.api.errors`` answers a bad parameter with a 400 in the
   contract's shape. Those 422s are replaced by that 400; a 422 a route declares itself (the
   Replicate routes' invalid input) is kept.
 - **One model.** The Replicate routes' ``{owner}`` and ``{name}`` are documented as the one model
@@ -41,8 +41,8 @@ def prefer_header(description: str) -> dict[str, Any]:
 
 def _models() -> dict[str, type[BaseModel]]:
     """Models routes refer to by name without FastAPI knowing them."""
-    from server.protocol import CreateRequest, ErrorResponse
-    from server.routes.replicate import ReplicateModelCreate, ReplicateVersionCreate
+    from server.api.eachlabs.schemas import CreateRequest, ErrorResponse
+    from server.api.replicate.routes import ReplicateModelCreate, ReplicateVersionCreate
 
     return {
         model.__name__: model
@@ -91,7 +91,7 @@ def complete(schema: dict[str, Any], model_name: str | None = None) -> dict[str,
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     _validation_errors_are_400(schema)
     if model_name is not None:
-        from server.replicate_render import OWNER
+        from server.api.replicate.render import OWNER
 
         _the_served_model(schema, OWNER, model_name)
     text = json.dumps(schema)

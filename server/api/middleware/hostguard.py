@@ -251,6 +251,6 @@ async def _answer(
     details: str,
     headers: dict[str, str] | None = None,
 ) -> None:
-    from server.errors import error_response
+    from server.api.errors import error_response
 
     await error_response(status, error, details, headers)(scope, receive, send)

@@ -1,6 +1,6 @@
 """The browser front end: the playground at ``/`` and the share page at ``/p/{id}``.
 
-Plain HTML, CSS and JavaScript from ``server/static`` (no framework, no CDN: it works offline).
+Plain HTML, CSS and JavaScript from ``server/api/playground/static`` (no framework, no CDN: it works offline).
 
 - ``/`` renders the form server-side from ``FluxInputs.model_json_schema()`` (with this model's
   configured defaults), so the form never drifts from what the API validates. The script then
@@ -33,13 +33,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from pipelines.inputs import ASPECT_RATIO_SIZES, FluxInputs
-from server.deps import app_state
+from server.api.deps import app_state
+from server.api.eachlabs.render import echo_input
 from server.outputs.local import ID_PATTERN
-from server.render import echo_input
 
 router = APIRouter(include_in_schema=False)
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # Assets served at /static/{name}; nothing else in the folder is (the page templates live there too).
 ASSETS: dict[str, str] = {
