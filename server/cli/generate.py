@@ -1,7 +1,6 @@
-"""The `fluxserve` command line: serve, generate, tiny-model, keys, backup, db, client.
+"""`fluxserve generate` and `fluxserve tiny-model`: images and the tiny test model, without a server.
 
-Each subcommand imports what it needs when it runs, so `fluxserve --help` stays fast and the
-server's commands never load torch in the API process.
+The one part of the CLI that loads torch (when a command runs, not when it is registered).
 """
 
 from __future__ import annotations
@@ -124,39 +123,3 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
     out = write_tiny_model(args.dir, seed=args.seed)
     print(f"wrote the tiny random FLUX pipeline to {out} (its images are noise)")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fluxserve", description="Self-hosted FLUX.1 [dev] prediction server")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_generate(sub)
-    _add_tiny_model(sub)
-    for register in _extra_commands():
-        register(sub)
-    return parser
-
-
-def _extra_commands():
-    """Subcommands defined next to the code they drive (serve, keys, client)."""
-    from server import cli_commands
-
-    return cli_commands.REGISTER
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from server.config import ConfigError
-    from server.datalock import ServerBusy
-    from server.store.sqlite.db import DatabaseUnusable
-
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ServerBusy, DatabaseUnusable) as exc:
-        # What the operator must fix: one line, not a traceback.
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

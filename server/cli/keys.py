@@ -1,4 +1,4 @@
-"""Server-side subcommands of `fluxserve` (serve, keys, backup, db, client); registered by server.cli."""
+"""`fluxserve keys`: API keys stored (as hashes) in the server's database."""
 
 from __future__ import annotations
 
@@ -7,38 +7,12 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from server.cli.db import _settings
+
 if TYPE_CHECKING:  # imported late at run time: `fluxserve --help` stays quick
     from server.auth.keyring import Identity
     from server.config import Settings
     from server.store.sqlite.keys import KeyStore
-
-
-def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the prediction server (API + GPU workers)")
-    p.add_argument("--config", default=None, help="YAML config file (see configs/)")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
-    p.add_argument("--ssl-certfile", default=None, help="PEM certificate: serve HTTPS (setting tls.certfile)")
-    p.add_argument("--ssl-keyfile", default=None, help="PEM private key of the certificate (tls.keyfile)")
-
-    def run(args: argparse.Namespace) -> int:
-        from server.serve import cmd_serve
-
-        return cmd_serve(args)
-
-    p.set_defaults(func=run)
-
-
-def _settings(config: str | None) -> Settings:
-    """The settings, with a store_url that names a database file (one line otherwise)."""
-    from server.config import load_settings
-
-    settings = load_settings(config)
-    try:
-        settings.db_path  # noqa: B018 - raises for a store_url that names no file
-    except ValueError as exc:
-        raise SystemExit(f"error: store_url: {exc}") from None
-    return settings
 
 
 def _key_settings(config: str | None):
@@ -184,55 +158,3 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
         return _no_key(args.name)
 
     p.set_defaults(func=run)
-
-
-def _add_backup(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "backup",
-        help="copy the database (predictions, stored keys, webhook deliveries) to a new file; "
-        "safe while the server runs",
-    )
-    p.add_argument("path", help="the new file (must not exist)")
-    p.add_argument("--config", default=None, help="YAML config file (for data_dir / store_url)")
-
-    def run(args: argparse.Namespace) -> int:
-        from pathlib import Path
-
-        from server.store.sqlite.tools import backup
-
-        source = _settings(args.config).db_path
-        target = Path(args.path).expanduser().resolve()
-        try:
-            count = backup(source, target)
-        except FileExistsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"backed up {source} to {target} ({count} predictions)")
-        return 0
-
-    p.set_defaults(func=run)
-
-
-def _add_db(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("db", help="examine the database")
-    p.add_argument("--config", default=None, help="YAML config file (for data_dir / store_url)")
-    db = p.add_subparsers(dest="db_command", required=True)
-    db.add_parser("check", help="SQLite's integrity check and what the file holds; exit 1 when damaged")
-
-    def run(args: argparse.Namespace) -> int:
-        from server.store.sqlite.tools import check
-
-        report = check(_settings(args.config).db_path)
-        print("\n".join(report.lines))
-        return 0 if report.ok else 1
-
-    p.set_defaults(func=run)
-
-
-def _add_client(sub: argparse._SubParsersAction) -> None:
-    from server.client.cli import register
-
-    register(sub)
-
-
-REGISTER: list = [_add_serve, _add_keys, _add_backup, _add_db, _add_client]
