@@ -20,7 +20,7 @@ import pytest
 
 from server.client import FluxClient
 from server.client.batch import PENDING, BatchLocked, BatchRunner, _folder_lock, _Journal, read_inputs
-from tests.server.test_client import LiveServer, executions_total, start_server, stop_server
+from tests.server.client.test_client import LiveServer, executions_total, start_server, stop_server
 
 KEYS = ["batch-a", "batch-b", "batch-c", "batch-d"]
 SMALL = {"megapixels": 0.25, "num_inference_steps": 2}
@@ -239,3 +239,21 @@ def test_one_run_at_a_time_per_output_folder(tmp_path: Path) -> None:
         with _folder_lock(out), pytest.raises(BatchLocked):
             BatchRunner(client, inputs, out).run()
         assert str(BatchRunner(client, inputs, out).run()) == "done 0, failed 0, skipped 0"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"prompt": "a"},
+        {"prompt": "a", "image": "https://example.com/cat.png"},
+        {"prompt": "a", "image": "data:image/png;base64," + "A" * 10},
+        {"prompt": "a", "image": "data:image/png;base64," + "A" * 235},  # 257 characters: just over
+        {"prompt": "a", "image": "data:image/png;base64," + "A" * 5000},
+    ],
+)
+def test_the_batch_runner_echoes_inputs_as_the_server_does(raw: dict) -> None:
+    # The runner matches interrupted creates to predictions by their echoed input.
+    from server.api.eachlabs.render import echo_input as server_echo
+    from server.client.batch import echo_input as client_echo
+
+    assert client_echo(raw) == server_echo(raw)
