@@ -11,8 +11,8 @@ place the key comes from. The key itself is never stored, logged, put in an erro
 in a repr; the ring keeps only digests of its static keys.
 
 When there is no static key and the store has never held a key, the server runs **open**: every
-request is ``ANONYMOUS`` (and ``server.api.middleware.hostguard`` limits it to loopback Host names and to writes
-from its own pages). Revoking every stored key does not reopen it. The first stored key created
+request is ``ANONYMOUS`` (and ``server.api.middleware.hostguard`` limits it to loopback Host names
+and to writes from its own pages). Revoking every stored key does not reopen it. The first stored key created
 while the server runs switches it to keys: the ring logs a warning, once, and remembers when
 (``mode_changed_at``); the predictions made in open mode are owned by ``ANONYMOUS`` until
 ``fluxserve keys adopt-open NAME`` hands them to a key.
