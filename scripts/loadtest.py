@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from server.serve import is_loopback_host
+from server.cli.serve import is_loopback_host
 
 TERMINAL = ("success", "error", "cancelled")
 

@@ -17,23 +17,23 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from server import openapi
-from server.auth import KeyRing
-from server.blank_query import BlankQueryMiddleware
-from server.body_limit import BodySizeLimitMiddleware
+from server.api import openapi
+from server.api.errors import install_error_handlers
+from server.api.middleware.blank_query import BlankQueryMiddleware
+from server.api.middleware.body_limit import BodySizeLimitMiddleware
+from server.api.middleware.hostguard import HostGuardMiddleware, HostPolicy
+from server.auth.keyring import KeyRing
+from server.auth.ratelimit import RequestRateLimiter
 from server.config import Settings
 from server.datalock import ServerLock
-from server.errors import install_error_handlers
 from server.events import PredictionEvents
-from server.hostguard import HostGuardMiddleware, HostPolicy
-from server.keystore import KeyStore
 from server.metrics import ServerMetrics
-from server.outputs import ID_PATTERN, LocalOutputStorage
-from server.ratelimit import RequestRateLimiter
+from server.outputs.local import ID_PATTERN, LocalOutputStorage
 from server.store import PredictionStore, open_store
 from server.store.health import describe
-from server.supervisor import Supervisor
-from server.webhooks import WebhookDispatcher
+from server.store.sqlite.keys import KeyStore
+from server.webhooks.dispatcher import WebhookDispatcher
+from server.workers.supervisor import Supervisor
 
 log = logging.getLogger("fluxserve")
 
@@ -275,7 +275,10 @@ def create_app(
     install_error_handlers(app)
     openapi.install(app)  # document what the handlers answer (400s, hand-parsed bodies)
 
-    from server.routes import eachlabs, health, outputs, playground, replicate
+    from server.api import health, outputs
+    from server.api.eachlabs import routes as eachlabs
+    from server.api.playground import routes as playground
+    from server.api.replicate import routes as replicate
 
     for module in (eachlabs, outputs, health, replicate, playground):
         app.include_router(module.router)

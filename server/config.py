@@ -24,9 +24,9 @@ from pydantic_settings import (
 )
 
 from pipelines.spec import ModelSpec
-from server.allowlist import parse_host_rule
-from server.auth import parse_static_keys
-from server.hostguard import validate_host_pattern
+from server.api.middleware.hostguard import validate_host_pattern
+from server.auth.keyring import parse_static_keys
+from server.egress.allowlist import parse_host_rule
 
 MiB = 2**20
 

@@ -63,6 +63,9 @@ ORPHAN_SCAN_LIMIT = 5000  # at most this many recent predictions are scanned for
 DEFAULT_POLL_S = 5.0  # long-poll chunk; also how quickly a stop is noticed
 BUSY_NOTICE_EVERY_S = 30.0
 MAX_POLL_FAILURES = 3  # consecutive unreachable polls (each already retried) before a line is left pending
+# How the server echoes a prediction's input (server/api/eachlabs/render.py): a long data: URL is
+# summarised. Repeated here because the client imports nothing of the server; a test checks both agree.
+DATA_URL_ECHO_LIMIT = 256
 
 
 @dataclass
@@ -204,6 +207,16 @@ class _Item:
     line: InputLine
     resume_id: str | None = None
     intent_written: bool = field(default=False)
+
+
+def echo_input(raw: dict[str, Any]) -> dict[str, Any]:
+    """The input as the server echoes it: an inline image summarised instead of repeated."""
+    out = dict(raw)
+    image = out.get("image")
+    if isinstance(image, str) and image.startswith("data:") and len(image) > DATA_URL_ECHO_LIMIT:
+        head = image.split(",", 1)[0]
+        out["image"] = f"{head},... ({len(image)} characters)"
+    return out
 
 
 def _same_inputs(a: Any, b: Any) -> bool:
@@ -572,8 +585,6 @@ class BatchRunner:
     ) -> tuple[list[_Item], list[_Item]]:
         """Match creates cut off before their id was journaled to this key's recent predictions
         with the same inputs. Returns (items to poll by id, items to create)."""
-        from server.render import echo_input
-
         since = min(float(entry.get("t", 0)) for _, entry in orphans) - ORPHAN_WINDOW_S
         candidates: list[dict[str, Any]] = []
         offset = 0

@@ -22,7 +22,7 @@ from server.store.base import (
     Prediction,
     PredictionStore,
 )
-from server.store.sqlite import SQLitePredictionStore
+from server.store.sqlite.store import SQLitePredictionStore
 
 __all__ = [
     "ALL_STATUSES",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.store.sqlite_db import DatabaseUnusable
+from server.store.sqlite.db import DatabaseUnusable
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -79,8 +79,8 @@ def _tables(conn: sqlite3.Connection, schema: str) -> dict[str, list[str]]:
 
 
 def _create_tables(target: Path) -> None:
-    from server.keystore import KeyStore
-    from server.store.deliveries import DeliveryStore
+    from server.store.sqlite.deliveries import DeliveryStore
+    from server.store.sqlite.keys import KeyStore
 
     for store in (KeyStore(target), DeliveryStore(target)):
         store.close()

@@ -203,7 +203,7 @@ def test_cancel_stops_a_prediction(new_page, live_server):
 
 
 def test_a_page_served_open_says_so_when_the_server_starts_requiring_a_key(new_page, open_live_server):
-    from server.keystore import KeyStore
+    from server.store.sqlite.keys import KeyStore
 
     page = new_page()
     page.goto(open_live_server.url + "/")

@@ -81,7 +81,7 @@ class Server:
     # -- keys -----------------------------------------------------------------------------------
     def new_key(self) -> str:
         """A fresh stored API key: a new owner, with its own predictions and limits."""
-        from server.keystore import KeyStore
+        from server.store.sqlite.keys import KeyStore
 
         return KeyStore(self.settings.db_path).create(f"test-{next(_key_numbers)}")
 
@@ -91,7 +91,7 @@ class Server:
 
     @staticmethod
     def owner_of(key: str) -> str:
-        from server.auth import key_id_for
+        from server.auth.keyring import key_id_for
 
         return key_id_for(key)
 

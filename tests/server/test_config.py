@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.config import ConfigError, load_settings
-from server.supervisor import Supervisor
+from server.workers.supervisor import Supervisor
 from tests.server.conftest import self_signed_cert
 from tests.server.live import LiveServer
 

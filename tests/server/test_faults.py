@@ -3,7 +3,7 @@
 Each fault happens for real: the API process group is SIGKILLed, the worker process is
 SIGKILLed, a denoising step never returns, CUDA/host out-of-memory is raised inside the worker
 (``FLUXSERVE_FAULT_INJECTION=1`` and a ``[[fault:...]]`` marker in the prompt, see
-``server/worker/process.py``), the model folder is missing or not a FLUX pipeline, the outputs
+``server/workers/process.py``), the model folder is missing or not a FLUX pipeline, the outputs
 folder cannot be written, the database's disk fills while a job runs. After each one the server must still answer, the prediction must end
 in ``error`` with a message that says what happened, and the next prediction must succeed.
 

@@ -284,7 +284,7 @@ def test_invalid_utf8_inside_a_string_is_400(srv):
 
 
 def test_keys_never_appear_in_the_log_nor_in_error_bodies(srv):
-    from server.keystore import KeyStore
+    from server.store.sqlite.keys import KeyStore
 
     stored = KeyStore(srv.db_path).create("hostile-stored")
     wrong = "fsk_wrong-key-that-must-not-be-logged-7f3a"

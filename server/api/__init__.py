@@ -1,0 +1,1 @@
+"""HTTP only: routes per contract, shared dependencies, errors, middleware and the OpenAPI document."""

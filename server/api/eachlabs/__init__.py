@@ -1,0 +1,1 @@
+"""The Eachlabs prediction contract: routes, request/response schemas and rendering."""

@@ -1,0 +1,93 @@
+"""Pydantic models of the Eachlabs prediction contract, for the OpenAPI document and for
+reading create requests. Request bodies are parsed by hand (server/api/eachlabs/routes.py) so
+every error has the contract's shape; these models describe them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.inputs import FluxInputs
+
+Status = Literal["starting", "processing", "success", "error", "cancelled"]
+
+
+class CreateRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "model": "flux-dev",
+        "version": "0.0.1",
+        "input": {"prompt": "a lighthouse at dawn, 35mm photo", "aspect_ratio": "16:9", "num_inference_steps": "28"},
+    }]})
+
+    model: str = Field(description="Model slug: `flux-dev`.")
+    version: str | None = Field(None, description="Accepted and ignored.")
+    input: FluxInputs = Field(description="flux-dev inputs; numbers may be numeric strings, null means default.")
+    webhook_url: str | None = Field(None, description="POSTed once the prediction ends (success or error).")
+    webhook_secret: str | None = Field(None, description="Sent back verbatim in `X-Webhook-Secret`.")
+
+
+class CreateResponse(BaseModel):
+    status: Literal["success"] = "success"
+    message: str = "Prediction created successfully"
+    predictionID: str
+
+
+class CancelResponse(BaseModel):
+    status: Literal["cancelled"] = "cancelled"
+    message: str = "Prediction canceled successfully"
+    predictionID: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    status: int
+    details: Any | None = None
+
+
+class Metrics(BaseModel):
+    predict_time: float | None = Field(None, description="Seconds of model work.")
+    queue_time: float | None = Field(None, description="Seconds spent waiting in the queue.")
+
+
+class PredictionUrls(BaseModel):
+    get: str
+    cancel: str
+
+
+class PredictionResponse(BaseModel):
+    id: str
+    model: str
+    input: dict[str, Any]
+    status: Status
+    output: str | list[str] | None = Field(
+        None, description="One image: a URL string; several: a list of URLs, in order."
+    )
+    logs: str
+    error: str | None
+    metrics: Metrics
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    urls: PredictionUrls
+    data_removed: bool | None = Field(None, description="True when retention deleted the output files.")
+
+
+class ExecutionsResponse(BaseModel):
+    executions: list[PredictionResponse]
+    total: int
+    limit: int
+    offset: int
+
+
+class ModelInfo(BaseModel):
+    slug: str
+    name: str
+    description: str
+    version: str
+    input_schema: dict[str, Any]
+    warning: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]

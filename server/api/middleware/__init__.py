@@ -1,0 +1,1 @@
+"""ASGI middleware: request body limit, blank query values, Host and Origin guard."""

@@ -1,0 +1,1 @@
+"""The browser playground: its routes and static assets (HTML, CSS, JavaScript)."""

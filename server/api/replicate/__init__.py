@@ -1,0 +1,1 @@
+"""The Replicate-compatible contract: routes and rendering."""

@@ -1,0 +1,574 @@
+"""Replicate-compatible routes: the same predictions, in Replicate's shapes (CONTRACT.md section 4).
+
+What the official clients call (read from replicate-python 1.0.x):
+
+- ``client.run("black-forest-labs/flux-dev", input=...)``: POST
+  ``/v1/models/black-forest-labs/flux-dev/predictions`` with ``Prefer: wait``, then GET
+  ``/v1/predictions/{id}`` until a terminal status, then GET each output URL (with its key);
+- ``client.predictions.create(version=..., input=...)``: POST ``/v1/predictions``;
+  ``.cancel()``: POST ``/v1/predictions/{id}/cancel``; ``.list()``: GET ``/v1/predictions`` and the
+  ``next`` URLs; ``client.models.get(...)`` and ``client.webhooks.default.secret()``.
+
+Decisions:
+
+- **The model** is ``black-forest-labs/<model.name>``. ``version`` on ``POST /v1/predictions`` may
+  be ``owner/name`` or ``owner/name:<id>`` naming that model, or any other string (a Replicate
+  version id, say): this server serves one model, so a bare version string selects it and is
+  echoed back as the prediction's ``version``.
+- **Prefer: wait** (bare ``wait`` = 60 s, ``wait=n`` clamped to 1..60) holds the create until the end
+  or n seconds: 201 when it ended in time, else 202. A 202 says ``"status": "starting"`` even if a
+  worker has picked the prediction up, as Replicate does: the official client treats any other
+  status in a blocking create's answer as final and would return no output. Without the header a
+  create answers 201 at once.
+- **Errors** use Replicate's body ``{"detail", "status", "title"}``; invalid input is 422 with
+  ``invalid_fields`` (``[{"type", "field", "description"}]``), unknown top-level body fields too.
+- **Cancel** answers 200 with the prediction as it now is; cancelling a finished one changes
+  nothing (no error).
+- **List** is newest first, 100 per page, with ``next``/``previous`` cursor URLs; the cursor pins the
+  newest creation time seen on the first page, so predictions made meanwhile do not shift pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import math
+import re
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.inputs import FluxInputs
+from server.api.deps import KEY_REQUIRED, app_state, authenticate, check_rate
+from server.api.eachlabs.routes import (
+    cancel_prediction,
+    create_prediction,
+    decode_json_body,
+    owned_prediction,
+    wait_for_end,
+)
+from server.api.eachlabs.schemas import ErrorResponse
+from server.api.errors import ApiError
+from server.api.openapi import prefer_header
+from server.api.replicate.render import (
+    API,
+    EVENTS,
+    OWNER,
+    error_response,
+    model_object,
+    model_ref,
+    prediction_object,
+    version_id,
+    version_object,
+)
+from server.auth.keyring import Identity
+from server.store import WEBHOOK_SIGNER, ListFilter
+
+router = APIRouter(tags=["replicate"], dependencies=KEY_REQUIRED)
+
+MAX_WAIT_S = 60
+PAGE_SIZE = 100
+MAX_CURSOR_OFFSET = 10**9
+BODY_FIELDS = frozenset(
+    {"input", "version", "stream", "webhook", "webhook_completed", "webhook_events_filter"}
+)
+
+
+# -- plumbing -------------------------------------------------------------------------------
+
+
+class ReplicateError(BaseModel):
+    """Replicate's error body (for the OpenAPI document)."""
+
+    detail: str
+    status: int
+    title: str
+    invalid_fields: list[dict[str, str]] | None = None
+
+
+class ReplicateModelCreate(BaseModel):
+    """Body of a create on the model route (for the OpenAPI document; parsed by ``_check_body``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"input": {"prompt": "a red fox in the snow", "aspect_ratio": "16:9"}}]
+        },
+    )
+
+    input: FluxInputs = Field(description="flux-dev inputs, as Replicate's model takes them.")
+    webhook: str | None = Field(None, description="http(s) URL POSTed the prediction object on each event.")
+    webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = Field(
+        None, description="Events that call `webhook` (default `output` and `completed`)."
+    )
+    webhook_completed: str | None = Field(
+        None, description="Replicate's older field: a webhook for the `completed` event only."
+    )
+    stream: bool | None = Field(None, description="Accepted and ignored: outputs are not streamed.")
+
+
+class ReplicateVersionCreate(ReplicateModelCreate):
+    """Body of ``POST /v1/predictions``: the model route's, with the version to run."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"version": "black-forest-labs/flux-dev", "input": {"prompt": "a red fox in the snow"}}
+            ]
+        },
+    )
+
+    version: str = Field(
+        max_length=200,
+        description="`black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, or any version id "
+        "(this server serves one model).",
+    )
+
+
+def create_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a create route: the body (parsed by hand, so FastAPI cannot see it)
+    and the ``Prefer`` header."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        },
+        "parameters": [
+            prefer_header(
+                "`wait` holds the request until the prediction ends, up to 60 s; `wait=n` up to n seconds "
+                "(1-60). 201 when it ended in time, else 202 with `status: starting`. "
+                "Without it the create answers 201 at once."
+            )
+        ],
+    }
+
+
+_ERROR_TEXT = {
+    400: "Bad request (body not a JSON object, invalid cursor).",
+    401: "Invalid or missing API token.",
+    404: "No such prediction for this token, or not the model this server serves.",
+    422: "Invalid input: `invalid_fields` names each one.",
+    429: "Too many requests (per-minute or in-flight limit); see Retry-After.",
+    503: "Not accepting predictions (model failed to load, shutting down).",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for the error statuses a route can answer (all in Replicate's shape,
+    but 413, which the body-size middleware answers for every route in the Eachlabs shape)."""
+    documented: dict[int | str, dict[str, Any]] = {
+        code: {"model": ReplicateError, "description": _ERROR_TEXT[code]} for code in codes
+    }
+    documented[413] = {"model": ErrorResponse, "description": "Body too large."}
+    return documented
+
+
+CREATED = {
+    201: {"description": "Created (and, with `Prefer: wait`, finished in time): the prediction."},
+    202: {"description": "With `Prefer: wait`: still running when the wait ended; the prediction as it is."},
+}
+
+
+def both(method: str, path: str, **kwargs):
+    """Register at ``path`` and ``path/`` (no redirect); only the first appears in the schema."""
+
+    def register(fn):
+        getattr(router, method)(path, **kwargs)(fn)
+        slash = {k: v for k, v in kwargs.items() if k not in ("summary", "description")}
+        getattr(router, method)(path + "/", include_in_schema=False, **slash)(fn)
+        return fn
+
+    return register
+
+
+def replicate_errors(fn):
+    """Answer the server's errors (raised as ApiError, in the Eachlabs shape) in Replicate's shape."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except ApiError as exc:
+            return from_api_error(exc)
+
+    return wrapper
+
+
+def from_api_error(exc: ApiError) -> JSONResponse:
+    if exc.status == 400 and exc.error == "Invalid input for model" and isinstance(exc.details, dict):
+        return invalid(
+            [
+                _invalid_field(
+                    {"webhook_url": "webhook", "webhook_secret": "webhook"}.get(
+                        k, f"input.{k}" if k != "input" else ""
+                    ),
+                    str(v),
+                )
+                for k, v in exc.details.items()
+            ]
+        )
+    if exc.status == 401:
+        return error_response(401, "You did not pass a valid authentication token", headers=exc.headers)
+    if exc.status == 404:
+        return error_response(404, "The requested prediction was not found.", headers=exc.headers)
+    detail = exc.error
+    if exc.details is not None:
+        detail += f": {exc.details if isinstance(exc.details, str) else json.dumps(exc.details)}"
+    return error_response(exc.status, detail, headers=exc.headers)
+
+
+def _invalid_field(field: str, description: str, kind: str | None = None) -> dict[str, str]:
+    if kind is None:
+        kind = "required" if description in ("required", "Field required") else "invalid"
+    if description in ("required", "Field required"):
+        description = f"{field.split('.')[-1] or 'input'} is required"
+    return {"type": kind, "field": field, "description": description}
+
+
+def invalid(fields: list[dict[str, str]], title: str = "Input validation failed") -> JSONResponse:
+    detail = "".join(f"- {f['field'] or '(root)'}: {f['description']}\n" for f in fields)
+    return error_response(422, detail, title=title, invalid_fields=fields)
+
+
+async def caller(request: Request, kind: str = "read") -> Identity:
+    identity = await authenticate(request)
+    if kind == "read":
+        check_rate(request, identity, "read")
+    return identity
+
+
+def prefer_wait(request: Request) -> float:
+    """Seconds asked for by ``Prefer: wait`` (60) or ``Prefer: wait=n`` (1..60); 0 without it."""
+    for part in request.headers.get("prefer", "").split(","):
+        match = re.fullmatch(r"\s*wait\s*(?:=\s*\"?([0-9]+(?:\.[0-9]*)?)\"?)?\s*", part, flags=re.IGNORECASE)
+        if match:
+            if match.group(1) is None:
+                return float(MAX_WAIT_S)
+            return float(min(MAX_WAIT_S, max(1.0, float(match.group(1)))))
+    return 0.0
+
+
+async def read_body(request: Request) -> dict[str, Any] | JSONResponse:
+    raw = await request.body()
+    try:
+        body = decode_json_body(raw) if raw.strip() else None
+    except ValueError as exc:
+        return error_response(400, f"Invalid JSON body: {str(exc)[:200]}", title="Bad request")
+    if not isinstance(body, dict):
+        return error_response(400, "The request body must be a JSON object", title="Bad request")
+    return body
+
+
+def _check_body(body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Replicate's top-level checks; returns (the webhook part of ``extra``, problems)."""
+    problems = [
+        _invalid_field("", f"Additional property {name} is not allowed", "additional_property_not_allowed")
+        for name in body
+        if name not in BODY_FIELDS
+    ]
+    if body.get("input") is None:
+        problems.append(_invalid_field("", "input is required", "required"))
+    elif not isinstance(body["input"], dict):
+        problems.append(_invalid_field("input", "Invalid type. Expected: object", "invalid_type"))
+    webhook = body.get("webhook") or body.get("webhook_completed")
+    extra: dict[str, Any] = {}
+    raw_filter = body.get("webhook_events_filter")
+    if not body.get("webhook") and body.get("webhook_completed"):
+        raw_filter = raw_filter or ["completed"]  # the older field: the end only
+    if raw_filter is not None:
+        if not isinstance(raw_filter, list) or not all(isinstance(e, str) for e in raw_filter):
+            problems.append(
+                _invalid_field(
+                    "webhook_events_filter", "Invalid type. Expected: array of strings", "invalid_type"
+                )
+            )
+        else:
+            unknown = [e for e in raw_filter if e not in EVENTS]
+            if unknown:
+                problems.append(
+                    _invalid_field(
+                        "webhook_events_filter",
+                        f"unknown event(s) {', '.join(unknown)}; use {', '.join(EVENTS)}",
+                        "enum",
+                    )
+                )
+            elif raw_filter:
+                extra["webhook_events_filter"] = [e for e in EVENTS if e in raw_filter]
+    if webhook is not None and not isinstance(webhook, str):
+        problems.append(_invalid_field("webhook", "Invalid type. Expected: string", "invalid_type"))
+    extra["webhook"] = webhook
+    return extra, problems
+
+
+def _resolve_version(model_name: str, version: Any) -> tuple[str | None, JSONResponse | None]:
+    """The version string to record for ``POST /v1/predictions`` (see the module docstring)."""
+    if version is None or version == "":
+        return None, invalid([_invalid_field("version", "version is required", "required")])
+    if not isinstance(version, str) or len(version) > 200:
+        return None, invalid([_invalid_field("version", "Invalid type. Expected: string", "invalid_type")])
+    ref, _, vid = version.partition(":")
+    if "/" in ref:
+        if ref != model_ref(model_name):
+            return None, error_response(
+                422,
+                f"Invalid version or not permitted: this server serves {model_ref(model_name)}",
+                title="Invalid version or not permitted",
+            )
+        return vid or version_id(model_name), None
+    return version, None
+
+
+async def _create(request: Request, version: str | None) -> JSONResponse:
+    state = app_state(request)
+    identity = await caller(request, "create")
+    body = await read_body(request)
+    if isinstance(body, JSONResponse):
+        return body
+    hooks, problems = _check_body(body)
+    if problems:
+        return invalid(problems)
+    model_name = state.settings.model.name
+    if version is None:
+        version, error = _resolve_version(model_name, body.get("version"))
+        if error is not None:
+            return error
+    extra: dict[str, Any] = {"api": API}
+    if version and version != version_id(model_name):
+        extra["version"] = version
+    webhook = hooks.get("webhook")
+    if webhook:
+        extra["webhook_events_filter"] = hooks.get("webhook_events_filter") or None
+        # Whose secret signs its webhooks, for good: the receiver was set up with this key's
+        # secret, and `keys adopt-open` may give the prediction another owner later.
+        extra[WEBHOOK_SIGNER] = identity.key_id
+        extra = {k: v for k, v in extra.items() if v is not None}
+    eachlabs_body = {"model": model_name, "input": body["input"], "webhook_url": webhook or None}
+    pred = await create_prediction(request, identity, eachlabs_body, extra=extra)
+    wait_s = prefer_wait(request)
+    if wait_s <= 0:
+        return JSONResponse(prediction_object(state.base_url, pred), status_code=201)
+    final = await wait_for_end(request, pred.id, wait_s) or pred
+    if final.terminal:
+        return JSONResponse(prediction_object(state.base_url, final), status_code=201)
+    return JSONResponse(prediction_object(state.base_url, final, status="starting"), status_code=202)
+
+
+def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
+    return error_response(
+        404, f"Model {owner}/{name} not found; this server serves {model_ref(model_name)}", title="Not found"
+    )
+
+
+# -- predictions ----------------------------------------------------------------------------
+
+
+@both(
+    "post",
+    "/v1/models/{owner}/{name}/predictions",
+    summary="Create a prediction (Replicate, official model)",
+    status_code=201,
+    responses={**CREATED, **errors(400, 401, 404, 422, 429, 503)},
+    description='Body `{"input": {...}, "webhook": ..., "webhook_events_filter": [...]}`. '
+    "`Prefer: wait[=n]` holds the request up to n seconds (60 for a bare `wait`): 201 when it ended, else 202.",
+    openapi_extra=create_doc(ReplicateModelCreate),
+)
+@replicate_errors
+async def create_for_model(request: Request, owner: str, name: str):
+    model_name = app_state(request).settings.model.name
+    if owner != OWNER or name != model_name:
+        await caller(request, "create")
+        return _model_not_found(owner, name, model_name)
+    return await _create(request, version_id(model_name))
+
+
+@both(
+    "post",
+    "/v1/predictions",
+    summary="Create a prediction (Replicate, with `version`)",
+    status_code=201,
+    responses={**CREATED, **errors(400, 401, 422, 429, 503)},
+    description="`version`: `black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, or any version id "
+    "(this server serves one model). Otherwise as the model route.",
+    openapi_extra=create_doc(ReplicateVersionCreate),
+)
+@replicate_errors
+async def create_with_version(request: Request):
+    return await _create(request, None)
+
+
+def _decode_cursor(cursor: str) -> tuple[float | None, int] | None:
+    """(created_to, offset) from a cursor; None for anything this server did not write (a
+    non-finite time or an offset SQLite cannot hold would otherwise be a 500)."""
+    try:
+        data = decode_json_body(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        created_to = data.get("t")
+        offset = data["o"]
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_CURSOR_OFFSET:
+            return None
+        if created_to is not None:
+            if isinstance(created_to, bool) or not isinstance(created_to, int | float):
+                return None
+            created_to = float(created_to)  # an int too large for SQLite: OverflowError, caught below
+            if not math.isfinite(created_to):
+                return None
+        return created_to, offset
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        return None
+
+
+def _encode_cursor(created_to: float | None, offset: int) -> str:
+    raw = json.dumps({"t": created_to, "o": offset}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@both(
+    "get",
+    "/v1/predictions",
+    summary="List predictions (Replicate), newest first",
+    description=f"{PAGE_SIZE} per page; follow `next` (and `previous`) for the other pages.",
+    responses=errors(400, 401, 429),
+)
+@replicate_errors
+async def list_predictions(request: Request, cursor: str | None = None):
+    state = app_state(request)
+    identity = await caller(request)
+    created_to: float | None = None
+    offset = 0
+    if cursor:
+        decoded = _decode_cursor(cursor)
+        if decoded is None:
+            return error_response(400, "Invalid cursor", title="Bad request")
+        created_to, offset = decoded
+    flt = ListFilter(owner=identity.key_id, limit=PAGE_SIZE, offset=offset, created_to=created_to)
+    preds, total = await asyncio.to_thread(state.store.list, flt)
+    if created_to is None and preds:
+        created_to = preds[0].created_at  # pin the first page's newest: later creates do not shift pages
+    base = f"{state.base_url}/v1/predictions"
+    next_url = (
+        f"{base}?cursor={_encode_cursor(created_to, offset + PAGE_SIZE)}"
+        if offset + PAGE_SIZE < total
+        else None
+    )
+    previous_url = (
+        f"{base}?cursor={_encode_cursor(created_to, max(0, offset - PAGE_SIZE))}" if offset > 0 else None
+    )
+    return {
+        "next": next_url,
+        "previous": previous_url,
+        "results": [prediction_object(state.base_url, p) for p in preds],
+    }
+
+
+@both("get", "/v1/predictions/{prediction_id}", summary="Get a prediction (Replicate)", responses=errors(401, 404, 429))
+@replicate_errors
+async def get_prediction(request: Request, prediction_id: str):
+    state = app_state(request)
+    identity = await caller(request)
+    pred = await owned_prediction(request, identity, prediction_id)
+    return prediction_object(state.base_url, pred)
+
+
+@both(
+    "post",
+    "/v1/predictions/{prediction_id}/cancel",
+    summary="Cancel a prediction (Replicate)",
+    responses=errors(401, 404, 429),
+)
+@replicate_errors
+async def cancel(request: Request, prediction_id: str):
+    state = app_state(request)
+    identity = await caller(request)
+    pred = await owned_prediction(request, identity, prediction_id)
+    if not pred.terminal:
+        try:
+            await cancel_prediction(request, identity, prediction_id)
+        except ApiError as exc:
+            if exc.status != 409:  # it ended meanwhile: answer with it as it is
+                raise
+    # A queued prediction cancelled here has had its "completed" webhook queued by
+    # cancel_prediction; a running one gets it from the supervisor when the worker stops.
+    current = await asyncio.to_thread(state.store.get, prediction_id) or pred
+    return prediction_object(state.base_url, current)
+
+
+# -- models and webhooks --------------------------------------------------------------------
+
+
+@both(
+    "get",
+    "/v1/models/{owner}/{name}",
+    summary="The model (Replicate), with its latest version",
+    responses=errors(401, 404, 429),
+)
+@replicate_errors
+async def get_model(request: Request, owner: str, name: str):
+    state = app_state(request)
+    await caller(request)
+    model_name = state.settings.model.name
+    if owner != OWNER or name != model_name:
+        return _model_not_found(owner, name, model_name)
+    return model_object(state.base_url, model_name, description="FLUX.1 [dev] served by fluxserve.")
+
+
+@both("get", "/v1/models/{owner}/{name}/versions", summary="The model's versions (Replicate)", responses=errors(401, 404, 429))
+@replicate_errors
+async def list_versions(request: Request, owner: str, name: str):
+    state = app_state(request)
+    await caller(request)
+    model_name = state.settings.model.name
+    if owner != OWNER or name != model_name:
+        return _model_not_found(owner, name, model_name)
+    return {"next": None, "previous": None, "results": [version_object(model_name)]}
+
+
+@both(
+    "get",
+    "/v1/models/{owner}/{name}/versions/{version}",
+    summary="One version of the model (Replicate)",
+    responses=errors(401, 404, 429),
+)
+@replicate_errors
+async def get_version(request: Request, owner: str, name: str, version: str):
+    state = app_state(request)
+    await caller(request)
+    model_name = state.settings.model.name
+    if owner != OWNER or name != model_name:
+        return _model_not_found(owner, name, model_name)
+    body = version_object(model_name)
+    body["id"] = version  # one model, one version: every version id names it
+    return body
+
+
+@both(
+    "get",
+    "/v1/webhooks/default/secret",
+    summary="The caller's webhook signing secret (Replicate)",
+    description="Each key has its own secret (made on first use), as each Replicate account does: "
+    "webhooks of the key's predictions are signed with it.",
+    responses=errors(401, 429),
+)
+@replicate_errors
+async def webhook_secret(request: Request):
+    state = app_state(request)
+    identity = await caller(request)
+    return {"key": await asyncio.to_thread(state.webhooks.signing_secret, identity.key_id)}
+
+
+@both(
+    "post",
+    "/v1/webhooks/default/secret/rotate",
+    summary="Replace the caller's webhook signing secret",
+    description="Answers the new secret. The old one stops at once: every later delivery of this "
+    "key's webhooks, retries of queued ones included, is signed with the new one (no overlap).",
+    responses=errors(401, 429),
+)
+@replicate_errors
+async def rotate_webhook_secret(request: Request):
+    state = app_state(request)
+    identity = await caller(request)
+    return {"key": await asyncio.to_thread(state.webhooks.rotate_signing_secret, identity.key_id)}

@@ -1,0 +1,1 @@
+"""Who may call: API keys (the keyring) and per-key rate limits."""

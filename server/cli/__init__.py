@@ -1,0 +1,67 @@
+"""The `fluxserve` command line: serve, generate, tiny-model, keys, backup, db, client.
+
+Each subcommand imports what it needs when it runs, so `fluxserve --help` stays fast and the
+server's commands never load torch in the API process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the prediction server (API + GPU workers)")
+    p.add_argument("--config", default=None, help="YAML config file (see configs/)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--ssl-certfile", default=None, help="PEM certificate: serve HTTPS (setting tls.certfile)")
+    p.add_argument("--ssl-keyfile", default=None, help="PEM private key of the certificate (tls.keyfile)")
+
+    def run(args: argparse.Namespace) -> int:
+        from server.cli.serve import cmd_serve
+
+        return cmd_serve(args)
+
+    p.set_defaults(func=run)
+
+
+def _add_client(sub: argparse._SubParsersAction) -> None:
+    from server.client.cli import register
+
+    register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from server.cli.generate import _add_generate, _add_tiny_model
+
+    parser = argparse.ArgumentParser(prog="fluxserve", description="Self-hosted FLUX.1 [dev] prediction server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_tiny_model(sub)
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands defined next to the code they drive (serve, keys, backup, db, client)."""
+    from server.cli.db import _add_backup, _add_db
+    from server.cli.keys import _add_keys
+
+    return [_add_serve, _add_keys, _add_backup, _add_db, _add_client]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from server.config import ConfigError
+    from server.datalock import ServerBusy
+    from server.store.sqlite.db import DatabaseUnusable
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ServerBusy, DatabaseUnusable) as exc:
+        # What the operator must fix: one line, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

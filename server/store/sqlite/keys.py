@@ -1,0 +1,189 @@
+"""API keys created on the command line, stored as hashes in SQLite.
+
+The keys live in their own table, ``api_keys``, in the same database file as the prediction
+store. Only ``sha256(key)`` is stored: the key itself is shown once, by :meth:`KeyStore.create`,
+and never again.
+
+- Active names are unique. A revoked key keeps its row (and its name, for the record), and its
+  name can be given to a new key: rotating "ci" is ``revoke("ci")`` then ``create("ci")``.
+- Rows are never deleted, so "this server has had keys" stays true after every key is revoked
+  (see ``KeyRing.open``: revoking the last key must lock the server, not open it).
+- Every method is synchronous and thread-safe: each thread gets its own connection (WAL,
+  busy_timeout) from ``server/store/sqlite/db.py``, like the prediction store. The async API calls them from a thread pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from server.store.sqlite.db import SQLiteDatabase
+
+log = logging.getLogger("server.keystore")  # the name it had before the move: log filters keep working
+
+KEY_PREFIX = "fsk_"
+KEY_ID_HEX_CHARS = 32
+TOUCH_INTERVAL_S = 60.0
+BUSY_TIMEOUT_MS = 5000
+NAME_MAX_LEN = 64
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Names the KeyRing gives to keys that are not in the store.
+RESERVED_NAMES = ("anonymous",)
+RESERVED_PREFIXES = ("config-",)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash     TEXT PRIMARY KEY,          -- sha256(key), 64 hex chars
+    key_id       TEXT NOT NULL UNIQUE,      -- first 32 hex chars of key_hash: the owner id
+    name         TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    last_used_at REAL,
+    revoked_at   REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name
+    ON api_keys (name) WHERE revoked_at IS NULL;
+"""
+
+_COLUMNS = "name, created_at, last_used_at, revoked_at, key_id"
+
+
+def hash_key(key: str) -> str:
+    """sha256 of the key, 64 hex chars: what the store keeps and looks up."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_id_from_hash(key_hash: str) -> str:
+    """The owner id of the key whose sha256 hex is ``key_hash`` (same as ``auth.key_id_for(key)``)."""
+    return key_hash[:KEY_ID_HEX_CHARS]
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it may name a stored key, else raise ValueError saying why."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("key name must be a non-empty string")
+    if len(name) > NAME_MAX_LEN:
+        raise ValueError(f"key name must be at most {NAME_MAX_LEN} characters")
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid key name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    lowered = name.lower()
+    if lowered in RESERVED_NAMES or lowered.startswith(RESERVED_PREFIXES):
+        raise ValueError(f"key name {name!r} is reserved")
+    return name
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the store knows about a key. Holds no secret: not the key, not its hash."""
+
+    name: str
+    created_at: float  # unix seconds
+    last_used_at: float | None
+    revoked_at: float | None
+    key_id: str
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class KeyStore:
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
+        self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS, schema=_SCHEMA)
+        self.path = self._db.path
+        self._clock = clock
+        self._lock = threading.Lock()  # guards _last_touch
+        self._last_touch: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"KeyStore(path={self.path!r})"
+
+    def close(self) -> None:
+        """Close every connection this instance opened. Call it once no thread uses the store."""
+        self._db.close()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def create(self, name: str) -> str:
+        """Make a new key named ``name`` and return it. This is the only time the key is seen."""
+        validate_name(name)
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_hash = hash_key(key)
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO api_keys (key_hash, key_id, name, created_at) VALUES (?, ?, ?, ?)",
+                    (key_hash, key_id_from_hash(key_hash), name, self._clock()),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"an active key named {name!r} already exists") from exc
+        return key
+
+    def list(self) -> list[KeyInfo]:
+        """Every key ever created, revoked ones included, oldest first."""
+        rows = (
+            self._db.connection()
+            .execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, rowid")
+            .fetchall()
+        )
+        return [KeyInfo(*row) for row in rows]
+
+    def active(self, name: str) -> KeyInfo | None:
+        """The active key named ``name``; None when there is none (unknown or revoked)."""
+        row = (
+            self._db.connection()
+            .execute(f"SELECT {_COLUMNS} FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,))
+            .fetchone()
+        )
+        return KeyInfo(*row) if row else None
+
+    def revoke(self, name: str) -> bool:
+        """Revoke the active key named ``name``. False when there is none."""
+        with self._db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (self._clock(), name),
+            )
+        return cur.rowcount > 0
+
+    def lookup(self, key_hash: str) -> KeyInfo | None:
+        """The active key whose sha256 hex is ``key_hash``; None if unknown or revoked."""
+        row = (
+            self._db.connection()
+            .execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                (key_hash,),
+            )
+            .fetchone()
+        )
+        return KeyInfo(*row) if row else None
+
+    def has_keys(self) -> bool:
+        """True once any key has been created, even if every key is revoked since."""
+        return self._db.connection().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+
+    def touch(self, key_id: str) -> None:
+        """Record that ``key_id`` was used now; writes at most once a minute per key.
+
+        Best effort: a busy database skips the write rather than fail the request.
+        """
+        now = self._clock()
+        with self._lock:
+            last = self._last_touch.get(key_id)
+            if last is not None and now - last < TOUCH_INTERVAL_S:
+                return
+            self._last_touch[key_id] = now
+        try:
+            with self._db.transaction() as conn:
+                conn.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (now, key_id))
+        except sqlite3.OperationalError as exc:
+            log.warning("could not record key use for key_id %s: %s", key_id, exc)

@@ -1,0 +1,1 @@
+"""Webhook deliveries: the dispatcher that sends, signs and retries them."""

@@ -1,0 +1,252 @@
+"""The worker process: loads the model once, then runs one prediction at a time.
+
+Started with the ``spawn`` method (never forked after CUDA is initialised). It talks to the
+supervisor only through its Pipe end: a reader thread takes RunJob / CancelJob / Shutdown
+messages, the main thread runs jobs and sends events back. The child never touches the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.workers.messages import (
+    CancelJob,
+    JobCancelled,
+    JobFailed,
+    JobLog,
+    JobSucceeded,
+    OutputImage,
+    RunJob,
+    SetupFailed,
+    Shutdown,
+    WorkerReady,
+)
+
+log = logging.getLogger("fluxserve.worker")
+
+
+@dataclass
+class WorkerConfig:
+    """What a worker needs, as plain picklable data."""
+
+    model: dict[str, Any]  # a ModelSpec as a dict
+    gpu: str | None = None  # a CUDA_VISIBLE_DEVICES entry; None: leave it as it is
+    max_image_bytes: int = 10 * 2**20
+    max_image_pixels: int = 40_000_000
+    fetch_timeout_s: float = 15
+    allow_private_addresses: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)
+    progress_interval_s: float = 0.25
+    nice: int = 0  # added to the process's nice value at start
+    fault_injection: bool = False  # tests only: prompts containing [[fault:...]] cause real faults
+    log_level: str = "info"
+
+
+class _JobControl:
+    """The job being run and its cancel flag, shared by the reader thread and the main thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.current: str | None = None
+        self.cancel = threading.Event()
+        self.cancelled_early: set[str] = set()
+
+    def start(self, prediction_id: str) -> None:
+        with self.lock:
+            self.current = prediction_id
+            self.cancel.clear()
+            if prediction_id in self.cancelled_early:
+                self.cancelled_early.discard(prediction_id)
+                self.cancel.set()
+
+    def request_cancel(self, prediction_id: str) -> None:
+        with self.lock:
+            if self.current == prediction_id:
+                self.cancel.set()
+            else:  # the RunJob may still be in the pipe behind this message
+                self.cancelled_early.add(prediction_id)
+
+    def done(self) -> None:
+        with self.lock:
+            self.current = None
+
+
+def worker_main(conn, config: WorkerConfig) -> None:
+    """Entry point of the spawned process."""
+    if config.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu  # before torch is imported
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # SIGINT goes to the whole process group on Ctrl-C; the supervisor decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s worker %(levelname)s %(message)s")
+    if config.nice:
+        # Before torch starts its threads: they inherit the priority.
+        os.nice(config.nice)
+
+    from pipelines.errors import ModelLoadError
+    from pipelines.generate import FluxGenerator
+    from pipelines.loading import load_model
+    from pipelines.spec import ModelSpec
+
+    # Read commands from the start, the model load included: if the supervisor dies meanwhile,
+    # the pipe's EOF ends this process instead of leaving it loading for minutes.
+    jobs: queue.Queue[RunJob | None] = queue.Queue()
+    control = _JobControl()
+    threading.Thread(target=_read_commands, args=(conn, jobs, control), daemon=True, name="commands").start()
+    try:
+        model = load_model(ModelSpec.model_validate(config.model))
+    except ModelLoadError as exc:
+        conn.send(SetupFailed(str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - report any load failure instead of dying silently
+        conn.send(SetupFailed(f"{type(exc).__name__}: {exc}"))
+        return
+    generator = FluxGenerator(model)
+    conn.send(
+        WorkerReady(
+            device=model.device,
+            dtype=str(model.dtype).removeprefix("torch."),
+            weights=str(model.weights.folder),
+            is_tiny=model.is_tiny,
+            load_seconds=model.load_seconds,
+            warnings=list(model.warnings),
+        )
+    )
+
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        control.start(job.prediction_id)
+        try:
+            try:
+                outcome = _run_job(job, generator, config, conn, control)
+            except Exception as exc:  # noqa: BLE001 - a failure outside generation must end the job, not the worker
+                log.exception("prediction %s failed", job.prediction_id)
+                outcome = JobFailed(job.prediction_id, f"Prediction failed: {type(exc).__name__}: {exc}")
+            conn.send(outcome)
+        finally:
+            control.done()
+
+
+def _read_commands(conn, jobs: queue.Queue, control: _JobControl) -> None:
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            # The supervisor is gone: nobody will read our results. Stop now.
+            os._exit(0)
+        if isinstance(msg, RunJob):
+            jobs.put(msg)
+        elif isinstance(msg, CancelJob):
+            control.request_cancel(msg.prediction_id)
+        elif isinstance(msg, Shutdown):
+            jobs.put(None)
+            return
+
+
+def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobControl):
+    """Run one prediction and return the final message; progress goes out as JobLog on the way."""
+    from pipelines.errors import GenerationError
+    from pipelines.generate import pick_seed
+    from pipelines.images import InputImageError, decode_image
+    from pipelines.inputs import FluxInputs, img2img_size
+    from server.egress.fetch import AddressPolicy, FetchError, load_image_source
+
+    pid = job.prediction_id
+    logs: list[str] = []
+
+    def emit(line: str) -> None:
+        logs.append(line + "\n")
+        conn.send(JobLog(pid, line + "\n"))
+
+    inputs = FluxInputs.model_validate(job.inputs)
+    if config.fault_injection and "[[fault:prepare]]" in inputs.prompt:
+        raise RuntimeError("injected failure while preparing the job")
+    seed = pick_seed(inputs.seed)
+    inputs = inputs.model_copy(update={"seed": seed})
+    emit(f"Using seed: {seed}")
+
+    source = None
+    if inputs.image:
+        policy = AddressPolicy(
+            allow_private=config.allow_private_addresses,
+            allowed_hosts=list(config.allowed_hosts),
+            timeout_s=config.fetch_timeout_s,
+            max_bytes=config.max_image_bytes,
+        )
+        try:
+            data = load_image_source(inputs.image, policy, config.max_image_bytes)
+            source = decode_image(data, max_pixels=config.max_image_pixels, max_bytes=config.max_image_bytes)
+        except (FetchError, InputImageError) as exc:
+            return JobFailed(pid, f"Invalid input image: {exc}", "".join(logs))
+        w, h = img2img_size(*source.size)
+        emit(f"img2img from a {source.width}x{source.height} image: output {w}x{h}, prompt_strength {inputs.prompt_strength}")
+    else:
+        w, h = inputs.size
+        emit(f"Generating {inputs.num_outputs} image(s) at {w}x{h}, {inputs.num_inference_steps} steps")
+
+    last_sent = 0.0
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal last_sent
+        if config.fault_injection:
+            _inject_fault(inputs.prompt, done)
+        now = time.monotonic()
+        if done == total or now - last_sent >= config.progress_interval_s:
+            last_sent = now
+            emit(f"{done}/{total} steps ({100 * done // total}%)")
+
+    try:
+        result = generator.generate(inputs, source, on_progress=on_progress, should_cancel=control.cancel.is_set)
+    except GenerationError as exc:
+        return JobFailed(pid, str(exc), "".join(logs))
+    except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
+        log.exception("prediction %s failed", pid)
+        if _is_fatal_device_error(exc):
+            conn.send(JobFailed(pid, f"GPU error, worker restarting: {exc}", "".join(logs), worker_exiting=True))
+            os._exit(70)
+        return JobFailed(pid, f"Prediction failed: {type(exc).__name__}: {exc}", "".join(logs))
+
+    if result.cancelled:
+        emit("Cancelled: the run stopped and its images were discarded.")
+        return JobCancelled(pid, "".join(logs))
+    for warning in result.warnings:
+        emit(f"Warning: {warning}")
+    emit(f"Generated {len(result.images)} image(s) in {result.timings['predict_time']:.2f} s")
+    images = [OutputImage(i.data, i.format, i.content_type, i.width, i.height, i.seed) for i in result.images]
+    extra = {"seed": result.seed, "width": result.width, "height": result.height, "nsfw_dropped": result.nsfw_dropped}
+    return JobSucceeded(pid, images, result.seed, result.timings["predict_time"], "".join(logs), extra)
+
+
+def _is_fatal_device_error(exc: BaseException) -> bool:
+    """A CUDA error other than out-of-memory leaves the context unusable: restart the process."""
+    text = str(exc)
+    return "CUDA error" in text or "device-side assert" in text
+
+
+def _inject_fault(prompt: str, step: int) -> None:
+    """Test-only faults, enabled by FLUXSERVE_FAULT_INJECTION=1: they really happen in the real worker."""
+    if step != 1 or "[[fault:" not in prompt:
+        return
+    if "[[fault:hang]]" in prompt:
+        threading.Event().wait()  # a step that never returns
+    if "[[fault:slow]]" in prompt:
+        threading.Event().wait(3)  # a step that takes 3 s: time to break something while it runs
+    if "[[fault:oom]]" in prompt:
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+    if "[[fault:host-oom]]" in prompt:
+        raise MemoryError("injected host out of memory")
+    if "[[fault:cuda-error]]" in prompt:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    if "[[fault:crash]]" in prompt:
+        os.kill(os.getpid(), signal.SIGKILL)
