@@ -261,7 +261,7 @@ def test_prefer_wait_header_parsing(header, seconds):
     class FakeRequest:
         headers = {"prefer": header}
 
-    assert replicate_routes.prefer_wait(FakeRequest()) == seconds
+    assert replicate_routes.requested_wait(FakeRequest()) == seconds
 
 
 # -- get ------------------------------------------------------------------------------------
