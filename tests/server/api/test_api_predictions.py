@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 from PIL import Image
 
-from tests.server.conftest import FAST
+from tests.server.helpers import FAST
 
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
