@@ -25,7 +25,10 @@ BEARER = HTTPBearer(
 )
 # The longest a request may be held waiting for its prediction's end (``?wait=n``, ``Prefer: wait``).
 MAX_WAIT_S = 60.0
-_PREFER_WAIT = re.compile(r"\s*wait\s*(?:=\s*\"?([0-9]+(?:\.[0-9]*)?)\"?)?\s*", flags=re.IGNORECASE)
+# RFC 7240: ``wait`` or ``wait=n``, n maybe quoted, then optional ``;parameters`` (ignored).
+_PREFER_WAIT = re.compile(
+    r"\s*wait\s*(?:=\s*\"?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\"?)?\s*(?:;.*)?", flags=re.IGNORECASE | re.DOTALL
+)
 
 # ``dependencies=`` of the routers whose every route needs a key: either scheme will do.
 KEY_REQUIRED = [Security(API_KEY_HEADER), Security(BEARER)]
