@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -22,6 +23,13 @@ BEARER = HTTPBearer(
     auto_error=False,
     description="`Authorization: Bearer KEY` (what Replicate's clients send; `Token KEY` works too).",
 )
+# The longest a request may be held waiting for its prediction's end (``?wait=n``, ``Prefer: wait``).
+MAX_WAIT_S = 60.0
+# RFC 7240: ``wait`` or ``wait=n``, n maybe quoted, then optional ``;parameters`` (ignored).
+_PREFER_WAIT = re.compile(
+    r"\s*wait\s*(?:=\s*\"?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\"?)?\s*(?:;.*)?", flags=re.IGNORECASE | re.DOTALL
+)
+
 # ``dependencies=`` of the routers whose every route needs a key: either scheme will do.
 KEY_REQUIRED = [Security(API_KEY_HEADER), Security(BEARER)]
 
@@ -70,3 +78,13 @@ async def caller(request: Request) -> Identity:
     identity = await authenticate(request)
     check_rate(request, identity, "read")
     return identity
+
+
+def prefer_wait(request: Request, bare: float | None = MAX_WAIT_S) -> float | None:
+    """Seconds asked for by ``Prefer: wait=n`` (not clamped), ``bare`` for a bare ``wait``, None
+    without it (or with a value that is no number)."""
+    for part in request.headers.get("prefer", "").split(","):
+        match = _PREFER_WAIT.fullmatch(part)
+        if match:
+            return bare if match.group(1) is None else float(match.group(1))
+    return None

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from server.client.cli import add_input_options
+
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate images locally (no server)")
@@ -16,16 +18,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="auto", help="a diffusers folder, a cached repo id, or auto (default)")
     p.add_argument("--transformer-file", default=None, help="single-file transformer checkpoint (.safetensors)")
     p.add_argument("--config", default=None, help="take the model spec from this config file instead")
-    p.add_argument("--aspect-ratio", default=None)
-    p.add_argument("--megapixels", default=None)
-    p.add_argument("--seed", default=None)
-    p.add_argument("--num-outputs", default=None)
-    p.add_argument("--steps", default=None, dest="num_inference_steps")
-    p.add_argument("--guidance", default=None)
-    p.add_argument("--image", default=None, help="img2img source image file")
-    p.add_argument("--prompt-strength", default=None)
-    p.add_argument("--output-format", default=None, help="webp, jpg or png (default: from -o's extension)")
-    p.add_argument("--output-quality", default=None)
+    add_input_options(p, image_help="img2img source image file", typed=False)
     p.add_argument("-o", "--output", required=True, help="output file; several outputs get -0, -1... before the extension")
     p.set_defaults(func=_cmd_generate)
 

@@ -24,6 +24,36 @@ IMAGE_SUFFIXES = ("webp", "jpg", "jpeg", "png")
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 
 
+# The flux-dev inputs a ``generate`` command line takes: (flag, input name, type, help). One table
+# for this command and ``fluxserve generate`` (which takes the values as text: the input parser then
+# names a bad one the way the API does).
+GENERATE_OPTIONS: tuple[tuple[str, str, type | None, str | None], ...] = (
+    ("--aspect-ratio", "aspect_ratio", None, None),
+    ("--megapixels", "megapixels", None, "1 or 0.25"),
+    ("--seed", "seed", int, None),
+    ("--num-outputs", "num_outputs", int, None),
+    ("--steps", "num_inference_steps", int, None),
+    ("--guidance", "guidance", float, None),
+    ("--image", "image", None, None),  # a file, not an input: each command says what it does with it
+    ("--prompt-strength", "prompt_strength", float, None),
+    ("--output-format", "output_format", None, "webp, jpg or png (default: from -o's extension)"),
+    ("--output-quality", "output_quality", int, None),
+)
+INPUT_OPTIONS = tuple(name for _, name, _, _ in GENERATE_OPTIONS if name != "image")
+
+
+def add_input_options(parser: argparse.ArgumentParser, image_help: str, typed: bool = True) -> None:
+    """The options of GENERATE_OPTIONS, all defaulting to None; ``typed=False`` keeps them text."""
+    for flag, name, kind, help_ in GENERATE_OPTIONS:
+        parser.add_argument(
+            flag,
+            default=None,
+            dest=name,
+            type=kind if typed else None,
+            help=image_help if name == "image" else help_,
+        )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``client`` subcommand (with ``generate`` and ``batch``) to ``fluxserve``."""
     p = sub.add_parser("client", help="use a running fluxserve server (generate, batch)")
@@ -33,16 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("prompt")
     _add_connection(gen)
     gen.add_argument("-o", "--output", required=True, help="output file; several outputs get -0, -1... before the extension")
-    gen.add_argument("--aspect-ratio", default=None)
-    gen.add_argument("--megapixels", default=None, help="1 or 0.25")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--num-outputs", type=int, default=None)
-    gen.add_argument("--steps", type=int, default=None, dest="num_inference_steps")
-    gen.add_argument("--guidance", type=float, default=None)
-    gen.add_argument("--image", default=None, help="img2img source image file (sent inline as a data: URL)")
-    gen.add_argument("--prompt-strength", type=float, default=None)
-    gen.add_argument("--output-format", default=None, help="webp, jpg or png (default: from -o's extension)")
-    gen.add_argument("--output-quality", type=int, default=None)
+    add_input_options(gen, image_help="img2img source image file (sent inline as a data: URL)")
     gen.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
     gen.set_defaults(func=cmd_generate)
 
@@ -96,19 +117,6 @@ def output_paths(output: str, fmt: str, count: int) -> list[Path]:
 
 def _print_error(exc: Exception) -> None:
     print(f"error: {exc}", file=sys.stderr)
-
-
-INPUT_OPTIONS = (
-    "aspect_ratio",
-    "megapixels",
-    "seed",
-    "num_outputs",
-    "num_inference_steps",
-    "guidance",
-    "prompt_strength",
-    "output_format",
-    "output_quality",
-)
 
 
 def inputs_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,9 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# The media type of each output format: one table, the encoder's (torch-free: PIL only).
+from pipelines.encoding import CONTENT_TYPES
+
 ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 NAME_PATTERN = re.compile(r"out-[0-9]{1,2}\.(webp|jpg|png)")
-CONTENT_TYPES = {"webp": "image/webp", "jpg": "image/jpeg", "png": "image/png"}
 
 
 class OutputStorageError(RuntimeError):

@@ -11,8 +11,7 @@ import pytest
 
 from server.config import ConfigError, load_settings
 from server.workers.supervisor import Supervisor
-from tests.server.conftest import self_signed_cert
-from tests.server.live import LiveServer
+from tests.server.helpers import LiveServer, self_signed_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 

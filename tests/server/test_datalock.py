@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from server.datalock import DatabaseBusy, DatabaseLock, DataDirBusy, DataDirLock, OutputsBusy, ServerLock
-from tests.server.live import FLUXSERVE, LiveServer, free_port
+from tests.server.helpers import FLUXSERVE, LiveServer, free_port
 
 SLOW = {"prompt": "slow", "num_inference_steps": "50", "megapixels": "1"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from server.events import PredictionEvents, wait_event
-from tests.server.conftest import run_in_own_loop
+from tests.server.helpers import run_in_own_loop
 
 
 def test_wait_event_wakes_when_set_and_times_out_otherwise() -> None:

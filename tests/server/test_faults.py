@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.live import FAST_MODEL, KEY_A, QUICK, HealthWatch, LiveServer, pid_alive
+from tests.server.helpers import FAST_MODEL, KEY_A, QUICK, HealthWatch, LiveServer, pid_alive
 
 pytestmark = pytest.mark.slow
 

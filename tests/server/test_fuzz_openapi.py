@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.server.conftest import STATIC_KEYS, server_settings
+from tests.server.helpers import STATIC_KEYS, server_settings
 
 CHECKS = [
     not_a_server_error,

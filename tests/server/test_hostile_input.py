@@ -22,7 +22,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.server.live import FAST_MODEL, KEY_A, KEY_B, QUICK, LiveServer, raw_request
+from tests.server.helpers import FAST_MODEL, KEY_A, KEY_B, QUICK, LiveServer, raw_request
 
 pytestmark = pytest.mark.slow
 

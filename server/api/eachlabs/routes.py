@@ -20,7 +20,16 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from pipelines.images import data_url_size_problem
 from pipelines.inputs import FluxInputs, InvalidInputs, parse_inputs
-from server.api.deps import KEY_REQUIRED, app_state, authenticate, caller, check_rate, too_many
+from server.api.deps import (
+    KEY_REQUIRED,
+    MAX_WAIT_S,
+    app_state,
+    authenticate,
+    caller,
+    check_rate,
+    prefer_wait,
+    too_many,
+)
 from server.api.eachlabs.render import prediction_body
 from server.api.eachlabs.schemas import (
     CancelResponse,
@@ -35,6 +44,7 @@ from server.api.eachlabs.schemas import (
 from server.api.errors import ApiError, not_found
 from server.api.notices import TINY_MODEL_NOTICE
 from server.api.openapi import prefer_header
+from server.api.routing import both
 from server.auth.keyring import Identity
 from server.store import CancelOutcome, InFlightLimitExceeded, ListFilter, Prediction
 from server.store.base import ALL_STATUSES
@@ -44,7 +54,6 @@ log = logging.getLogger("server.routes.eachlabs")  # the name it had before the 
 
 router = APIRouter(tags=["predictions"], dependencies=KEY_REQUIRED)
 
-MAX_WAIT_S = 60.0
 WAIT_FALLBACK_POLL_S = 0.5  # re-read the store this often while waiting (changes made elsewhere)
 IN_FLIGHT_RETRY_AFTER_S = 5
 # `input` is stored and echoed in every answer; pydantic's JSON encoder gives up past 255 levels, so
@@ -92,20 +101,6 @@ ERRORS = {
     503: {"model": ErrorResponse, "description": "Not accepting predictions (model failed to load, shutting down)."},
 }
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such prediction for this key."}}
-
-
-def both(path: str):
-    """Register a route at ``path`` and ``path/``; only the first appears in the schema."""
-
-    def decorate(method: str, **kwargs):
-        def register(fn):
-            getattr(router, method)(path, **kwargs)(fn)
-            getattr(router, method)(path + "/", include_in_schema=False, **{k: v for k, v in kwargs.items() if k != "summary"})(fn)
-            return fn
-
-        return register
-
-    return decorate
 
 
 # -- create ---------------------------------------------------------------------------------
@@ -223,8 +218,10 @@ async def create_prediction(
     return pred
 
 
-@both("/v1/prediction")(
+@both(
+    router,
     "post",
+    "/v1/prediction",
     summary="Create a prediction",
     responses={200: {"model": CreateResponse}, **ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateRequest"}}}}},
@@ -250,8 +247,10 @@ async def wait_for_end(request: Request, prediction_id: str, timeout: float) -> 
         await state.events.wait(prediction_id, min(remaining, WAIT_FALLBACK_POLL_S))
 
 
-@both("/v1/prediction/run")(
+@both(
+    router,
     "post",
+    "/v1/prediction/run",
     summary="Create a prediction and wait for its end",
     responses={200: {"model": PredictionResponse}, **ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateRequest"}}}}},
@@ -270,14 +269,7 @@ async def run(request: Request, identity: Identity = Depends(authenticate)) -> d
 
 def requested_wait(request: Request, wait: float | None) -> float:
     """Seconds to hold a GET: ``?wait=n`` or ``Prefer: wait=n`` (at most 60)."""
-    seconds = wait
-    if seconds is None:
-        match = re.search(r"(?i)\bwait\s*=\s*([0-9.]+)", request.headers.get("prefer", ""))
-        if match:
-            try:
-                seconds = float(match.group(1))
-            except ValueError:
-                seconds = None
+    seconds = wait if wait is not None else prefer_wait(request, bare=None)
     if seconds is None or seconds != seconds:  # NaN
         return 0.0
     return max(0.0, min(MAX_WAIT_S, seconds))
@@ -293,8 +285,10 @@ async def owned_prediction(request: Request, identity: Identity, prediction_id: 
     return pred
 
 
-@both("/v1/prediction/{prediction_id}")(
+@both(
+    router,
     "get",
+    "/v1/prediction/{prediction_id}",
     summary="Get a prediction",
     responses={200: {"model": PredictionResponse}, **{**ERRORS, **NOT_FOUND}},
     description="Add `?wait=n` or `Prefer: wait=n` (up to 60 s) to hold the request until the prediction ends.",
@@ -342,8 +336,10 @@ async def cancel_prediction(request: Request, identity: Identity, prediction_id:
     return pred
 
 
-@both("/v1/prediction/{prediction_id}/cancel")(
+@both(
+    router,
     "post",
+    "/v1/prediction/{prediction_id}/cancel",
     summary="Cancel a prediction",
     responses={200: {"model": CancelResponse}, **{**ERRORS, **NOT_FOUND, 409: {"model": ErrorResponse, "description": "Already finished."}}},
     description="A queued prediction never runs; a running one stops at its next step and its images are discarded.",
@@ -400,8 +396,10 @@ def _iso_span(value: str) -> float:
     return 10.0 ** -min(len(match.group(4)), 6)
 
 
-@both("/v1/executions")(
+@both(
+    router,
     "get",
+    "/v1/executions",
     summary="List this key's predictions, newest first",
     responses={200: {"model": ExecutionsResponse}, **ERRORS},
 )
@@ -454,13 +452,13 @@ def model_info(request: Request) -> dict:
     return info
 
 
-@both("/v1/models")("get", summary="Models served", responses={200: {"model": ModelsResponse}, **ERRORS})
+@both(router, "get", "/v1/models", summary="Models served", responses={200: {"model": ModelsResponse}, **ERRORS})
 async def list_models(request: Request, identity: Identity = Depends(caller)) -> dict:
     return {"models": [model_info(request)]}
 
 
-@both("/v1/model")(
-    "get", summary="One model with its input schema", responses={200: {"model": ModelInfo}, **{**ERRORS, 404: {"model": ErrorResponse}}}
+@both(
+    router, "get", "/v1/model", summary="One model with its input schema", responses={200: {"model": ModelInfo}, **{**ERRORS, 404: {"model": ErrorResponse}}}
 )
 async def get_model(request: Request, slug: str = Query(..., max_length=100), identity: Identity = Depends(caller)) -> dict:
     state = app_state(request)

@@ -141,7 +141,7 @@ def model_object(
     }
 
 
-def error_response(
+def problem_response(
     status: int,
     detail: str,
     *,

@@ -35,7 +35,6 @@ import base64
 import functools
 import json
 import math
-import re
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -43,7 +42,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.inputs import FluxInputs
-from server.api.deps import KEY_REQUIRED, app_state, authenticate, check_rate
+from server.api.deps import KEY_REQUIRED, MAX_WAIT_S, app_state, authenticate, caller, prefer_wait
 from server.api.eachlabs.routes import (
     cancel_prediction,
     create_prediction,
@@ -58,19 +57,18 @@ from server.api.replicate.render import (
     API,
     EVENTS,
     OWNER,
-    error_response,
     model_object,
     model_ref,
     prediction_object,
+    problem_response,
     version_id,
     version_object,
 )
-from server.auth.keyring import Identity
+from server.api.routing import both
 from server.store import WEBHOOK_SIGNER, ListFilter
 
 router = APIRouter(tags=["replicate"], dependencies=KEY_REQUIRED)
 
-MAX_WAIT_S = 60
 PAGE_SIZE = 100
 MAX_CURSOR_OFFSET = 10**9
 BODY_FIELDS = frozenset(
@@ -174,18 +172,6 @@ CREATED = {
 }
 
 
-def both(method: str, path: str, **kwargs):
-    """Register at ``path`` and ``path/`` (no redirect); only the first appears in the schema."""
-
-    def register(fn):
-        getattr(router, method)(path, **kwargs)(fn)
-        slash = {k: v for k, v in kwargs.items() if k not in ("summary", "description")}
-        getattr(router, method)(path + "/", include_in_schema=False, **slash)(fn)
-        return fn
-
-    return register
-
-
 def replicate_errors(fn):
     """Answer the server's errors (raised as ApiError, in the Eachlabs shape) in Replicate's shape."""
 
@@ -213,13 +199,13 @@ def from_api_error(exc: ApiError) -> JSONResponse:
             ]
         )
     if exc.status == 401:
-        return error_response(401, "You did not pass a valid authentication token", headers=exc.headers)
+        return problem_response(401, "You did not pass a valid authentication token", headers=exc.headers)
     if exc.status == 404:
-        return error_response(404, "The requested prediction was not found.", headers=exc.headers)
+        return problem_response(404, "The requested prediction was not found.", headers=exc.headers)
     detail = exc.error
     if exc.details is not None:
         detail += f": {exc.details if isinstance(exc.details, str) else json.dumps(exc.details)}"
-    return error_response(exc.status, detail, headers=exc.headers)
+    return problem_response(exc.status, detail, headers=exc.headers)
 
 
 def _invalid_field(field: str, description: str, kind: str | None = None) -> dict[str, str]:
@@ -232,25 +218,13 @@ def _invalid_field(field: str, description: str, kind: str | None = None) -> dic
 
 def invalid(fields: list[dict[str, str]], title: str = "Input validation failed") -> JSONResponse:
     detail = "".join(f"- {f['field'] or '(root)'}: {f['description']}\n" for f in fields)
-    return error_response(422, detail, title=title, invalid_fields=fields)
+    return problem_response(422, detail, title=title, invalid_fields=fields)
 
 
-async def caller(request: Request, kind: str = "read") -> Identity:
-    identity = await authenticate(request)
-    if kind == "read":
-        check_rate(request, identity, "read")
-    return identity
-
-
-def prefer_wait(request: Request) -> float:
+def requested_wait(request: Request) -> float:
     """Seconds asked for by ``Prefer: wait`` (60) or ``Prefer: wait=n`` (1..60); 0 without it."""
-    for part in request.headers.get("prefer", "").split(","):
-        match = re.fullmatch(r"\s*wait\s*(?:=\s*\"?([0-9]+(?:\.[0-9]*)?)\"?)?\s*", part, flags=re.IGNORECASE)
-        if match:
-            if match.group(1) is None:
-                return float(MAX_WAIT_S)
-            return float(min(MAX_WAIT_S, max(1.0, float(match.group(1)))))
-    return 0.0
+    seconds = prefer_wait(request)
+    return 0.0 if seconds is None else min(MAX_WAIT_S, max(1.0, seconds))
 
 
 async def read_body(request: Request) -> dict[str, Any] | JSONResponse:
@@ -258,9 +232,9 @@ async def read_body(request: Request) -> dict[str, Any] | JSONResponse:
     try:
         body = decode_json_body(raw) if raw.strip() else None
     except ValueError as exc:
-        return error_response(400, f"Invalid JSON body: {str(exc)[:200]}", title="Bad request")
+        return problem_response(400, f"Invalid JSON body: {str(exc)[:200]}", title="Bad request")
     if not isinstance(body, dict):
-        return error_response(400, "The request body must be a JSON object", title="Bad request")
+        return problem_response(400, "The request body must be a JSON object", title="Bad request")
     return body
 
 
@@ -314,7 +288,7 @@ def _resolve_version(model_name: str, version: Any) -> tuple[str | None, JSONRes
     ref, _, vid = version.partition(":")
     if "/" in ref:
         if ref != model_ref(model_name):
-            return None, error_response(
+            return None, problem_response(
                 422,
                 f"Invalid version or not permitted: this server serves {model_ref(model_name)}",
                 title="Invalid version or not permitted",
@@ -325,7 +299,7 @@ def _resolve_version(model_name: str, version: Any) -> tuple[str | None, JSONRes
 
 async def _create(request: Request, version: str | None) -> JSONResponse:
     state = app_state(request)
-    identity = await caller(request, "create")
+    identity = await authenticate(request)
     body = await read_body(request)
     if isinstance(body, JSONResponse):
         return body
@@ -349,7 +323,7 @@ async def _create(request: Request, version: str | None) -> JSONResponse:
         extra = {k: v for k, v in extra.items() if v is not None}
     eachlabs_body = {"model": model_name, "input": body["input"], "webhook_url": webhook or None}
     pred = await create_prediction(request, identity, eachlabs_body, extra=extra)
-    wait_s = prefer_wait(request)
+    wait_s = requested_wait(request)
     if wait_s <= 0:
         return JSONResponse(prediction_object(state.base_url, pred), status_code=201)
     final = await wait_for_end(request, pred.id, wait_s) or pred
@@ -359,7 +333,7 @@ async def _create(request: Request, version: str | None) -> JSONResponse:
 
 
 def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
-    return error_response(
+    return problem_response(
         404, f"Model {owner}/{name} not found; this server serves {model_ref(model_name)}", title="Not found"
     )
 
@@ -368,6 +342,7 @@ def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
 
 
 @both(
+    router,
     "post",
     "/v1/models/{owner}/{name}/predictions",
     summary="Create a prediction (Replicate, official model)",
@@ -381,12 +356,13 @@ def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
 async def create_for_model(request: Request, owner: str, name: str):
     model_name = app_state(request).settings.model.name
     if owner != OWNER or name != model_name:
-        await caller(request, "create")
+        await authenticate(request)
         return _model_not_found(owner, name, model_name)
     return await _create(request, version_id(model_name))
 
 
 @both(
+    router,
     "post",
     "/v1/predictions",
     summary="Create a prediction (Replicate, with `version`)",
@@ -427,6 +403,7 @@ def _encode_cursor(created_to: float | None, offset: int) -> str:
 
 
 @both(
+    router,
     "get",
     "/v1/predictions",
     summary="List predictions (Replicate), newest first",
@@ -442,7 +419,7 @@ async def list_predictions(request: Request, cursor: str | None = None):
     if cursor:
         decoded = _decode_cursor(cursor)
         if decoded is None:
-            return error_response(400, "Invalid cursor", title="Bad request")
+            return problem_response(400, "Invalid cursor", title="Bad request")
         created_to, offset = decoded
     flt = ListFilter(owner=identity.key_id, limit=PAGE_SIZE, offset=offset, created_to=created_to)
     preds, total = await asyncio.to_thread(state.store.list, flt)
@@ -464,7 +441,7 @@ async def list_predictions(request: Request, cursor: str | None = None):
     }
 
 
-@both("get", "/v1/predictions/{prediction_id}", summary="Get a prediction (Replicate)", responses=errors(401, 404, 429))
+@both(router, "get", "/v1/predictions/{prediction_id}", summary="Get a prediction (Replicate)", responses=errors(401, 404, 429))
 @replicate_errors
 async def get_prediction(request: Request, prediction_id: str):
     state = app_state(request)
@@ -474,6 +451,7 @@ async def get_prediction(request: Request, prediction_id: str):
 
 
 @both(
+    router,
     "post",
     "/v1/predictions/{prediction_id}/cancel",
     summary="Cancel a prediction (Replicate)",
@@ -500,6 +478,7 @@ async def cancel(request: Request, prediction_id: str):
 
 
 @both(
+    router,
     "get",
     "/v1/models/{owner}/{name}",
     summary="The model (Replicate), with its latest version",
@@ -515,7 +494,7 @@ async def get_model(request: Request, owner: str, name: str):
     return model_object(state.base_url, model_name, description="FLUX.1 [dev] served by fluxserve.")
 
 
-@both("get", "/v1/models/{owner}/{name}/versions", summary="The model's versions (Replicate)", responses=errors(401, 404, 429))
+@both(router, "get", "/v1/models/{owner}/{name}/versions", summary="The model's versions (Replicate)", responses=errors(401, 404, 429))
 @replicate_errors
 async def list_versions(request: Request, owner: str, name: str):
     state = app_state(request)
@@ -527,6 +506,7 @@ async def list_versions(request: Request, owner: str, name: str):
 
 
 @both(
+    router,
     "get",
     "/v1/models/{owner}/{name}/versions/{version}",
     summary="One version of the model (Replicate)",
@@ -545,6 +525,7 @@ async def get_version(request: Request, owner: str, name: str, version: str):
 
 
 @both(
+    router,
     "get",
     "/v1/webhooks/default/secret",
     summary="The caller's webhook signing secret (Replicate)",
@@ -560,6 +541,7 @@ async def webhook_secret(request: Request):
 
 
 @both(
+    router,
     "post",
     "/v1/webhooks/default/secret/rotate",
     summary="Replace the caller's webhook signing secret",

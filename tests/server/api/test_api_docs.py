@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from tests.server.conftest import server_settings
+from tests.server.helpers import server_settings
 
 REF = "#/components/schemas/"
 

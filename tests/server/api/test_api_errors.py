@@ -13,7 +13,7 @@ import re
 import pytest
 from PIL import Image
 
-from tests.server.conftest import FAST, STATIC_KEYS
+from tests.server.helpers import FAST, STATIC_KEYS
 
 GOOD = {"model": "flux-dev", "input": {"prompt": "a lighthouse", **FAST}}
 

@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 from PIL import Image
 
-from tests.server.conftest import FAST
+from tests.server.helpers import FAST
 
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -267,3 +267,26 @@ def test_cancel_finished_prediction_is_409_and_leaves_it(server, key, finished):
     after = server.get(key, finished["id"])
     assert after["status"] == "success"
     assert after["output"] == finished["output"]
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("wait=5", 5.0),
+        ("wait=.5", 0.5),
+        ("wait=2.5", 2.5),
+        ("wait=5;strict", 5.0),  # RFC 7240 preference parameters are ignored
+        ("respond-async, wait=3", 3.0),
+        ("wait=600", 60.0),
+        ("wait", 0.0),  # a bare wait on a GET holds nothing: ?wait=n or wait=n says how long
+        ("wait=soon", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_get_prefer_wait_header_parsing(header, seconds):
+    from server.api.eachlabs.routes import requested_wait
+
+    class FakeRequest:
+        headers = {"prefer": header}
+
+    assert requested_wait(FakeRequest(), None) == seconds

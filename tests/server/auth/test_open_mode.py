@@ -20,8 +20,7 @@ import pytest
 
 from server.auth import keyring as auth_module
 from server.store import SUCCESS, ListFilter
-from tests.server.conftest import running_server
-from tests.server.live import FLUXSERVE
+from tests.server.helpers import FLUXSERVE, running_server
 from tests.server.webhooks.test_webhooks import Receiver, signed_with, whsec_key
 
 LOCAL = "http://127.0.0.1:8000"

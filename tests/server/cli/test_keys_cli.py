@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.server.live import FLUXSERVE, LiveServer
+from tests.server.helpers import FLUXSERVE, LiveServer
 
 pytestmark = pytest.mark.slow
 

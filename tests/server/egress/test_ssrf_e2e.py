@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
-from tests.server.live import FAST_MODEL, KEY_A, LiveServer
+from tests.server.helpers import FAST_MODEL, KEY_A, LiveServer
 
 pytestmark = pytest.mark.slow
 

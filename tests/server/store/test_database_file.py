@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.live import FLUXSERVE, KEY_A, LiveServer, free_port
+from tests.server.helpers import FLUXSERVE, KEY_A, LiveServer, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from server.store.sqlite.store import SQLitePredictionStore
 from server.workers import supervisor as supervisor_module
 from server.workers.messages import JobSucceeded, OutputImage
 from server.workers.supervisor import W_BUSY, W_READY, Supervisor, WorkerSlot
-from tests.server.conftest import run_in_own_loop
+from tests.server.helpers import run_in_own_loop
 from tests.server.workers.test_supervisor_races import FakePipe, FakeProcess, queue
 
 DISK_FULL = "database or disk is full"

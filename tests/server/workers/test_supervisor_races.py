@@ -19,7 +19,7 @@ from server.store.base import STARTING, Prediction
 from server.store.sqlite.store import SQLitePredictionStore
 from server.workers.messages import JobSucceeded, RunJob, WorkerReady
 from server.workers.supervisor import W_BUSY, W_FAILED, W_READY, W_STARTING, W_STOPPED, Supervisor, WorkerSlot
-from tests.server.conftest import run_in_own_loop
+from tests.server.helpers import run_in_own_loop
 
 
 class FakeProcess:

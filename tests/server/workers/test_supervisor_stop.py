@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from tests.server.conftest import STATIC_KEYS
+from tests.server.helpers import STATIC_KEYS
 
 
 def test_stop_settles_the_running_prediction_before_returning(make_server, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tests.server.conftest import STATIC_KEYS
+from tests.server.helpers import STATIC_KEYS
 
 
 def test_workers_run_at_the_configured_nice_value(make_server):

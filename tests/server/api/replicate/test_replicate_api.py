@@ -254,6 +254,8 @@ def test_prefer_wait_that_runs_out_answers_202_with_status_starting(client):
         ("wait=600", 60),
         ("wait=0", 1),
         ("respond-async, wait=3", 3),
+        ('wait="4"', 4),
+        ("wait=5; strict", 5),  # RFC 7240 preference parameters are ignored
         ("", 0),
     ],
 )
@@ -261,7 +263,7 @@ def test_prefer_wait_header_parsing(header, seconds):
     class FakeRequest:
         headers = {"prefer": header}
 
-    assert replicate_routes.prefer_wait(FakeRequest()) == seconds
+    assert replicate_routes.requested_wait(FakeRequest()) == seconds
 
 
 # -- get ------------------------------------------------------------------------------------

@@ -25,8 +25,7 @@ from replicate.exceptions import ReplicateError
 from replicate.helpers import FileOutput
 from replicate.webhook import Webhooks, WebhookSigningSecret
 
-from tests.server.conftest import self_signed_cert
-from tests.server.live import FAST_MODEL, LiveServer
+from tests.server.helpers import FAST_MODEL, LiveServer, self_signed_cert
 
 KEY = "test-key-replicate-client"
 SMALL = {"megapixels": "0.25", "num_inference_steps": 2, "output_format": "png"}  # 512x512, fast on CPU

@@ -1,9 +1,15 @@
-"""A real `fluxserve serve` in a subprocess, for tests that need to kill, hang or restart it.
+"""The test harnesses of the prediction server, and what the HTTP tests share.
 
-``LiveServer`` writes a YAML config (the same test settings ``conftest.server_settings`` builds:
-the tiny model on CPU, the two static keys, no rate limits unless asked) into its own data folder,
-runs ``fluxserve serve --config ... --port N`` in its **own process group** (so the API process
-and its spawned workers can be signalled together), and talks to it over real HTTP with httpx.
+``Server`` is one app under FastAPI's TestClient, in this process (``tests/server/conftest.py``
+builds them: ``live_server``, ``make_server``, ``queued_server``). ``LiveServer`` is a real
+``fluxserve serve`` in a subprocess, for tests that need to kill, hang or restart it. Both drive the
+API with the same verbs (``Harness``: new_key, headers, create, get, wait_until, wait_for_end, run,
+wait_health); only the transport differs (a TestClient is an httpx client).
+
+``LiveServer`` writes a YAML config (the same test settings ``server_settings`` builds: the tiny
+model on CPU, the two static keys, no rate limits unless asked) into its own data folder, runs
+``fluxserve serve --config ... --port N`` in its **own process group** (so the API process and its
+spawned workers can be signalled together), and talks to it over real HTTP with httpx.
 
     with LiveServer(tmp_path, tiny_model_dir, workers={"job_timeout_s": 3},
                     env={"FLUXSERVE_FAULT_INJECTION": "1"}) as srv:
@@ -15,14 +21,17 @@ and its spawned workers can be signalled together), and talks to it over real HT
 same data folder and config (a restart). Everything the server prints goes to ``server.log``
 in the data folder; ``log_text()`` reads it.
 
-No torch here: the tests that use this module drive the server only through HTTP, ``/proc`` and
-the SQLite file.
+Small sizes everywhere: megapixels 0.25 (512x512 at 1:1) and 2 steps run in well under a second.
+No torch here: the tests drive the server through HTTP, ``/proc`` and the SQLite file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -30,14 +39,22 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
+import pytest
 import yaml
 
-from tests.server.conftest import FAST, STATIC_KEYS, TERMINAL, server_settings
+FAST = {"megapixels": "0.25", "num_inference_steps": "2"}
+TERMINAL = ("success", "error", "cancelled")
+STATIC_KEYS = ("key-alpha", "key-bravo")
+
+_key_numbers = itertools.count(1)
 
 FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))
 KEY_A, KEY_B = STATIC_KEYS
@@ -106,8 +123,285 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-class LiveServer:
+def self_signed_cert(folder: Path, password: str | None = None) -> tuple[str, str]:
+    """A throwaway certificate for https://127.0.0.1 and its key (made with the ``openssl``
+    command): ``(certfile, keyfile)``. With ``password`` the key is encrypted with it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    encryption = ["-nodes"] if password is None else ["-passout", f"pass:{password}"]
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", *encryption, "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+def run_in_own_loop(coro, timeout: float = 30) -> Any:
+    """``asyncio.run`` on a thread of its own: another test's event loop (Playwright's, kept for
+    the session) may be running on the main thread, where ``asyncio.run`` would refuse."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=timeout)
+
+
+def server_settings(data_dir: Path, weights: Path | str, **overrides: Any):
+    """Settings for a test app: the tiny model on CPU, two static keys, no rate limits unless asked."""
+    from server.config import Settings
+
+    sections: dict[str, dict[str, Any]] = {
+        "model": {"weights": str(weights), "device": "cpu"},
+        "limits": {"requests_per_minute": 0, "reads_per_minute": 0, "max_in_flight": 0},
+        "workers": {"shutdown_grace_s": 5},
+    }
+    for name in list(overrides):
+        if name in ("model", "limits", "workers", "outputs", "input_images", "webhooks"):
+            sections[name] = {**sections.get(name, {}), **overrides.pop(name)}
+    overrides.setdefault("api_keys", list(STATIC_KEYS))
+    return Settings(data_dir=str(data_dir), **sections, **overrides)
+
+
+class Harness:
+    """The verbs the HTTP tests share (keys, create, get, wait, run, health), over ``self.http``:
+    a TestClient for ``Server``, an httpx client on a real port for ``LiveServer`` (a TestClient is
+    an httpx client, so the verbs are the same code)."""
+
+    http: httpx.Client
+    settings: Any
+    END_TIMEOUT: float = 60  # default wait for a prediction's end
+    HEALTH_TIMEOUT: float = 90  # default wait for a health status
+    HEALTH_POLL_S: float = 0.05
+
+    def diagnostics(self) -> str:
+        """What an assertion about this server adds to its message (the live server's log)."""
+        return ""
+
+    def timeout(self, seconds: float) -> dict[str, float]:
+        """The per-request timeout, as keyword arguments (a TestClient takes none)."""
+        return {"timeout": seconds}
+
+    # -- keys -----------------------------------------------------------------------------------
+    def new_key(self) -> str:
+        """A fresh stored API key: a new owner, with its own predictions and limits."""
+        from server.store.sqlite.keys import KeyStore
+
+        return KeyStore(self.settings.db_path).create(f"test-{next(_key_numbers)}")
+
+    @staticmethod
+    def headers(key: str | None, **extra: str) -> dict[str, str]:
+        return {**({"X-API-Key": key} if key else {}), **extra}
+
+    @staticmethod
+    def owner_of(key: str) -> str:
+        from server.auth.keyring import key_id_for
+
+        return key_id_for(key)
+
+    # -- health ---------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        r = self.http.get("/health-check", **self.timeout(5))
+        r.raise_for_status()
+        return r.json()
+
+    def wait_health(self, status: str | tuple[str, ...], timeout: float | None = None) -> dict[str, Any]:
+        wanted = (status,) if isinstance(status, str) else status
+        timeout = self.HEALTH_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.health()
+            if body["status"] in wanted:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"health did not become {wanted} in {timeout} s: {body}{self.diagnostics()}"
+                )
+            time.sleep(self.HEALTH_POLL_S)
+
+    # -- predictions ----------------------------------------------------------------------------
+    def post_create(
+        self, key: str | None, input: dict[str, Any] | None = None, **body: Any
+    ) -> httpx.Response:
+        payload = {
+            "model": "flux-dev",
+            "input": {"prompt": "a lighthouse at dawn", **FAST, **(input or {})},
+            **body,
+        }
+        return self.http.post("/v1/prediction", json=payload, headers=self.headers(key))
+
+    def create(self, key: str | None, input: dict[str, Any] | None = None, **body: Any) -> str:
+        r = self.post_create(key, input, **body)
+        assert r.status_code == 200, r.text
+        return r.json()["predictionID"]
+
+    def get(self, key: str | None, prediction_id: str, wait: float = 0) -> dict[str, Any]:
+        params = {"wait": wait} if wait else None
+        r = self.http.get(
+            f"/v1/prediction/{prediction_id}",
+            params=params,
+            headers=self.headers(key),
+            **self.timeout(wait + 30),
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_until(
+        self, key: str | None, prediction_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(key, prediction_id)
+            if done(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"prediction {prediction_id} did not get there in {timeout} s: {body}")
+            time.sleep(0.05)
+
+    def wait_for_end(
+        self, key: str | None, prediction_id: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Long-poll (?wait=) until the prediction is terminal."""
+        timeout = self.END_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(key, prediction_id, wait=min(10.0, max(0.1, deadline - time.monotonic())))
+            if body["status"] in TERMINAL:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"prediction {prediction_id} did not end in {timeout} s: {body}{self.diagnostics()}"
+                )
+
+    def run(
+        self, key: str | None, input: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Create and wait for the end; asserts it succeeded."""
+        body = self.wait_for_end(key, self.create(key, input), timeout)
+        assert body["status"] == "success", body
+        return body
+
+
+@dataclass
+class Server(Harness):
+    """One app under a TestClient (in this process)."""
+
+    client: Any  # fastapi.testclient.TestClient
+    app: Any
+    settings: Any
+    initial_health: dict[str, Any] = field(default_factory=dict)  # /health-check right after start
+
+    @property
+    def http(self) -> Any:
+        return self.client
+
+    def timeout(self, seconds: float) -> dict[str, float]:
+        return {}  # in process: nothing to time out (and the TestClient warns about the argument)
+
+    # -- the app's parts (for asserting on the row in the store) ---------------------------------
+    @property
+    def state(self):
+        return self.app.state.fluxserve
+
+    @property
+    def store(self):
+        return self.state.store
+
+    def path(self, url: str) -> str:
+        """An absolute URL from an answer, as a path for the TestClient."""
+        base = self.settings.base_url
+        assert url.startswith(base + "/"), url
+        return url[len(base) :]
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """No prediction queued or running anywhere on this server."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.store.counts_by_status()
+            if counts["starting"] == 0 and counts["processing"] == 0 and self.wait_health_now() == "READY":
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not idle after {timeout} s: {counts}")
+            time.sleep(0.05)
+
+    def wait_health_now(self) -> str:
+        return self.health()["status"]
+
+    def raw_get(self, raw_path: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """GET a path exactly as given (httpx would normalise ``..`` and encodings away): the
+        request goes straight to the ASGI app, the way uvicorn hands it over (``path`` is the
+        percent-decoded ``raw_path``)."""
+        return self.client.portal.call(_asgi_get, self.app, raw_path, headers or {})
+
+
+async def _asgi_get(app, raw_path: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    path, _, query = raw_path.partition(b"?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": unquote(path.decode("latin-1")),
+        "raw_path": path,
+        "query_string": query,
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 12345),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    sent: list[dict] = []
+    request_done = False
+
+    async def receive():
+        nonlocal request_done
+        if not request_done:
+            request_done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
+
+
+@contextlib.contextmanager
+def running_server(
+    data_dir: Path,
+    weights: Path | str,
+    *,
+    start_workers: bool = True,
+    wait_ready: bool = True,
+    **overrides: Any,
+) -> Iterator[Server]:
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    settings = server_settings(data_dir, weights, **overrides)
+    app = create_app(settings, start_workers=start_workers)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        server = Server(client=client, app=app, settings=settings)
+        server.initial_health = client.get("/health-check").json()
+        if start_workers and wait_ready:
+            server.wait_health("READY")
+        yield server
+
+
+class LiveServer(Harness):
     """One `fluxserve serve` subprocess on a free loopback port with its own data folder."""
+
+    END_TIMEOUT = 90
+    HEALTH_TIMEOUT = 120
+    HEALTH_POLL_S = 0.1
 
     def __init__(
         self,
@@ -317,6 +611,9 @@ class LiveServer:
                 raise AssertionError(f"expected one worker process, found {pids}")
             time.sleep(0.05)
 
+    def diagnostics(self) -> str:
+        return "\n" + self.log_tail()
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_bytes().decode(errors="replace")
@@ -327,83 +624,6 @@ class LiveServer:
         return self.log_text()[-chars:]
 
     # -- HTTP -----------------------------------------------------------------------------------
-    @staticmethod
-    def headers(key: str | None) -> dict[str, str]:
-        return {"X-API-Key": key} if key else {}
-
-    def health(self) -> dict[str, Any]:
-        r = self.http.get("/health-check", timeout=5)
-        r.raise_for_status()
-        return r.json()
-
-    def wait_health(self, status: str | tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
-        wanted = (status,) if isinstance(status, str) else status
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.health()
-            if body["status"] in wanted:
-                return body
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"health did not become {wanted} in {timeout} s: {body}\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
-
-    def post_create(
-        self, key: str | None, input: dict[str, Any] | None = None, **body: Any
-    ) -> httpx.Response:
-        payload = {
-            "model": "flux-dev",
-            "input": {"prompt": "a lighthouse at dawn", **FAST, **(input or {})},
-            **body,
-        }
-        return self.http.post("/v1/prediction", json=payload, headers=self.headers(key))
-
-    def create(self, key: str | None, input: dict[str, Any] | None = None, **body: Any) -> str:
-        r = self.post_create(key, input, **body)
-        assert r.status_code == 200, r.text
-        return r.json()["predictionID"]
-
-    def get(self, key: str | None, prediction_id: str, wait: float = 0) -> dict[str, Any]:
-        params = {"wait": wait} if wait else None
-        r = self.http.get(
-            f"/v1/prediction/{prediction_id}", params=params, headers=self.headers(key), timeout=wait + 30
-        )
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait_until(
-        self, key: str | None, prediction_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 60
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.get(key, prediction_id)
-            if done(body):
-                return body
-            if time.monotonic() > deadline:
-                raise AssertionError(f"prediction {prediction_id} did not get there in {timeout} s: {body}")
-            time.sleep(0.05)
-
-    def wait_for_end(self, key: str | None, prediction_id: str, timeout: float = 90) -> dict[str, Any]:
-        """Long-poll (?wait=) until the prediction is terminal."""
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.get(key, prediction_id, wait=min(10.0, max(0.1, deadline - time.monotonic())))
-            if body["status"] in TERMINAL:
-                return body
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"prediction {prediction_id} did not end in {timeout} s: {body}\n{self.log_tail()}"
-                )
-
-    def run(
-        self, key: str | None, input: dict[str, Any] | None = None, timeout: float = 90
-    ) -> dict[str, Any]:
-        """Create and wait for the end; asserts it succeeded."""
-        body = self.wait_for_end(key, self.create(key, input), timeout)
-        assert body["status"] == "success", body
-        return body
-
     def output_path(self, url: str) -> str:
         assert url.startswith(self.settings.base_url.rsplit(":", 1)[0]), url
         return "/" + url.split("/", 3)[3]
