@@ -303,7 +303,6 @@ class OwnServer:
 # -- command line ---------------------------------------------------------------------------------------
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter

@@ -139,7 +139,9 @@ def test_out_of_memory_ends_in_error_with_advice_and_the_same_worker_keeps_servi
 
 def test_a_failure_before_generation_ends_the_job_and_the_same_worker_keeps_serving(faulty):
     worker = faulty.worker_pid()
-    body = faulty.wait_for_end(KEY_A, faulty.create(KEY_A, {**QUICK, "prompt": "a lighthouse [[fault:prepare]]"}))
+    body = faulty.wait_for_end(
+        KEY_A, faulty.create(KEY_A, {**QUICK, "prompt": "a lighthouse [[fault:prepare]]"})
+    )
 
     assert body["status"] == "error"
     assert body["error"] == "Prediction failed: RuntimeError: injected failure while preparing the job"

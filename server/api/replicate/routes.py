@@ -441,7 +441,13 @@ async def list_predictions(request: Request, cursor: str | None = None):
     }
 
 
-@both(router, "get", "/v1/predictions/{prediction_id}", summary="Get a prediction (Replicate)", responses=errors(401, 404, 429))
+@both(
+    router,
+    "get",
+    "/v1/predictions/{prediction_id}",
+    summary="Get a prediction (Replicate)",
+    responses=errors(401, 404, 429),
+)
 @replicate_errors
 async def get_prediction(request: Request, prediction_id: str):
     state = app_state(request)
@@ -494,7 +500,13 @@ async def get_model(request: Request, owner: str, name: str):
     return model_object(state.base_url, model_name, description="FLUX.1 [dev] served by fluxserve.")
 
 
-@both(router, "get", "/v1/models/{owner}/{name}/versions", summary="The model's versions (Replicate)", responses=errors(401, 404, 429))
+@both(
+    router,
+    "get",
+    "/v1/models/{owner}/{name}/versions",
+    summary="The model's versions (Replicate)",
+    responses=errors(401, 404, 429),
+)
 @replicate_errors
 async def list_versions(request: Request, owner: str, name: str):
     state = app_state(request)

@@ -159,7 +159,8 @@ class DeliveryStore:
             chunk = prediction_ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             rows = conn.execute(
-                f"SELECT DISTINCT prediction_id FROM webhook_deliveries WHERE prediction_id IN ({marks})", chunk
+                f"SELECT DISTINCT prediction_id FROM webhook_deliveries WHERE prediction_id IN ({marks})",
+                chunk,
             ).fetchall()
             found.update(r[0] for r in rows)
         return found
