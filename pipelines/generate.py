@@ -189,7 +189,8 @@ class FluxGenerator:
         clip_tokens = len(pipe.tokenizer(prompt, truncation=False).input_ids)
         if clip_tokens > pipe.tokenizer.model_max_length:
             warnings.append(
-                f"Prompt is {clip_tokens} CLIP tokens; CLIP reads the first {pipe.tokenizer.model_max_length} "
+                f"Prompt is {clip_tokens} CLIP tokens; "
+                f"CLIP reads the first {pipe.tokenizer.model_max_length} "
                 "(T5 reads the rest up to its limit)."
             )
         return pipe.encode_prompt(

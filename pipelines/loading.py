@@ -122,7 +122,8 @@ def check_flux_folder(folder: Path) -> None:
         raise ModelLoadError(f"weights folder {folder} does not exist")
     if not folder.is_dir():
         raise ModelLoadError(
-            f"weights {folder} is a file, not a diffusers folder (use transformer_file for a single-file checkpoint)"
+            f"weights {folder} is a file, not a diffusers folder "
+            "(use transformer_file for a single-file checkpoint)"
         )
     index_path = folder / "model_index.json"
     if not index_path.is_file():
@@ -160,7 +161,8 @@ def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
     if snapshot is None:
         raise ModelLoadError(
             f"weights {weights!r} is neither a folder nor a repo in the local Hugging Face cache "
-            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it first (scripts/download_weights.sh)"
+            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it first "
+            "(scripts/download_weights.sh)"
         )
     check_flux_folder(snapshot)
     return ResolvedWeights(snapshot, is_tiny_model(snapshot), "hf-cache")
@@ -368,7 +370,8 @@ def _check_safetensors_header(path: Path) -> None:
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + header_len + end > size:
         raise ModelLoadError(
-            f"transformer_file {path} is truncated: {size} bytes on disk, {8 + header_len + end} expected; download it again"
+            f"transformer_file {path} is truncated: {size} bytes on disk, {8 + header_len + end} expected; "
+            "download it again"
         )
 
 

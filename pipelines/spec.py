@@ -53,7 +53,8 @@ class ModelSpec(BaseModel):
     )
     go_fast_compile: bool = Field(
         False,
-        description="When a request sets go_fast, compile even if `compile` is off (first go_fast call is slow).",
+        description="When a request sets go_fast, compile even if `compile` is off "
+        "(first go_fast call is slow).",
     )
     safety_checker: str | None = Field(
         None, description="A local folder with a StableDiffusionSafetyChecker and its image processor."

@@ -62,7 +62,8 @@ class WorkerSettings(_Section):
     max_attempts: int = Field(
         1,
         ge=1,
-        description="Runs per prediction when its worker dies; 1 = a lost job ends in error, never runs twice.",
+        description="Runs per prediction when its worker dies; 1 = a lost job ends in error, "
+        "never runs twice.",
     )
     load_timeout_s: float = Field(1800, description="Model load longer than this is a setup failure.")
     shutdown_grace_s: float = Field(
@@ -90,7 +91,8 @@ class OutputSettings(_Section):
     )
     share_pages: bool = Field(
         True,
-        description="Serve the share page /p/{id}: anyone holding the (unguessable) link sees that prediction's "
+        description="Serve the share page /p/{id}: anyone holding the (unguessable) link "
+        "sees that prediction's "
         "inputs and images. Off, or with require_owner_key on, /p/{id} answers 404.",
     )
 
@@ -130,7 +132,8 @@ class WebhookSettings(_Section):
 class ServerSettings(_Section):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Host names served besides loopback (localhost, 127.0.0.0/8, [::1]) and public_url's host: "
+        description="Host names served besides loopback (localhost, 127.0.0.0/8, [::1]) "
+        "and public_url's host: "
         "`name`, `*.domain` or `*` (any). Empty: without API keys only those; with keys any host. "
         "FLUXSERVE_SERVER__ALLOWED_HOSTS: separated by commas or whitespace.",
     )

@@ -549,7 +549,8 @@ class BatchRunner:
         if status == "success":
             self._count("done")
             self._echo(
-                f"line {line.number}: success -> {', '.join(files)} (seed {parse_seed(prediction.get('logs'))}, "
+                f"line {line.number}: success -> {', '.join(files)} "
+                f"(seed {parse_seed(prediction.get('logs'))}, "
                 f"{(prediction.get('metrics') or {}).get('predict_time')} s)"
             )
             return "done"
@@ -612,7 +613,8 @@ class BatchRunner:
                     break
         except FluxAPIError as exc:
             self._echo(
-                f"could not check for predictions of interrupted creates ({exc}); those lines wait for the next run"
+                f"could not check for predictions of interrupted creates ({exc}); "
+                "those lines wait for the next run"
             )
             with self._cond:
                 self.summary.unfinished += len(orphans)

@@ -115,7 +115,7 @@ def image_data_url(path: str | Path) -> str:
 
 
 def output_paths(output: str, fmt: str, count: int) -> list[Path]:
-    """Where the images go: ``output`` itself for one, ``stem-i.ext`` for several (as `fluxserve generate`)."""
+    """Where the images go: ``output`` for one, ``stem-i.ext`` for several (as `fluxserve generate`)."""
     path = Path(output)
     if path.suffix.lstrip(".").lower() not in IMAGE_SUFFIXES:
         path = path.with_name(path.name + "." + fmt)

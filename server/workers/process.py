@@ -189,7 +189,8 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
             return JobFailed(pid, f"Invalid input image: {exc}", "".join(logs))
         w, h = img2img_size(*source.size)
         emit(
-            f"img2img from a {source.width}x{source.height} image: output {w}x{h}, prompt_strength {inputs.prompt_strength}"
+            f"img2img from a {source.width}x{source.height} image: output {w}x{h}, "
+            f"prompt_strength {inputs.prompt_strength}"
         )
     else:
         w, h = inputs.size

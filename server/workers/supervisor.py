@@ -492,7 +492,10 @@ class Supervisor:
             slot.load_crashes += 1
             if slot.load_crashes >= MAX_LOAD_CRASHES:
                 slot.state = W_FAILED
-                slot.setup_error = f"the worker process died while loading the model {slot.load_crashes} times (exit code {code})"
+                slot.setup_error = (
+                    f"the worker process died while loading the model {slot.load_crashes} times "
+                    f"(exit code {code})"
+                )
                 log.error("worker %d: %s", slot.index, slot.setup_error)
                 return
         log.warning("worker %d exited (code %s); starting a new one", slot.index, code)

@@ -4,8 +4,9 @@ Each fault happens for real: the API process group is SIGKILLed, the worker proc
 SIGKILLed, a denoising step never returns, CUDA/host out-of-memory is raised inside the worker
 (``FLUXSERVE_FAULT_INJECTION=1`` and a ``[[fault:...]]`` marker in the prompt, see
 ``server/workers/process.py``), the model folder is missing or not a FLUX pipeline, the outputs
-folder cannot be written, the database's disk fills while a job runs. After each one the server must still answer, the prediction must end
-in ``error`` with a message that says what happened, and the next prediction must succeed.
+folder cannot be written, the database's disk fills while a job runs. After each one the server must
+still answer, the prediction must end in ``error`` with a message that says what happened, and the
+next prediction must succeed.
 
 test_restart.py covers the plain SIGKILL restart (max_attempts 1) and a SIGTERM whose running job
 finishes in time; this module adds max_attempts 2, the exactly-once accounting and a SIGTERM
@@ -403,7 +404,8 @@ def _snapshot(srv: LiveServer, ids: list[str]) -> dict[str, tuple]:
     conn = srv.db()
     try:
         rows = conn.execute(
-            f"SELECT id, status, error, output, completed_at, attempts FROM predictions WHERE id IN ({','.join('?' * len(ids))})",
+            "SELECT id, status, error, output, completed_at, attempts FROM predictions "
+            f"WHERE id IN ({','.join('?' * len(ids))})",
             ids,
         ).fetchall()
     finally:

@@ -320,7 +320,8 @@ async def owned_prediction(request: Request, identity: Identity, prediction_id: 
     "/v1/prediction/{prediction_id}",
     summary="Get a prediction",
     responses={200: {"model": PredictionResponse}, **{**ERRORS, **NOT_FOUND}},
-    description="Add `?wait=n` or `Prefer: wait=n` (up to 60 s) to hold the request until the prediction ends.",
+    description="Add `?wait=n` or `Prefer: wait=n` (up to 60 s) "
+    "to hold the request until the prediction ends.",
     openapi_extra={
         "parameters": [prefer_header("`wait=n`: as `?wait=n` (the query wins when both are given).")]
     },
@@ -376,7 +377,8 @@ async def cancel_prediction(request: Request, identity: Identity, prediction_id:
         200: {"model": CancelResponse},
         **{**ERRORS, **NOT_FOUND, 409: {"model": ErrorResponse, "description": "Already finished."}},
     },
-    description="A queued prediction never runs; a running one stops at its next step and its images are discarded.",
+    description="A queued prediction never runs; a running one stops "
+    "at its next step and its images are discarded.",
 )
 async def cancel(request: Request, prediction_id: str, identity: Identity = Depends(caller)) -> dict:
     await cancel_prediction(request, identity, prediction_id)
@@ -451,7 +453,8 @@ async def list_executions(
     created_to: str | None = Query(
         None,
         alias="to",
-        description="ISO 8601 or unix seconds, inclusive (an ISO time covers the day, second or millisecond it names)",
+        description="ISO 8601 or unix seconds, inclusive (an ISO time covers "
+        "the day, second or millisecond it names)",
     ),
     identity: Identity = Depends(caller),
 ) -> dict:
@@ -485,7 +488,8 @@ def model_info(request: Request) -> dict:
     info = {
         "slug": spec.name,
         "name": "FLUX.1 [dev]" if spec.name == "flux-dev" else spec.name,
-        "description": "12B rectified-flow transformer for text-to-image and img2img (Black Forest Labs), served locally.",
+        "description": "12B rectified-flow transformer for text-to-image and img2img "
+        "(Black Forest Labs), served locally.",
         "version": "0.0.1",
         "input_schema": FluxInputs.model_json_schema(),
     }

@@ -349,7 +349,8 @@ def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
     status_code=201,
     responses={**CREATED, **errors(400, 401, 404, 422, 429, 503)},
     description='Body `{"input": {...}, "webhook": ..., "webhook_events_filter": [...]}`. '
-    "`Prefer: wait[=n]` holds the request up to n seconds (60 for a bare `wait`): 201 when it ended, else 202.",
+    "`Prefer: wait[=n]` holds the request up to n seconds (60 for a bare `wait`): "
+    "201 when it ended, else 202.",
     openapi_extra=create_doc(ReplicateModelCreate),
 )
 @replicate_errors
@@ -368,7 +369,8 @@ async def create_for_model(request: Request, owner: str, name: str):
     summary="Create a prediction (Replicate, with `version`)",
     status_code=201,
     responses={**CREATED, **errors(400, 401, 422, 429, 503)},
-    description="`version`: `black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, or any version id "
+    description="`version`: `black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, "
+    "or any version id "
     "(this server serves one model). Otherwise as the model route.",
     openapi_extra=create_doc(ReplicateVersionCreate),
 )
