@@ -95,7 +95,9 @@ class FluxGenerator:
 
         result = GenerationResult([], seed, width, height, inputs.num_outputs, warnings=warnings)
         try:
-            pil_images = self._denoise(inputs, seed, width, height, source_image, on_progress, should_cancel, warnings)
+            pil_images = self._denoise(
+                inputs, seed, width, height, source_image, on_progress, should_cancel, warnings
+            )
         except Cancelled:
             result.cancelled = True
             result.timings["predict_time"] = time.perf_counter() - started
@@ -109,7 +111,9 @@ class FluxGenerator:
         checked = time.perf_counter()
         for img, image_seed in kept:
             data = encode_image(img, inputs.output_format, inputs.output_quality)
-            result.images.append(GeneratedImage(data, inputs.output_format, img.width, img.height, image_seed))
+            result.images.append(
+                GeneratedImage(data, inputs.output_format, img.width, img.height, image_seed)
+            )
         finished = time.perf_counter()
         result.timings.update(
             predict_time=finished - started,
@@ -138,7 +142,9 @@ class FluxGenerator:
                 raise Cancelled()
             return callback_kwargs
 
-        prompt_embeds, pooled, _ = torch.inference_mode()(self._encode_prompt)(inputs.prompt, warnings)  # no autograd graph
+        prompt_embeds, pooled, _ = torch.inference_mode()(self._encode_prompt)(
+            inputs.prompt, warnings
+        )  # no autograd graph
         common = dict(
             prompt_embeds=prompt_embeds,
             pooled_prompt_embeds=pooled,
@@ -183,10 +189,13 @@ class FluxGenerator:
         clip_tokens = len(pipe.tokenizer(prompt, truncation=False).input_ids)
         if clip_tokens > pipe.tokenizer.model_max_length:
             warnings.append(
-                f"Prompt is {clip_tokens} CLIP tokens; CLIP reads the first {pipe.tokenizer.model_max_length} "
+                f"Prompt is {clip_tokens} CLIP tokens; "
+                f"CLIP reads the first {pipe.tokenizer.model_max_length} "
                 "(T5 reads the rest up to its limit)."
             )
-        return pipe.encode_prompt(prompt=prompt, prompt_2=None, num_images_per_prompt=1, max_sequence_length=limit)
+        return pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, num_images_per_prompt=1, max_sequence_length=limit
+        )
 
     def _safety_stage(self, inputs, images, warnings, result) -> list[tuple[Image.Image, int]]:
         safety = self.model.safety

@@ -80,11 +80,16 @@ class FluxInputs(BaseModel):
     num_inference_steps: int = Field(28, ge=1, le=50, description="Denoising steps.")
     guidance: float = Field(3.5, ge=0, le=10, description="Distilled guidance scale.")
     seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="null or 0: a random seed (printed in logs); image i uses seed+i."
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="null or 0: a random seed (printed in logs); image i uses seed+i.",
     )
     output_format: OutputFormat = Field("webp", description="webp, jpg or png.")
     output_quality: int = Field(80, ge=0, le=100, description="0 to 100; ignored for png.")
-    disable_safety_checker: bool = Field(False, description="Skip the NSFW filter (the server may forbid it).")
+    disable_safety_checker: bool = Field(
+        False, description="Skip the NSFW filter (the server may forbid it)."
+    )
     go_fast: bool = Field(False, description="Use the fastest configured mode; may change pixels for a seed.")
 
     @model_validator(mode="before")
@@ -111,7 +116,9 @@ class FluxInputs(BaseModel):
         if not isinstance(v, str):
             raise ValueError("image must be an http(s) URL or a data: URL")
         lowered = v[:16].lower()
-        if not (lowered.startswith("http://") or lowered.startswith("https://") or lowered.startswith("data:")):
+        if not (
+            lowered.startswith("http://") or lowered.startswith("https://") or lowered.startswith("data:")
+        ):
             raise ValueError("image must be an http(s) URL or a data: URL")
         return v
 
@@ -175,7 +182,9 @@ def _number(name: str, value: Any, *, integer: bool) -> int | float:
     if isinstance(value, str):
         text = value.strip()
         try:
-            value = float(text) if not integer else (int(text) if text.lstrip("+-").isdigit() else float(text))
+            value = (
+                float(text) if not integer else (int(text) if text.lstrip("+-").isdigit() else float(text))
+            )
         except ValueError:
             raise ValueError(f"{name} must be {kind}, got {value[:40]!r}") from None
     if isinstance(value, float):

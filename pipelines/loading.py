@@ -28,7 +28,15 @@ from pipelines.tiny import is_tiny_model, write_tiny_model
 log = logging.getLogger(__name__)
 
 FLUX_PIPELINE_CLASSES = {"FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"}
-FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+FLUX_COMPONENTS = (
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "scheduler",
+)
 TINY_WARNING = "Serving the tiny demo model with random weights: its images are noise."
 
 
@@ -113,7 +121,10 @@ def check_flux_folder(folder: Path) -> None:
     if not folder.exists():
         raise ModelLoadError(f"weights folder {folder} does not exist")
     if not folder.is_dir():
-        raise ModelLoadError(f"weights {folder} is a file, not a diffusers folder (use transformer_file for a single-file checkpoint)")
+        raise ModelLoadError(
+            f"weights {folder} is a file, not a diffusers folder "
+            "(use transformer_file for a single-file checkpoint)"
+        )
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise ModelLoadError(f"{folder} is not a diffusers pipeline folder: model_index.json is missing")
@@ -123,7 +134,9 @@ def check_flux_folder(folder: Path) -> None:
         raise ModelLoadError(f"{index_path} is not valid JSON: {exc}") from None
     cls = index.get("_class_name")
     if cls not in FLUX_PIPELINE_CLASSES:
-        raise ModelLoadError(f"{folder} is not a FLUX pipeline: model_index.json names {cls!r}, expected FluxPipeline")
+        raise ModelLoadError(
+            f"{folder} is not a FLUX pipeline: model_index.json names {cls!r}, expected FluxPipeline"
+        )
     missing = [c for c in FLUX_COMPONENTS if not (folder / c).is_dir()]
     if missing:
         raise ModelLoadError(f"{folder} is missing FLUX components: {', '.join(missing)}")
@@ -148,7 +161,8 @@ def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
     if snapshot is None:
         raise ModelLoadError(
             f"weights {weights!r} is neither a folder nor a repo in the local Hugging Face cache "
-            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it first (scripts/download_weights.sh)"
+            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it first "
+            "(scripts/download_weights.sh)"
         )
     check_flux_folder(snapshot)
     return ResolvedWeights(snapshot, is_tiny_model(snapshot), "hf-cache")
@@ -160,7 +174,9 @@ def resolve_device(spec: ModelSpec) -> str:
     if spec.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {spec.device!r} needs a CUDA GPU, but torch sees none (torch {torch.__version__})")
+        raise ModelLoadError(
+            f"device {spec.device!r} needs a CUDA GPU, but torch sees none (torch {torch.__version__})"
+        )
     if spec.device != "cpu" and not spec.device.startswith("cuda"):
         raise ModelLoadError(f"device must be auto, cpu, cuda or cuda:N, got {spec.device!r}")
     return spec.device
@@ -198,14 +214,18 @@ def _require_quant_backend(method: str) -> None:
 
     package = {"fp8": "torchao", "int8": "torchao", "nf4": "bitsandbytes"}.get(method)
     if package and importlib.util.find_spec(package) is None:
-        raise ModelLoadError(f"quantization {method!r} needs the {package} package: pip install 'fluxserve[quant]'")
+        raise ModelLoadError(
+            f"quantization {method!r} needs the {package} package: pip install 'fluxserve[quant]'"
+        )
 
 
 def _quant_config(library, method: str, dtype):
     """A quantization config from ``library`` (the diffusers module for the transformer, the
     transformers module for T5: each has its own BitsAndBytesConfig and TorchAoConfig)."""
     if method == "nf4":
-        return library.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        return library.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
     return library.TorchAoConfig(_torchao_config(method))
 
 
@@ -218,7 +238,9 @@ def _torchao_config(method: str):
 def _load_error(what: str, exc: BaseException) -> ModelLoadError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "out of memory" in text.lower() or isinstance(exc, MemoryError):
-        return ModelLoadError(f"out of memory while loading {what}: use offload: model, quantization or a larger GPU ({text})")
+        return ModelLoadError(
+            f"out of memory while loading {what}: use offload: model, quantization or a larger GPU ({text})"
+        )
     return ModelLoadError(f"could not load {what}: {type(exc).__name__}: {text}")
 
 
@@ -267,7 +289,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             raise _load_error("the quantized T5 encoder", exc) from exc
 
     try:
-        pipe = FluxPipeline.from_pretrained(weights.folder, torch_dtype=dtype, local_files_only=True, **overrides)
+        pipe = FluxPipeline.from_pretrained(
+            weights.folder, torch_dtype=dtype, local_files_only=True, **overrides
+        )
     except Exception as exc:  # noqa: BLE001 - corrupt or incomplete weights end here
         raise _load_error(f"the FLUX pipeline from {weights.folder}", exc) from exc
     pipe.set_progress_bar_config(disable=True)
@@ -294,7 +318,15 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         safety = SafetyChecker.load(spec.safety_checker, device if spec.offload == "none" else "cpu", dtype)
 
     elapsed = time.perf_counter() - started
-    log.info("loaded %s from %s (%s) on %s in %s in %.1f s", spec.name, weights.folder, weights.source, device, dtype, elapsed)
+    log.info(
+        "loaded %s from %s (%s) on %s in %s in %.1f s",
+        spec.name,
+        weights.folder,
+        weights.source,
+        device,
+        dtype,
+        elapsed,
+    )
     return LoadedModel(spec, pipe, img2img, device, dtype, weights, safety, warnings, elapsed, compiled)
 
 
@@ -338,7 +370,8 @@ def _check_safetensors_header(path: Path) -> None:
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + header_len + end > size:
         raise ModelLoadError(
-            f"transformer_file {path} is truncated: {size} bytes on disk, {8 + header_len + end} expected; download it again"
+            f"transformer_file {path} is truncated: {size} bytes on disk, {8 + header_len + end} expected; "
+            "download it again"
         )
 
 
@@ -377,7 +410,9 @@ def _place(pipe, spec: ModelSpec, device: str) -> None:
             else:
                 from diffusers.hooks import apply_group_offloading
 
-                apply_group_offloading(module, onload_device=onload, offload_type="leaf_level", use_stream=True)
+                apply_group_offloading(
+                    module, onload_device=onload, offload_type="leaf_level", use_stream=True
+                )
 
 
 def compile_transformer(pipe) -> None:

@@ -42,7 +42,9 @@ class SafetyChecker:
             raise ModelLoadError(f"safety_checker folder {root} does not exist")
         model_dir, processor_dir = _component_dirs(root)
         try:
-            model = StableDiffusionSafetyChecker.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype)
+            model = StableDiffusionSafetyChecker.from_pretrained(
+                model_dir, local_files_only=True, torch_dtype=dtype
+            )
             processor = CLIPImageProcessor.from_pretrained(processor_dir, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure here is a configuration problem
             raise ModelLoadError(f"could not load the safety checker from {root}: {exc}") from exc

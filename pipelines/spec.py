@@ -34,7 +34,9 @@ class ModelSpec(BaseModel):
         description="A single-file transformer checkpoint (.safetensors, e.g. BFL's flux1-dev.safetensors); "
         "the other parts come from `weights`.",
     )
-    device: str = Field("auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:N`.")
+    device: str = Field(
+        "auto", description="`auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:N`."
+    )
     dtype: DType = Field("auto", description="`auto`: bfloat16 on CUDA, float32 on CPU.")
     offload: Offload = Field(
         "none",
@@ -42,22 +44,32 @@ class ModelSpec(BaseModel):
         "layer (lowest VRAM, slow); `group`: diffusers group offload with CUDA streams.",
     )
     vae_tiling: bool = Field(False, description="Decode in tiles: lower peak memory at large sizes.")
-    quantize_transformer: Quantization = Field("none", description="fp8/int8 (torchao) or nf4 (bitsandbytes); CUDA only.")
+    quantize_transformer: Quantization = Field(
+        "none", description="fp8/int8 (torchao) or nf4 (bitsandbytes); CUDA only."
+    )
     quantize_text_encoder: Quantization = Field("none", description="Same for the T5 encoder; CUDA only.")
-    compile: bool = Field(False, description="torch.compile the transformer's repeated blocks (slow first call).")
+    compile: bool = Field(
+        False, description="torch.compile the transformer's repeated blocks (slow first call)."
+    )
     go_fast_compile: bool = Field(
-        False, description="When a request sets go_fast, compile even if `compile` is off (first go_fast call is slow)."
+        False,
+        description="When a request sets go_fast, compile even if `compile` is off "
+        "(first go_fast call is slow).",
     )
     safety_checker: str | None = Field(
         None, description="A local folder with a StableDiffusionSafetyChecker and its image processor."
     )
-    allow_disable_safety_checker: bool = Field(True, description="Honour `disable_safety_checker` in requests.")
+    allow_disable_safety_checker: bool = Field(
+        True, description="Honour `disable_safety_checker` in requests."
+    )
     batch_outputs: bool = Field(
         False,
         description="Denoise all num_outputs images in one batch. Off: one after another, so image i is "
         "byte-identical to seed+i generated alone (batching differs by ~1 level per channel).",
     )
-    max_sequence_length: int = Field(512, ge=1, le=512, description="T5 token limit; longer prompts are truncated.")
+    max_sequence_length: int = Field(
+        512, ge=1, le=512, description="T5 token limit; longer prompts are truncated."
+    )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Input defaults for this model.")
     tiny_model_dir: str | None = Field(
         None,

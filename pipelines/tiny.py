@@ -90,7 +90,9 @@ def _t5_tokenizer(out_dir: Path):
             minloglevel=2,
         )
         processor = spm.SentencePieceProcessor(model_file=str(tmp / "spiece.model"))
-        pieces = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+        pieces = [
+            (processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())
+        ]
         tok = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
         tok.save_pretrained(out_dir)
     finally:

@@ -471,7 +471,8 @@ def run_check_shapes(args: argparse.Namespace) -> int:
         good = abs(n - want) / want < 0.03
         ok &= good
         print(
-            f"  {name:<15} {n / 1e9:8.3f} B params ({n * 2 / 1e9:6.2f} GB bf16); published ~{want / 1e9:.3f} B "
+            f"  {name:<15} {n / 1e9:8.3f} B params ({n * 2 / 1e9:6.2f} GB bf16); "
+            f"published ~{want / 1e9:.3f} B "
             f"{'ok' if good else 'MISMATCH'}"
         )
     del full
@@ -623,7 +624,8 @@ def run_gpu_shapes(args: argparse.Namespace) -> int:
             )
     if any(r.get("mode") == "nf4" and "error" not in r for r in rows):
         print(
-            "# nf4: transformer blocks' Linear layers quantized with bitsandbytes NF4 from random bf16 weights; "
+            "# nf4: transformer blocks' Linear layers quantized with bitsandbytes NF4 "
+            "from random bf16 weights; "
             "T5 stays bf16 on the GPU"
         )
     print("# published anchors (real weights, H100 unless noted):")

@@ -399,8 +399,9 @@ def main() -> int:
         weights = write_tiny_model(work / "tiny-flux")
     inputs = {"prompt": "a lighthouse at dawn", "megapixels": "0.25", "aspect_ratio": "1:1",
               "num_inference_steps": str(args.steps), "output_format": "webp"}  # fmt: skip
-    results: dict = {"machine": machine(), "load_average_start": os.getloadavg(), "size": "512x512 (0.25 MP, 1:1)",
-                     "steps": args.steps, "n": args.n, "worker_nice": args.worker_nice}  # fmt: skip
+    results: dict = {"machine": machine(), "load_average_start": os.getloadavg(),
+                     "size": "512x512 (0.25 MP, 1:1)", "steps": args.steps, "n": args.n,
+                     "worker_nice": args.worker_nice}  # fmt: skip
 
     print(f"machine: {results['machine']}; load average {os.getloadavg()[0]:.2f}", flush=True)
     parts = set(args.parts.split(","))
@@ -441,10 +442,13 @@ def report(results: dict, args: argparse.Namespace) -> None:
         print(
             f"throughput, {args.n} x 512x512 {args.steps} steps, direct/server seconds per round: {seconds}"
         )
-        print(f"  ratio server/direct throughput: best-of {t['ratio_best']:.3f}, median {t['ratio_median']:.3f}, "
-              f"per round {', '.join(f'{x:.2f}' for x in t['ratio_per_round'])}  (target >= 0.9)")  # fmt: skip
-        print(f"  server time beyond the worker's model time: {t['overhead_ms_per_job']:.1f} ms per job (median of "
-              f"rounds); worker idle between two queued jobs: p50 {t['idle_between_jobs_ms_p50']:.1f} ms")  # fmt: skip
+        print(f"  ratio server/direct throughput: best-of {t['ratio_best']:.3f}, "
+              f"median {t['ratio_median']:.3f}, "
+              f"per round {', '.join(f'{x:.2f}' for x in t['ratio_per_round'])}"
+              "  (target >= 0.9)")  # fmt: skip
+        print(f"  server time beyond the worker's model time: {t['overhead_ms_per_job']:.1f} ms per job "
+              "(median of rounds); worker idle between two queued jobs: "
+              f"p50 {t['idle_between_jobs_ms_p50']:.1f} ms")  # fmt: skip
     if c2s := results.get("create_to_start"):
         print(f"create to start ({c2s['samples']} samples, worker idle): p50 {c2s['p50_ms']:.2f} ms, "
               f"p99 {c2s['p99_ms']:.2f} ms, max {c2s['max_ms']:.2f} ms  (target p50 < 10 ms)")  # fmt: skip
@@ -461,10 +465,12 @@ def report(results: dict, args: argparse.Namespace) -> None:
                   f"p50 {x['p50_ms']:.1f} ms, p90 {x['p90_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms, "
                   f"max {x['max_ms']:.1f} ms, errors {x['errors']}, statuses {x['statuses']}, "
                   f"client CPU {x['client_cpu_share']:.0%} of a core")  # fmt: skip
-        print(f"  (target p99 < 20 ms with the worker busy; still busy at the end: {polling['worker_busy_at_end']}; "
+        print("  (target p99 < 20 ms with the worker busy; "
+              f"still busy at the end: {polling['worker_busy_at_end']}; "
               f"server reads_per_minute {args.reads_per_minute})")  # fmt: skip
     print(
-        f"load average: {results['load_average_start'][0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+        f"load average: {results['load_average_start'][0]:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end"
     )
 
 

@@ -33,7 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadtest import OwnServer  # noqa: E402 - the load test's server harness
 
 KEY = "fuzz-key-" + os.urandom(6).hex()
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance"
+CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,"
+    "response_headers_conformance,response_schema_conformance"
+)
 REPLICATE_CREATES = ("/v1/predictions", "/v1/models/black-forest-labs/flux-dev/predictions")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load test: many keys creating predictions in bursts against one server, on loopback.
 
-    python scripts/loadtest.py                          # start a server on the tiny model, 1000 creates, 20 keys
+    python scripts/loadtest.py                       # start a server on the tiny model, 1000 creates, 20 keys
     python scripts/loadtest.py --creates 100 --keys 5 --burst 20 --max-in-flight 4   # the short form CI runs
     python scripts/loadtest.py --url http://127.0.0.1:8000 --key K1 --key K2 ...   # a running server
 
@@ -303,7 +303,6 @@ class OwnServer:
 # -- command line ---------------------------------------------------------------------------------------
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -346,14 +345,16 @@ def report(figures: Figures, keys: int) -> str:
     lines = [
         f"creates sent:            {figures.creates_sent} from {keys} keys",
         f"accepted (200):          {figures.accepted}",
-        f"refused (429):           {figures.refused_429} (without Retry-After: {figures.refused_without_retry_after})",
+        f"refused (429):           {figures.refused_429} "
+        f"(without Retry-After: {figures.refused_without_retry_after})",
         f"5xx:                     {figures.server_errors_5xx}",
         f"other statuses:          {figures.other_statuses or 'none'}",
         f"transport errors:        {figures.transport_errors} {figures.transport_error_kinds or ''}",
         f"accepted but lost:       {figures.accepted_but_lost}",
         f"accepted ended as:       {figures.outcomes}",
         f"keys whose list differs: {figures.listed_mismatch_keys}",
-        f"create latency (ms):     p50 {lat.get('p50')}  p90 {lat.get('p90')}  p99 {lat.get('p99')}  max {lat.get('max')}",
+        f"create latency (ms):     p50 {lat.get('p50')}  p90 {lat.get('p90')}  "
+        f"p99 {lat.get('p99')}  max {lat.get('max')}",
         f"create phase:            {figures.create_phase_s} s; drain {figures.drain_s} s",
         "RESULT: " + ("ok" if figures.ok else "FAILED"),
     ]

@@ -40,9 +40,13 @@ class LimitsSettings(_Section):
     reads_per_minute: int = Field(
         1200, description="Other authenticated requests (polls, lists) per minute per key (0: unlimited)."
     )
-    max_in_flight: int = Field(10, description="Predictions starting or processing per API key (0: unlimited).")
+    max_in_flight: int = Field(
+        10, description="Predictions starting or processing per API key (0: unlimited)."
+    )
     max_body_bytes: int = Field(16 * MiB, description="Largest request body; larger gets 413.")
-    storage_uri: str = Field("memory://", description="Rate-limit counters: memory:// or redis://host:port/db.")
+    storage_uri: str = Field(
+        "memory://", description="Rate-limit counters: memory:// or redis://host:port/db."
+    )
 
 
 class WorkerSettings(_Section):
@@ -52,12 +56,19 @@ class WorkerSettings(_Section):
         "predictions here: /health-check stays STARTING and says so).",
     )
     gpus: list[int] | None = Field(None, description="GPU indices to use (default: all visible).")
-    job_timeout_s: float = Field(600, description="A prediction running longer ends in error and its worker is replaced.")
+    job_timeout_s: float = Field(
+        600, description="A prediction running longer ends in error and its worker is replaced."
+    )
     max_attempts: int = Field(
-        1, ge=1, description="Runs per prediction when its worker dies; 1 = a lost job ends in error, never runs twice."
+        1,
+        ge=1,
+        description="Runs per prediction when its worker dies; 1 = a lost job ends in error, "
+        "never runs twice.",
     )
     load_timeout_s: float = Field(1800, description="Model load longer than this is a setup failure.")
-    shutdown_grace_s: float = Field(60, description="On SIGTERM, how long a running prediction may take to finish.")
+    shutdown_grace_s: float = Field(
+        60, description="On SIGTERM, how long a running prediction may take to finish."
+    )
     progress_interval_s: float = Field(0.25, description="Minimum seconds between progress log lines.")
     nice: int = Field(
         0,
@@ -70,7 +81,9 @@ class WorkerSettings(_Section):
 
 class OutputSettings(_Section):
     dir: str | None = Field(None, description="Where images are written (default: <data_dir>/outputs).")
-    retention_hours: float = Field(0, description="Delete output files after this many hours (0: keep forever).")
+    retention_hours: float = Field(
+        0, description="Delete output files after this many hours (0: keep forever)."
+    )
     require_owner_key: bool = Field(
         False,
         description="Serve output files only to the key that made them. Off: the unguessable URL is enough "
@@ -78,14 +91,17 @@ class OutputSettings(_Section):
     )
     share_pages: bool = Field(
         True,
-        description="Serve the share page /p/{id}: anyone holding the (unguessable) link sees that prediction's "
+        description="Serve the share page /p/{id}: anyone holding the (unguessable) link "
+        "sees that prediction's "
         "inputs and images. Off, or with require_owner_key on, /p/{id} answers 404.",
     )
 
 
 class InputImageSettings(_Section):
     max_bytes: int = Field(10 * MiB, description="Largest input image (data: URL decoded, or downloaded).")
-    max_pixels: int = Field(40_000_000, description="Largest input image in pixels (decompression bombs refused).")
+    max_pixels: int = Field(
+        40_000_000, description="Largest input image in pixels (decompression bombs refused)."
+    )
     fetch_timeout_s: float = Field(15, description="Timeout for downloading an image URL.")
     allow_private_addresses: bool = Field(
         False, description="Allow image and webhook URLs on loopback/private/link-local/metadata addresses."
@@ -116,7 +132,8 @@ class WebhookSettings(_Section):
 class ServerSettings(_Section):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Host names served besides loopback (localhost, 127.0.0.0/8, [::1]) and public_url's host: "
+        description="Host names served besides loopback (localhost, 127.0.0.0/8, [::1]) "
+        "and public_url's host: "
         "`name`, `*.domain` or `*` (any). Empty: without API keys only those; with keys any host. "
         "FLUXSERVE_SERVER__ALLOWED_HOSTS: separated by commas or whitespace.",
     )
@@ -297,7 +314,9 @@ class Settings(BaseSettings):
 
     @property
     def outputs_path(self) -> Path:
-        return Path(self.outputs.dir).expanduser().resolve() if self.outputs.dir else self.data_path / "outputs"
+        return (
+            Path(self.outputs.dir).expanduser().resolve() if self.outputs.dir else self.data_path / "outputs"
+        )
 
     @property
     def base_url(self) -> str:

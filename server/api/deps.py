@@ -44,13 +44,18 @@ async def authenticate(request: Request) -> Identity:
     key = extract_key(request.headers)
     # Static keys are checked on the loop; only stored keys need the database (a thread hop).
     try:
-        identity = state.keyring.static_identity(key) or await asyncio.to_thread(state.keyring.authenticate, key)
+        identity = state.keyring.static_identity(key) or await asyncio.to_thread(
+            state.keyring.authenticate, key
+        )
     except STORE_ERRORS as exc:
         # The stored keys live in the database: while it cannot be read the key is neither good nor
         # bad. A 503 the client may retry, not a 500 and not a 401 that would call its key wrong.
         state.supervisor.store_failed(exc)
         raise ApiError(
-            503, "Key store unavailable", f"the key store cannot be read ({exc})", headers={"Retry-After": "5"}
+            503,
+            "Key store unavailable",
+            f"the key store cannot be read ({exc})",
+            headers={"Retry-After": "5"},
         ) from None
     if identity is None:
         raise unauthorized()
@@ -58,9 +63,7 @@ async def authenticate(request: Request) -> Identity:
 
 
 def too_many(details: str, retry_after: int) -> ApiError:
-    return ApiError(
-        429, "too many requests", details, headers={"Retry-After": str(max(1, int(retry_after)))}
-    )
+    return ApiError(429, "too many requests", details, headers={"Retry-After": str(max(1, int(retry_after)))})
 
 
 def check_rate(request: Request, identity: Identity, kind: str) -> None:

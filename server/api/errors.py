@@ -26,7 +26,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(status: int, error: str, details: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, error: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"error": error, "status": status}
     if details is not None:
         body["details"] = details
@@ -73,7 +75,9 @@ def install_error_handlers(app: FastAPI) -> None:
         details = {}
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "header", "body")]
-            details.setdefault(".".join(loc) or "request", str(err.get("msg", "invalid")).removeprefix("Value error, "))
+            details.setdefault(
+                ".".join(loc) or "request", str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            )
         return error_response(400, "Invalid request", details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -89,4 +93,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "Internal server error")
-

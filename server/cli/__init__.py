@@ -35,7 +35,9 @@ def _add_client(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from server.cli.generate import _add_generate, _add_tiny_model
 
-    parser = argparse.ArgumentParser(prog="fluxserve", description="Self-hosted FLUX.1 [dev] prediction server")
+    parser = argparse.ArgumentParser(
+        prog="fluxserve", description="Self-hosted FLUX.1 [dev] prediction server"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_tiny_model(sub)

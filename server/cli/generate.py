@@ -16,10 +16,17 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate images locally (no server)")
     p.add_argument("prompt")
     p.add_argument("--model", default="auto", help="a diffusers folder, a cached repo id, or auto (default)")
-    p.add_argument("--transformer-file", default=None, help="single-file transformer checkpoint (.safetensors)")
+    p.add_argument(
+        "--transformer-file", default=None, help="single-file transformer checkpoint (.safetensors)"
+    )
     p.add_argument("--config", default=None, help="take the model spec from this config file instead")
     add_input_options(p, image_help="img2img source image file", typed=False)
-    p.add_argument("-o", "--output", required=True, help="output file; several outputs get -0, -1... before the extension")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output file; several outputs get -0, -1... before the extension",
+    )
     p.set_defaults(func=_cmd_generate)
 
 
@@ -56,7 +63,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     try:
         t0 = time.perf_counter()
         model = load_model(spec)
-        print(f"loaded {model.weights.folder} on {model.device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"loaded {model.weights.folder} on {model.device} in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -104,7 +114,9 @@ def _spec_for_generate(args: argparse.Namespace):
 
 
 def _add_tiny_model(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tiny-model", help="write the tiny random FLUX pipeline (tests, demos, CPU benchmarks)")
+    p = sub.add_parser(
+        "tiny-model", help="write the tiny random FLUX pipeline (tests, demos, CPU benchmarks)"
+    )
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tiny_model)

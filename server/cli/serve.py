@@ -115,7 +115,9 @@ def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]
 def run_server(settings: Settings) -> int:
     from server.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         lock, store = prepare(settings, settings.host)
         app = create_app(settings, store=store, lock=lock)
@@ -126,7 +128,9 @@ def run_server(settings: Settings) -> int:
     host = settings.host
     if state.keyring.open:
         if not is_loopback_host(host):
-            log.warning("no API key is configured: binding to 127.0.0.1 instead of %s (set FLUXSERVE_API_KEYS)", host)
+            log.warning(
+                "no API key is configured: binding to 127.0.0.1 instead of %s (set FLUXSERVE_API_KEYS)", host
+            )
             host = "127.0.0.1"
         log.warning("no API key is configured: the server is open, reachable from this machine only")
     config = uvicorn.Config(

@@ -77,7 +77,9 @@ class FluxAPIError(Exception):
     naming each bad field and why). ``retry_after`` holds a 429's Retry-After in seconds.
     """
 
-    def __init__(self, status: int, error: str, details: Any = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, error: str, details: Any = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(error)
         self.status = status
         self.error = error
@@ -108,7 +110,9 @@ class WaitTimeout(TimeoutError):
     """``wait``/``run`` gave up before the prediction ended; ``prediction`` is its last state."""
 
     def __init__(self, prediction: dict[str, Any], timeout: float) -> None:
-        super().__init__(f"prediction {prediction.get('id')} still {prediction.get('status')} after {timeout:g} s")
+        super().__init__(
+            f"prediction {prediction.get('id')} still {prediction.get('status')} after {timeout:g} s"
+        )
         self.prediction = prediction
 
 
@@ -181,7 +185,9 @@ class FluxClient:
         self._backoff = wait_exponential_jitter(initial=0.5, max=8.0, jitter=0.5)
         self._sleep: Callable[[float], None] = time.sleep
         headers = {"User-Agent": "fluxserve-client/0.1", "Accept": "application/json"}
-        self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=self.timeout, headers=headers, transport=transport
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -200,7 +206,9 @@ class FluxClient:
 
     # -- the routes -------------------------------------------------------------------------
 
-    def create(self, input: dict[str, Any], webhook_url: str | None = None, webhook_secret: str | None = None) -> str:
+    def create(
+        self, input: dict[str, Any], webhook_url: str | None = None, webhook_secret: str | None = None
+    ) -> str:
         """Create a prediction from flux-dev ``input``; returns its id at once (it is queued)."""
         body: dict[str, Any] = {"model": self.model, "input": input}
         if webhook_url is not None:
@@ -328,7 +336,9 @@ class FluxClient:
                     method, url, params=params, json=json, headers=headers, timeout=timeout or self.timeout
                 )
             except httpx.TransportError as exc:
-                raise FluxConnectionError(f"{method} {url}: {type(exc).__name__}: {exc or 'connection failed'}") from exc
+                raise FluxConnectionError(
+                    f"{method} {url}: {type(exc).__name__}: {exc or 'connection failed'}"
+                ) from exc
             if response.status_code >= 400:
                 raise _error_from(response)
             return response

@@ -410,7 +410,9 @@ class BatchRunner:
             try:
                 outcome = self._process(item)
             except Exception as exc:  # noqa: BLE001 - one line's trouble must not stop the others
-                self._echo(f"line {item.line.number}: unexpected error: {type(exc).__name__}: {exc}; left pending")
+                self._echo(
+                    f"line {item.line.number}: unexpected error: {type(exc).__name__}: {exc}; left pending"
+                )
                 outcome = "unfinished"
             with self._cond:
                 if outcome != "stopped":
@@ -439,7 +441,9 @@ class BatchRunner:
             retry_after: float | None = None
             try:
                 if not item.intent_written:
-                    self.pending.append({"line": line.number, "event": "intent", "inputs": line.inputs, "t": time.time()})
+                    self.pending.append(
+                        {"line": line.number, "event": "intent", "inputs": line.inputs, "t": time.time()}
+                    )
                     item.intent_written = True
                 try:
                     prediction_id = self.client.create(line.inputs or {})
@@ -458,7 +462,13 @@ class BatchRunner:
                         return None, "failed"
                 else:
                     self.pending.append(
-                        {"line": line.number, "event": "submitted", "id": prediction_id, "inputs": line.inputs, "t": time.time()}
+                        {
+                            "line": line.number,
+                            "event": "submitted",
+                            "id": prediction_id,
+                            "inputs": line.inputs,
+                            "t": time.time(),
+                        }
                     )
                     return prediction_id, "submitted"
             finally:
@@ -499,7 +509,9 @@ class BatchRunner:
                     continue
                 if exc.status == 404:
                     self._echo(f"line {item.line.number}: prediction {prediction_id} not found on the server")
-                    self._record(item.line, prediction_id, "error", error=f"prediction {prediction_id} not found")
+                    self._record(
+                        item.line, prediction_id, "error", error=f"prediction {prediction_id} not found"
+                    )
                     self._count("failed")
                     return "failed"
                 self._echo(f"line {item.line.number}: polling failed: {exc}; left pending")
@@ -530,12 +542,15 @@ class BatchRunner:
                     break
                 _atomic_write(self.out_dir / name, data)
                 files.append(name)
-        if not self._record(line, prediction_id, str(status), prediction=prediction, files=files, error=error):
+        if not self._record(
+            line, prediction_id, str(status), prediction=prediction, files=files, error=error
+        ):
             return "stopped"
         if status == "success":
             self._count("done")
             self._echo(
-                f"line {line.number}: success -> {', '.join(files)} (seed {parse_seed(prediction.get('logs'))}, "
+                f"line {line.number}: success -> {', '.join(files)} "
+                f"(seed {parse_seed(prediction.get('logs'))}, "
                 f"{(prediction.get('metrics') or {}).get('predict_time')} s)"
             )
             return "done"
@@ -597,7 +612,10 @@ class BatchRunner:
                 if not executions or offset >= int(page.get("total") or 0):
                     break
         except FluxAPIError as exc:
-            self._echo(f"could not check for predictions of interrupted creates ({exc}); those lines wait for the next run")
+            self._echo(
+                f"could not check for predictions of interrupted creates ({exc}); "
+                "those lines wait for the next run"
+            )
             with self._cond:
                 self.summary.unfinished += len(orphans)
             return [], []

@@ -62,9 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen = commands.add_parser("generate", help="one prediction: wait with a progress bar, write the image(s)")
     gen.add_argument("prompt")
     _add_connection(gen)
-    gen.add_argument("-o", "--output", required=True, help="output file; several outputs get -0, -1... before the extension")
+    gen.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output file; several outputs get -0, -1... before the extension",
+    )
     add_input_options(gen, image_help="img2img source image file (sent inline as a data: URL)")
-    gen.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
+    gen.add_argument(
+        "--wait-timeout", type=float, default=None, help="give up waiting after this many seconds"
+    )
     gen.set_defaults(func=cmd_generate)
 
     batch = commands.add_parser(
@@ -77,7 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("inputs", help="JSONL file: one JSON object of flux-dev inputs per line")
     batch.add_argument("--out", required=True, help="output folder (images, manifest.jsonl, pending.jsonl)")
     _add_connection(batch)
-    batch.add_argument("--max-in-flight", type=int, default=10, help="predictions in flight at once (default 10)")
+    batch.add_argument(
+        "--max-in-flight", type=int, default=10, help="predictions in flight at once (default 10)"
+    )
     batch.set_defaults(func=cmd_batch)
 
 
@@ -106,7 +115,7 @@ def image_data_url(path: str | Path) -> str:
 
 
 def output_paths(output: str, fmt: str, count: int) -> list[Path]:
-    """Where the images go: ``output`` itself for one, ``stem-i.ext`` for several (as `fluxserve generate`)."""
+    """Where the images go: ``output`` for one, ``stem-i.ext`` for several (as `fluxserve generate`)."""
     path = Path(output)
     if path.suffix.lstrip(".").lower() not in IMAGE_SUFFIXES:
         path = path.with_name(path.name + "." + fmt)
@@ -186,7 +195,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar.close()
 
         if prediction.get("status") != "success":
-            print(f"error: prediction {prediction.get('status')}: {prediction.get('error') or ''}".rstrip(), file=sys.stderr)
+            print(
+                f"error: prediction {prediction.get('status')}: {prediction.get('error') or ''}".rstrip(),
+                file=sys.stderr,
+            )
             return 1
         urls = output_urls(prediction)
         if not urls:
@@ -227,7 +239,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if stop.is_set():
             os._exit(130)  # second signal: leave now (running lines resume by id next time)
         stop.set()
-        print("\nstopping after the creates in progress (again to quit at once)...", file=sys.stderr, flush=True)
+        print(
+            "\nstopping after the creates in progress (again to quit at once)...", file=sys.stderr, flush=True
+        )
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -235,7 +249,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     try:
         # 429s are waited out by the runner (it can notice a stop while it waits).
         with _client(args, rate_limit_retries=0) as client:
-            summary = BatchRunner(client, args.inputs, args.out, max_in_flight=args.max_in_flight, stop=stop).run()
+            summary = BatchRunner(
+                client, args.inputs, args.out, max_in_flight=args.max_in_flight, stop=stop
+            ).run()
     except BatchLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -477,12 +477,14 @@ def fetch_bytes(url: str, policy: AddressPolicy) -> bytes:
                         location = response.headers.get("location")
                         if not location:
                             raise FetchError(
-                                f"HTTP {response.status_code} redirect without a Location from {_safe_url(current)}"
+                                f"HTTP {response.status_code} redirect without a Location "
+                                f"from {_safe_url(current)}"
                             )
                         redirects += 1
                         if redirects > policy.max_redirects:
                             raise FetchError(
-                                f"too many redirects (more than {policy.max_redirects}) from {_safe_url(start)}"
+                                f"too many redirects (more than {policy.max_redirects}) "
+                                f"from {_safe_url(start)}"
                             )
                         try:
                             target = current.join(location)

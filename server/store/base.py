@@ -183,7 +183,12 @@ class PredictionStore(abc.ABC):
             if pred.attempts < max_attempts:
                 if self.requeue(pred.id, f"Requeued after the worker was lost (attempt {pred.attempts})."):
                     outcomes.append((pred.id, "requeued"))
-            elif self.finish(pred.id, ERROR, error=WORKER_LOST, logs="Worker lost: the process running this prediction died.\n"):
+            elif self.finish(
+                pred.id,
+                ERROR,
+                error=WORKER_LOST,
+                logs="Worker lost: the process running this prediction died.\n",
+            ):
                 outcomes.append((pred.id, "failed"))
         return outcomes
 

@@ -235,7 +235,9 @@ class WebhookDispatcher:
         refused or failed)."""
         if self._post_pool is None:
             self._post_pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="webhook-post")
-        call = functools.partial(post_json, url, payload, headers, self.policy, self.settings.webhooks.timeout_s)
+        call = functools.partial(
+            post_json, url, payload, headers, self.policy, self.settings.webhooks.timeout_s
+        )
         return await asyncio.get_running_loop().run_in_executor(self._post_pool, call)
 
     def _on_loop(self, fn: Callable[..., None], *args: Any) -> bool:
@@ -319,7 +321,9 @@ class WebhookDispatcher:
                 continue
             pred = self.store.get(prediction_id)
             if pred is not None and self.enqueue_finished_sync(pred) is not None:
-                log.info("prediction %s: its webhook was not queued before the last stop; queued now", pred.id)
+                log.info(
+                    "prediction %s: its webhook was not queued before the last stop; queued now", pred.id
+                )
                 written += 1
         return written
 

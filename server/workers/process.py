@@ -188,7 +188,10 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
         except (FetchError, InputImageError) as exc:
             return JobFailed(pid, f"Invalid input image: {exc}", "".join(logs))
         w, h = img2img_size(*source.size)
-        emit(f"img2img from a {source.width}x{source.height} image: output {w}x{h}, prompt_strength {inputs.prompt_strength}")
+        emit(
+            f"img2img from a {source.width}x{source.height} image: output {w}x{h}, "
+            f"prompt_strength {inputs.prompt_strength}"
+        )
     else:
         w, h = inputs.size
         emit(f"Generating {inputs.num_outputs} image(s) at {w}x{h}, {inputs.num_inference_steps} steps")
@@ -205,13 +208,17 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
             emit(f"{done}/{total} steps ({100 * done // total}%)")
 
     try:
-        result = generator.generate(inputs, source, on_progress=on_progress, should_cancel=control.cancel.is_set)
+        result = generator.generate(
+            inputs, source, on_progress=on_progress, should_cancel=control.cancel.is_set
+        )
     except GenerationError as exc:
         return JobFailed(pid, str(exc), "".join(logs))
     except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
         log.exception("prediction %s failed", pid)
         if _is_fatal_device_error(exc):
-            conn.send(JobFailed(pid, f"GPU error, worker restarting: {exc}", "".join(logs), worker_exiting=True))
+            conn.send(
+                JobFailed(pid, f"GPU error, worker restarting: {exc}", "".join(logs), worker_exiting=True)
+            )
             os._exit(70)
         return JobFailed(pid, f"Prediction failed: {type(exc).__name__}: {exc}", "".join(logs))
 
@@ -222,7 +229,12 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
         emit(f"Warning: {warning}")
     emit(f"Generated {len(result.images)} image(s) in {result.timings['predict_time']:.2f} s")
     images = [OutputImage(i.data, i.format, i.content_type, i.width, i.height, i.seed) for i in result.images]
-    extra = {"seed": result.seed, "width": result.width, "height": result.height, "nsfw_dropped": result.nsfw_dropped}
+    extra = {
+        "seed": result.seed,
+        "width": result.width,
+        "height": result.height,
+        "nsfw_dropped": result.nsfw_dropped,
+    }
     return JobSucceeded(pid, images, result.seed, result.timings["predict_time"], "".join(logs), extra)
 
 

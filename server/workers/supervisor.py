@@ -52,7 +52,13 @@ WORKER_STATES = (W_STARTING, W_READY, W_BUSY, W_FAILED, W_STOPPED)
 
 # Health states of /health-check. UNHEALTHY: the prediction store is failing (cog's name for a
 # server that is up but cannot serve right now).
-STARTING, READY, BUSY, SETUP_FAILED, SHUTTING_DOWN = "STARTING", "READY", "BUSY", "SETUP_FAILED", "SHUTTING_DOWN"
+STARTING, READY, BUSY, SETUP_FAILED, SHUTTING_DOWN = (
+    "STARTING",
+    "READY",
+    "BUSY",
+    "SETUP_FAILED",
+    "SHUTTING_DOWN",
+)
 UNHEALTHY = "UNHEALTHY"
 
 MAX_LOAD_CRASHES = 3  # consecutive deaths while loading before a slot is declared failed
@@ -175,7 +181,9 @@ class Supervisor:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        outcomes = await asyncio.to_thread(self.store.recover_after_restart, self.settings.workers.max_attempts)
+        outcomes = await asyncio.to_thread(
+            self.store.recover_after_restart, self.settings.workers.max_attempts
+        )
         for pid, outcome in outcomes:
             log.warning("prediction %s was running when the server stopped: %s", pid, outcome)
             # An end (failed, or cancelled by a cancel requested before the stop) is owed its
@@ -222,9 +230,17 @@ class Supervisor:
         proc.start()
         child_conn.close()
         slot.process, slot.conn = proc, parent_conn
-        log.info("worker %d started (pid %d%s)", slot.index, proc.pid, f", GPU {slot.gpu}" if slot.gpu is not None else "")
+        log.info(
+            "worker %d started (pid %d%s)",
+            slot.index,
+            proc.pid,
+            f", GPU {slot.gpu}" if slot.gpu is not None else "",
+        )
         slot.reader = threading.Thread(
-            target=self._reader, args=(slot, parent_conn, slot.generation), daemon=True, name=f"worker-{slot.index}-reader"
+            target=self._reader,
+            args=(slot, parent_conn, slot.generation),
+            daemon=True,
+            name=f"worker-{slot.index}-reader",
         )
         slot.reader.start()
 
@@ -265,7 +281,12 @@ class Supervisor:
                 return  # the load timed out and the process is being killed: too late
             slot.ready, slot.state, slot.load_crashes = msg, W_READY, 0
             log.info(
-                "worker %d ready: %s on %s (%s) in %.1f s", slot.index, msg.weights, msg.device, msg.dtype, msg.load_seconds
+                "worker %d ready: %s on %s (%s) in %.1f s",
+                slot.index,
+                msg.weights,
+                msg.device,
+                msg.dtype,
+                msg.load_seconds,
             )
             for warning in msg.warnings:
                 log.warning("worker %d: %s", slot.index, warning)
@@ -471,7 +492,10 @@ class Supervisor:
             slot.load_crashes += 1
             if slot.load_crashes >= MAX_LOAD_CRASHES:
                 slot.state = W_FAILED
-                slot.setup_error = f"the worker process died while loading the model {slot.load_crashes} times (exit code {code})"
+                slot.setup_error = (
+                    f"the worker process died while loading the model {slot.load_crashes} times "
+                    f"(exit code {code})"
+                )
                 log.error("worker %d: %s", slot.index, slot.setup_error)
                 return
         log.warning("worker %d exited (code %s); starting a new one", slot.index, code)
@@ -496,7 +520,9 @@ class Supervisor:
             )
         if job.attempts < self.settings.workers.max_attempts:
             return await asyncio.to_thread(
-                self.store.requeue, job.id, f"Worker lost (exit code {code}); requeued for attempt {job.attempts + 1}.\n"
+                self.store.requeue,
+                job.id,
+                f"Worker lost (exit code {code}); requeued for attempt {job.attempts + 1}.\n",
             )
         return await asyncio.to_thread(
             self.store.finish,
@@ -598,12 +624,24 @@ class Supervisor:
     def _check_timeouts(self, now: float) -> None:
         cfg = self.settings.workers
         for slot in self.slots:
-            if slot.state == W_BUSY and slot.job and now - slot.job_started > cfg.job_timeout_s and not slot.timed_out:
-                log.error("prediction %s timed out after %g s; killing worker %d", slot.job.id, cfg.job_timeout_s, slot.index)
+            if (
+                slot.state == W_BUSY
+                and slot.job
+                and now - slot.job_started > cfg.job_timeout_s
+                and not slot.timed_out
+            ):
+                log.error(
+                    "prediction %s timed out after %g s; killing worker %d",
+                    slot.job.id,
+                    cfg.job_timeout_s,
+                    slot.index,
+                )
                 slot.timed_out = True
                 slot.state = W_STOPPED  # no job goes to it, even if a result is already on its way
                 slot.process.kill()
-            elif slot.state == W_STARTING and now - slot.started_at > cfg.load_timeout_s and not slot.timed_out:
+            elif (
+                slot.state == W_STARTING and now - slot.started_at > cfg.load_timeout_s and not slot.timed_out
+            ):
                 slot.timed_out = True
                 slot.state = W_FAILED
                 slot.setup_error = f"loading the model took longer than {cfg.load_timeout_s:g} s"

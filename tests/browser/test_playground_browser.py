@@ -152,7 +152,8 @@ def test_every_control_has_an_accessible_name(new_page, live_server):
         """() => [...document.querySelectorAll('input, select, textarea, button')]
           .filter((el) => el.getAttribute('aria-hidden') !== 'true')
           .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
-                          && !el.getAttribute('aria-labelledby') && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+                          && !el.getAttribute('aria-labelledby')
+                          && !(el.tagName === 'BUTTON' && el.textContent.trim()))
           .map((el) => el.outerHTML.slice(0, 120))"""
     )
     assert unnamed == []

@@ -260,10 +260,15 @@ def test_serve_with_an_encrypted_keyfile_and_its_password_speaks_https(tmp_path)
 
 def test_readme_documents_every_config_key():
     table = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "config_reference.py")], capture_output=True, text=True, check=True
+        [sys.executable, str(ROOT / "scripts" / "config_reference.py")],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     readme = (ROOT / "README.md").read_text()
-    missing = [line.split("`")[1] for line in table.splitlines()[2:] if line.split("|")[1].strip() not in readme]
+    missing = [
+        line.split("`")[1] for line in table.splitlines()[2:] if line.split("|")[1].strip() not in readme
+    ]
     assert not missing, f"README.md lacks config keys (rerun scripts/config_reference.py): {missing}"
 
 

@@ -73,11 +73,15 @@ def test_an_outputs_folder_that_is_the_data_folder_takes_no_second_lock(tmp_path
     lock.release()
 
 
-def test_second_server_on_the_same_data_folder_exits_and_leaves_the_running_job_alone(tmp_path, tiny_model_dir):
+def test_second_server_on_the_same_data_folder_exits_and_leaves_the_running_job_alone(
+    tmp_path, tiny_model_dir
+):
     with LiveServer(tmp_path / "data", tiny_model_dir) as first:
         first.start()
         slow = {"prompt": "slow", "num_inference_steps": "50", "megapixels": "1"}
-        created = first.http.post("/v1/prediction", json={"model": "flux-dev", "input": slow}, headers=first.headers("key-alpha"))
+        created = first.http.post(
+            "/v1/prediction", json={"model": "flux-dev", "input": slow}, headers=first.headers("key-alpha")
+        )
         pid = created.json()["predictionID"]
 
         intruder = serve_once(first.config_path)

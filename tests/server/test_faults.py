@@ -4,8 +4,9 @@ Each fault happens for real: the API process group is SIGKILLed, the worker proc
 SIGKILLed, a denoising step never returns, CUDA/host out-of-memory is raised inside the worker
 (``FLUXSERVE_FAULT_INJECTION=1`` and a ``[[fault:...]]`` marker in the prompt, see
 ``server/workers/process.py``), the model folder is missing or not a FLUX pipeline, the outputs
-folder cannot be written, the database's disk fills while a job runs. After each one the server must still answer, the prediction must end
-in ``error`` with a message that says what happened, and the next prediction must succeed.
+folder cannot be written, the database's disk fills while a job runs. After each one the server must
+still answer, the prediction must end in ``error`` with a message that says what happened, and the
+next prediction must succeed.
 
 test_restart.py covers the plain SIGKILL restart (max_attempts 1) and a SIGTERM whose running job
 finishes in time; this module adds max_attempts 2, the exactly-once accounting and a SIGTERM
@@ -139,7 +140,9 @@ def test_out_of_memory_ends_in_error_with_advice_and_the_same_worker_keeps_servi
 
 def test_a_failure_before_generation_ends_the_job_and_the_same_worker_keeps_serving(faulty):
     worker = faulty.worker_pid()
-    body = faulty.wait_for_end(KEY_A, faulty.create(KEY_A, {**QUICK, "prompt": "a lighthouse [[fault:prepare]]"}))
+    body = faulty.wait_for_end(
+        KEY_A, faulty.create(KEY_A, {**QUICK, "prompt": "a lighthouse [[fault:prepare]]"})
+    )
 
     assert body["status"] == "error"
     assert body["error"] == "Prediction failed: RuntimeError: injected failure while preparing the job"
@@ -401,7 +404,8 @@ def _snapshot(srv: LiveServer, ids: list[str]) -> dict[str, tuple]:
     conn = srv.db()
     try:
         rows = conn.execute(
-            f"SELECT id, status, error, output, completed_at, attempts FROM predictions WHERE id IN ({','.join('?' * len(ids))})",
+            "SELECT id, status, error, output, completed_at, attempts FROM predictions "
+            f"WHERE id IN ({','.join('?' * len(ids))})",
             ids,
         ).fetchall()
     finally:

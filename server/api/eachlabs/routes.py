@@ -97,8 +97,14 @@ ERRORS = {
     400: {"model": ErrorResponse, "description": "Bad request: `details` names each bad field and why."},
     401: {"model": ErrorResponse, "description": "Invalid or missing API key."},
     413: {"model": ErrorResponse, "description": "Body too large."},
-    429: {"model": ErrorResponse, "description": "Too many requests (per-minute or in-flight limit); see Retry-After."},
-    503: {"model": ErrorResponse, "description": "Not accepting predictions (model failed to load, shutting down)."},
+    429: {
+        "model": ErrorResponse,
+        "description": "Too many requests (per-minute or in-flight limit); see Retry-After.",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "Not accepting predictions (model failed to load, shutting down).",
+    },
 }
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such prediction for this key."}}
 
@@ -125,7 +131,9 @@ def decode_json_body(raw: bytes) -> Any:
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError("unpaired UTF-16 surrogate escape (\\ud800-\\udfff): text must be valid Unicode") from None
+            raise ValueError(
+                "unpaired UTF-16 surrogate escape (\\ud800-\\udfff): text must be valid Unicode"
+            ) from None
     return value
 
 
@@ -163,7 +171,9 @@ async def create_prediction(
     if status == SETUP_FAILED:
         raise ApiError(503, "Model failed to load; not accepting predictions", details.get("reason"))
     if not state.supervisor.accepting:
-        raise ApiError(503, "Server is shutting down; not accepting predictions", headers={"Retry-After": "30"})
+        raise ApiError(
+            503, "Server is shutting down; not accepting predictions", headers={"Retry-After": "30"}
+        )
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object", {"body": "expected a JSON object"})
     model = body.get("model")
@@ -171,12 +181,16 @@ async def create_prediction(
         raise ApiError(400, "model field is required", {"model": "required"})
     if not isinstance(model, str) or model != state.settings.model.name:
         raise ApiError(
-            400, "Invalid input for model", {"model": f"unknown model {str(model)[:80]!r}; this server serves {state.settings.model.name!r}"}
+            400,
+            "Invalid input for model",
+            {"model": f"unknown model {str(model)[:80]!r}; this server serves {state.settings.model.name!r}"},
         )
     if "input" not in body or body["input"] is None:
         raise ApiError(400, "Invalid input for model", {"input": "required"})
     if _nested_deeper_than(body["input"], MAX_INPUT_DEPTH):
-        raise ApiError(400, "Invalid input for model", {"input": f"nested deeper than {MAX_INPUT_DEPTH} levels"})
+        raise ApiError(
+            400, "Invalid input for model", {"input": f"nested deeper than {MAX_INPUT_DEPTH} levels"}
+        )
     try:
         inputs = parse_inputs(body["input"], state.settings.model.defaults)
     except InvalidInputs as exc:
@@ -185,7 +199,9 @@ async def create_prediction(
     if non_finite:
         raise ApiError(400, "Invalid input for model", non_finite)
     # A data: URL's size is known now: refuse it here rather than store it and fail in the worker.
-    too_large = data_url_size_problem(inputs.image, state.settings.input_images.max_bytes) if inputs.image else None
+    too_large = (
+        data_url_size_problem(inputs.image, state.settings.input_images.max_bytes) if inputs.image else None
+    )
     if too_large:
         raise ApiError(400, "Invalid input for model", {"image": too_large})
     webhook_url, webhook_secret = _validate_webhook(body)
@@ -206,13 +222,16 @@ async def create_prediction(
         await asyncio.to_thread(state.store.create, pred, limit if limit > 0 else None)
     except InFlightLimitExceeded as exc:
         raise too_many(
-            f"{exc.in_flight} predictions in flight; the limit is {exc.limit} per key", IN_FLIGHT_RETRY_AFTER_S
+            f"{exc.in_flight} predictions in flight; the limit is {exc.limit} per key",
+            IN_FLIGHT_RETRY_AFTER_S,
         ) from None
     except Exception as exc:  # the store failed (disk full, database locked too long): nothing was made
         if not state.store.is_outage(exc):
             log.exception("could not store a new prediction")
         state.supervisor.store_failed(exc)  # an outage is logged once, when it begins
-        raise ApiError(500, "Failed to create prediction", "the prediction could not be stored; try again") from None
+        raise ApiError(
+            500, "Failed to create prediction", "the prediction could not be stored; try again"
+        ) from None
     state.supervisor.store_working()
     state.supervisor.wake()
     return pred
@@ -224,7 +243,12 @@ async def create_prediction(
     "/v1/prediction",
     summary="Create a prediction",
     responses={200: {"model": CreateResponse}, **ERRORS},
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateRequest"}}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateRequest"}}},
+        }
+    },
 )
 async def create(request: Request, identity: Identity = Depends(authenticate)) -> dict:
     body = await _read_json(request)
@@ -253,7 +277,12 @@ async def wait_for_end(request: Request, prediction_id: str, timeout: float) -> 
     "/v1/prediction/run",
     summary="Create a prediction and wait for its end",
     responses={200: {"model": PredictionResponse}, **ERRORS},
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateRequest"}}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateRequest"}}},
+        }
+    },
     description="Returns the final prediction, or its current state after `run_wait_timeout_s`.",
 )
 async def run(request: Request, identity: Identity = Depends(authenticate)) -> dict:
@@ -291,7 +320,8 @@ async def owned_prediction(request: Request, identity: Identity, prediction_id: 
     "/v1/prediction/{prediction_id}",
     summary="Get a prediction",
     responses={200: {"model": PredictionResponse}, **{**ERRORS, **NOT_FOUND}},
-    description="Add `?wait=n` or `Prefer: wait=n` (up to 60 s) to hold the request until the prediction ends.",
+    description="Add `?wait=n` or `Prefer: wait=n` (up to 60 s) "
+    "to hold the request until the prediction ends.",
     openapi_extra={
         "parameters": [prefer_header("`wait=n`: as `?wait=n` (the query wins when both are given).")]
     },
@@ -299,7 +329,9 @@ async def owned_prediction(request: Request, identity: Identity, prediction_id: 
 async def get_prediction(
     request: Request,
     prediction_id: str,
-    wait: float | None = Query(None, ge=0, le=MAX_WAIT_S, description="Hold up to this many seconds for the end."),
+    wait: float | None = Query(
+        None, ge=0, le=MAX_WAIT_S, description="Hold up to this many seconds for the end."
+    ),
     identity: Identity = Depends(caller),
 ) -> dict:
     state = app_state(request)
@@ -341,12 +373,20 @@ async def cancel_prediction(request: Request, identity: Identity, prediction_id:
     "post",
     "/v1/prediction/{prediction_id}/cancel",
     summary="Cancel a prediction",
-    responses={200: {"model": CancelResponse}, **{**ERRORS, **NOT_FOUND, 409: {"model": ErrorResponse, "description": "Already finished."}}},
-    description="A queued prediction never runs; a running one stops at its next step and its images are discarded.",
+    responses={
+        200: {"model": CancelResponse},
+        **{**ERRORS, **NOT_FOUND, 409: {"model": ErrorResponse, "description": "Already finished."}},
+    },
+    description="A queued prediction never runs; a running one stops "
+    "at its next step and its images are discarded.",
 )
 async def cancel(request: Request, prediction_id: str, identity: Identity = Depends(caller)) -> dict:
     await cancel_prediction(request, identity, prediction_id)
-    return {"status": "cancelled", "message": "Prediction canceled successfully", "predictionID": prediction_id}
+    return {
+        "status": "cancelled",
+        "message": "Prediction canceled successfully",
+        "predictionID": prediction_id,
+    }
 
 
 # -- list -----------------------------------------------------------------------------------
@@ -410,7 +450,12 @@ async def list_executions(
     model: str | None = Query(None, max_length=100),
     status: str | None = Query(None, description="starting, processing, success, error or cancelled"),
     created_from: str | None = Query(None, alias="from", description="ISO 8601 or unix seconds, inclusive"),
-    created_to: str | None = Query(None, alias="to", description="ISO 8601 or unix seconds, inclusive (an ISO time covers the day, second or millisecond it names)"),
+    created_to: str | None = Query(
+        None,
+        alias="to",
+        description="ISO 8601 or unix seconds, inclusive (an ISO time covers "
+        "the day, second or millisecond it names)",
+    ),
     identity: Identity = Depends(caller),
 ) -> dict:
     state = app_state(request)
@@ -443,7 +488,8 @@ def model_info(request: Request) -> dict:
     info = {
         "slug": spec.name,
         "name": "FLUX.1 [dev]" if spec.name == "flux-dev" else spec.name,
-        "description": "12B rectified-flow transformer for text-to-image and img2img (Black Forest Labs), served locally.",
+        "description": "12B rectified-flow transformer for text-to-image and img2img "
+        "(Black Forest Labs), served locally.",
         "version": "0.0.1",
         "input_schema": FluxInputs.model_json_schema(),
     }
@@ -452,15 +498,23 @@ def model_info(request: Request) -> dict:
     return info
 
 
-@both(router, "get", "/v1/models", summary="Models served", responses={200: {"model": ModelsResponse}, **ERRORS})
+@both(
+    router, "get", "/v1/models", summary="Models served", responses={200: {"model": ModelsResponse}, **ERRORS}
+)
 async def list_models(request: Request, identity: Identity = Depends(caller)) -> dict:
     return {"models": [model_info(request)]}
 
 
 @both(
-    router, "get", "/v1/model", summary="One model with its input schema", responses={200: {"model": ModelInfo}, **{**ERRORS, 404: {"model": ErrorResponse}}}
+    router,
+    "get",
+    "/v1/model",
+    summary="One model with its input schema",
+    responses={200: {"model": ModelInfo}, **{**ERRORS, 404: {"model": ErrorResponse}}},
 )
-async def get_model(request: Request, slug: str = Query(..., max_length=100), identity: Identity = Depends(caller)) -> dict:
+async def get_model(
+    request: Request, slug: str = Query(..., max_length=100), identity: Identity = Depends(caller)
+) -> dict:
     state = app_state(request)
     if slug != state.settings.model.name:
         raise ApiError(404, "Model not found", {"slug": f"this server serves {state.settings.model.name!r}"})

@@ -14,15 +14,28 @@ Status = Literal["starting", "processing", "success", "error", "cancelled"]
 
 
 class CreateRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "model": "flux-dev",
-        "version": "0.0.1",
-        "input": {"prompt": "a lighthouse at dawn, 35mm photo", "aspect_ratio": "16:9", "num_inference_steps": "28"},
-    }]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "flux-dev",
+                    "version": "0.0.1",
+                    "input": {
+                        "prompt": "a lighthouse at dawn, 35mm photo",
+                        "aspect_ratio": "16:9",
+                        "num_inference_steps": "28",
+                    },
+                }
+            ]
+        },
+    )
 
     model: str = Field(description="Model slug: `flux-dev`.")
     version: str | None = Field(None, description="Accepted and ignored.")
-    input: FluxInputs = Field(description="flux-dev inputs; numbers may be numeric strings, null means default.")
+    input: FluxInputs = Field(
+        description="flux-dev inputs; numbers may be numeric strings, null means default."
+    )
     webhook_url: str | None = Field(None, description="POSTed once the prediction ends (success or error).")
     webhook_secret: str | None = Field(None, description="Sent back verbatim in `X-Webhook-Secret`.")
 

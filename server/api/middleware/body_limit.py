@@ -57,13 +57,20 @@ class BodySizeLimitMiddleware:
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(
-            {"error": "Request body too large", "status": 413, "details": f"the limit is {self.max_bytes} bytes"}
+            {
+                "error": "Request body too large",
+                "status": 413,
+                "details": f"the limit is {self.max_bytes} bytes",
+            }
         ).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

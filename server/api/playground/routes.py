@@ -230,7 +230,10 @@ def _image_field(prop: dict[str, Any], default: Any) -> str:
         '<input type="url" id="f-image" name="image" inputmode="url" autocomplete="off" '
         'placeholder="Paste an http(s) image URL" aria-describedby="help-image error-image">'
     )
-    label = f'<span class="label-text" id="label-image">{esc(LABELS["image"])} <code class="name">image</code></span>'
+    label = (
+        f'<span class="label-text" id="label-image">{esc(LABELS["image"])} '
+        '<code class="name">image</code></span>'
+    )
     return (
         f'<div class="field field-image wide" role="group" aria-labelledby="label-image">{label}{control}'
         f"{_help('image', prop, default)}{_error_slot('image')}</div>"
@@ -247,8 +250,10 @@ def render_field(name: str, prop: dict[str, Any], default: Any) -> str:
         return _image_field(prop, default)
     if name == "prompt":
         control = (
-            f'<textarea id="{fid}" name="prompt" rows="4" required maxlength="{esc(spec.get("maxLength", ""))}" '
-            f'{described} placeholder="A lighthouse on a cliff at dusk, watercolor" spellcheck="true"></textarea>'
+            f'<textarea id="{fid}" name="prompt" rows="4" required '
+            f'maxlength="{esc(spec.get("maxLength", ""))}" '
+            f'{described} placeholder="A lighthouse on a cliff at dusk, watercolor" '
+            'spellcheck="true"></textarea>'
         )
         return _wrap(name, prop, default, control, extra_class="wide")
     if "enum" in spec:
@@ -271,7 +276,8 @@ def render_field(name: str, prop: dict[str, Any], default: Any) -> str:
         # Text, not type=number: a 64-bit seed does not survive a float, and empty means random.
         value = "" if default in (None, 0, "0") else esc(default)
         control = (
-            f'<input type="text" id="{fid}" name="{name}" inputmode="numeric" pattern="[0-9]*" autocomplete="off" '
+            f'<input type="text" id="{fid}" name="{name}" inputmode="numeric" '
+            'pattern="[0-9]*" autocomplete="off" '
             f'value="{value}" placeholder="random" data-kind="integer" data-nullable="1" {described}>'
         )
         return _wrap(name, prop, default, control)
@@ -422,7 +428,8 @@ def render_share(root: str, settings, pred) -> str:
         figures.append(
             f'<li><figure><a href="{esc(url)}"><img src="{esc(url)}" alt="{esc(alt)}"></a>'
             f'<figcaption><a class="button" href="{esc(url)}" '
-            f'download="{esc(download_name(prompt, pred.id, i, len(names), name))}">Download</a></figcaption></figure></li>'
+            f'download="{esc(download_name(prompt, pred.id, i, len(names), name))}">Download</a>'
+            "</figcaption></figure></li>"
         )
 
     status_line = {

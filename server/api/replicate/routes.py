@@ -349,7 +349,8 @@ def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
     status_code=201,
     responses={**CREATED, **errors(400, 401, 404, 422, 429, 503)},
     description='Body `{"input": {...}, "webhook": ..., "webhook_events_filter": [...]}`. '
-    "`Prefer: wait[=n]` holds the request up to n seconds (60 for a bare `wait`): 201 when it ended, else 202.",
+    "`Prefer: wait[=n]` holds the request up to n seconds (60 for a bare `wait`): "
+    "201 when it ended, else 202.",
     openapi_extra=create_doc(ReplicateModelCreate),
 )
 @replicate_errors
@@ -368,7 +369,8 @@ async def create_for_model(request: Request, owner: str, name: str):
     summary="Create a prediction (Replicate, with `version`)",
     status_code=201,
     responses={**CREATED, **errors(400, 401, 422, 429, 503)},
-    description="`version`: `black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, or any version id "
+    description="`version`: `black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, "
+    "or any version id "
     "(this server serves one model). Otherwise as the model route.",
     openapi_extra=create_doc(ReplicateVersionCreate),
 )
@@ -441,7 +443,13 @@ async def list_predictions(request: Request, cursor: str | None = None):
     }
 
 
-@both(router, "get", "/v1/predictions/{prediction_id}", summary="Get a prediction (Replicate)", responses=errors(401, 404, 429))
+@both(
+    router,
+    "get",
+    "/v1/predictions/{prediction_id}",
+    summary="Get a prediction (Replicate)",
+    responses=errors(401, 404, 429),
+)
 @replicate_errors
 async def get_prediction(request: Request, prediction_id: str):
     state = app_state(request)
@@ -494,7 +502,13 @@ async def get_model(request: Request, owner: str, name: str):
     return model_object(state.base_url, model_name, description="FLUX.1 [dev] served by fluxserve.")
 
 
-@both(router, "get", "/v1/models/{owner}/{name}/versions", summary="The model's versions (Replicate)", responses=errors(401, 404, 429))
+@both(
+    router,
+    "get",
+    "/v1/models/{owner}/{name}/versions",
+    summary="The model's versions (Replicate)",
+    responses=errors(401, 404, 429),
+)
 @replicate_errors
 async def list_versions(request: Request, owner: str, name: str):
     state = app_state(request)

@@ -134,7 +134,8 @@ class DeliveryStore:
         delivery_id = "msg_" + uuid.uuid4().hex
         cur = self._db.connection().execute(
             "INSERT OR IGNORE INTO webhook_deliveries (id, prediction_id, event, flavour, url, payload, "
-            "headers, next_attempt_at, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "headers, next_attempt_at, state, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 delivery_id, prediction_id, event, flavour, url,
                 json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
@@ -159,7 +160,8 @@ class DeliveryStore:
             chunk = prediction_ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             rows = conn.execute(
-                f"SELECT DISTINCT prediction_id FROM webhook_deliveries WHERE prediction_id IN ({marks})", chunk
+                f"SELECT DISTINCT prediction_id FROM webhook_deliveries WHERE prediction_id IN ({marks})",
+                chunk,
             ).fetchall()
             found.update(r[0] for r in rows)
         return found

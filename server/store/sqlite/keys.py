@@ -9,7 +9,8 @@ and never again.
 - Rows are never deleted, so "this server has had keys" stays true after every key is revoked
   (see ``KeyRing.open``: revoking the last key must lock the server, not open it).
 - Every method is synchronous and thread-safe: each thread gets its own connection (WAL,
-  busy_timeout) from ``server/store/sqlite/db.py``, like the prediction store. The async API calls them from a thread pool.
+  busy_timeout) from ``server/store/sqlite/db.py``, like the prediction store. The async API calls
+  them from a thread pool.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def validate_name(name: object) -> str:
         raise ValueError(f"key name must be at most {NAME_MAX_LEN} characters")
     if not _NAME_RE.fullmatch(name):
         raise ValueError(
-            f"invalid key name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            f"invalid key name {name!r}: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
         )
     lowered = name.lower()
     if lowered in RESERVED_NAMES or lowered.startswith(RESERVED_PREFIXES):

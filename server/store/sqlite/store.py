@@ -253,7 +253,9 @@ class SQLitePredictionStore(PredictionStore):
         )
 
     def append_note(self, prediction_id: str, text: str) -> None:
-        self.connection().execute("UPDATE predictions SET logs = logs || ? WHERE id = ?", (text, prediction_id))
+        self.connection().execute(
+            "UPDATE predictions SET logs = logs || ? WHERE id = ?", (text, prediction_id)
+        )
 
     def finish(
         self,

@@ -61,7 +61,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, model_dir: Path, keys: list[str], extra_env: dict[str, str] | None = None) -> LiveServer:
+def start_server(
+    root: Path, model_dir: Path, keys: list[str], extra_env: dict[str, str] | None = None
+) -> LiveServer:
     """`fluxserve serve` on a free loopback port, waited on until /health-check says READY."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -144,7 +146,9 @@ def _image(data: bytes):
 
 def test_run_reports_progress_and_downloads(client: FluxClient) -> None:
     seen: list[dict] = []
-    prediction = client.run({"prompt": "a red fox", "seed": 42, **SMALL}, on_progress=seen.append, timeout=120)
+    prediction = client.run(
+        {"prompt": "a red fox", "seed": 42, **SMALL}, on_progress=seen.append, timeout=120
+    )
     assert prediction["status"] == "success", prediction
     assert parse_seed(prediction["logs"]) == 42
     assert parse_progress(prediction["logs"]) == (2, 2)
@@ -180,7 +184,11 @@ def test_wait_timeout_then_cancel(client: FluxClient) -> None:
         client.wait(prediction_id, timeout=0.2)
     assert info.value.prediction["id"] == prediction_id
     body = client.cancel(prediction_id)
-    assert body == {"status": "cancelled", "message": "Prediction canceled successfully", "predictionID": prediction_id}
+    assert body == {
+        "status": "cancelled",
+        "message": "Prediction canceled successfully",
+        "predictionID": prediction_id,
+    }
     final = client.wait(prediction_id, timeout=60)
     assert final["status"] == "cancelled"
     assert final["output"] is None
@@ -239,8 +247,27 @@ def test_cli_generate_uses_env_and_writes_the_image(
     monkeypatch.setenv("FLUXSERVE_URL", server.url)
     monkeypatch.setenv("FLUXSERVE_API_KEY", KEY)
     out = tmp_path / "fox.webp"
-    rc = main(["client", "generate", "a fox", "-o", str(out), "--megapixels", "0.25", "--steps", "2",
-               "--aspect-ratio", "16:9", "--seed", "7", "--guidance", "2.5", "--output-quality", "90"])
+    rc = main(
+        [
+            "client",
+            "generate",
+            "a fox",
+            "-o",
+            str(out),
+            "--megapixels",
+            "0.25",
+            "--steps",
+            "2",
+            "--aspect-ratio",
+            "16:9",
+            "--seed",
+            "7",
+            "--guidance",
+            "2.5",
+            "--output-quality",
+            "90",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     image = _image(out.read_bytes())
@@ -249,7 +276,9 @@ def test_cli_generate_uses_env_and_writes_the_image(
     assert "predict time" in captured.out and f"wrote {out}" in captured.out
 
 
-def test_cli_generate_img2img_several_outputs(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_generate_img2img_several_outputs(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from PIL import Image
 
     from server.cli import main
@@ -257,8 +286,27 @@ def test_cli_generate_img2img_several_outputs(server: LiveServer, tmp_path: Path
     source = tmp_path / "source.png"
     Image.new("RGB", (160, 96), (200, 30, 30)).save(source)
     out = tmp_path / "out" / "edit.jpg"
-    rc = main(["client", "generate", "make it blue", "--url", server.url, "--key", KEY, "-o", str(out),
-               "--image", str(source), "--prompt-strength", "0.5", "--num-outputs", "2", "--steps", "2"])
+    rc = main(
+        [
+            "client",
+            "generate",
+            "make it blue",
+            "--url",
+            server.url,
+            "--key",
+            KEY,
+            "-o",
+            str(out),
+            "--image",
+            str(source),
+            "--prompt-strength",
+            "0.5",
+            "--num-outputs",
+            "2",
+            "--steps",
+            "2",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert not out.exists()
@@ -267,14 +315,32 @@ def test_cli_generate_img2img_several_outputs(server: LiveServer, tmp_path: Path
         assert image.size == (160, 96) and image.format == "JPEG"
 
 
-def test_cli_generate_reports_bad_input(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_generate_reports_bad_input(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from server.cli import main
 
-    rc = main(["client", "generate", "x", "--url", server.url, "--key", KEY, "-o", str(tmp_path / "x.png"), "--steps", "99"])
+    rc = main(
+        [
+            "client",
+            "generate",
+            "x",
+            "--url",
+            server.url,
+            "--key",
+            KEY,
+            "-o",
+            str(tmp_path / "x.png"),
+            "--steps",
+            "99",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "400 Invalid input for model" in err and "num_inference_steps" in err
-    rc = main(["client", "generate", "x", "--url", server.url, "--key", "wrong", "-o", str(tmp_path / "x.png")])
+    rc = main(
+        ["client", "generate", "x", "--url", server.url, "--key", "wrong", "-o", str(tmp_path / "x.png")]
+    )
     assert rc == 1
     assert "401" in capsys.readouterr().err
 
@@ -283,9 +349,24 @@ def test_cli_generate_ctrl_c_cancels_the_prediction(server: LiveServer, tmp_path
     exe = Path(sys.executable).with_name("fluxserve")
     env = {**os.environ, "FLUXSERVE_URL": server.url, "FLUXSERVE_API_KEY": OTHER_KEY}
     proc = subprocess.Popen(
-        [str(exe), "client", "generate", "slow", "-o", str(tmp_path / "x.webp"), "--megapixels", "1",
-         "--steps", "50", "--num-outputs", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            str(exe),
+            "client",
+            "generate",
+            "slow",
+            "-o",
+            str(tmp_path / "x.webp"),
+            "--megapixels",
+            "1",
+            "--steps",
+            "50",
+            "--num-outputs",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
         # A shell runs background jobs with SIGINT ignored, and children inherit that: restore
         # the default so Ctrl-C reaches the CLI however the test run itself was started.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -375,8 +456,16 @@ def fake():
         srv.server_close()
 
 
-TOO_MANY = (429, {"Retry-After": "1"}, {"status": 429, "error": "too many requests", "details": "10 in flight"})
-CREATED = (200, {}, {"status": "success", "message": "Prediction created successfully", "predictionID": "abc"})
+TOO_MANY = (
+    429,
+    {"Retry-After": "1"},
+    {"status": 429, "error": "too many requests", "details": "10 in flight"},
+)
+CREATED = (
+    200,
+    {},
+    {"status": "success", "message": "Prediction created successfully", "predictionID": "abc"},
+)
 
 
 def test_429_is_retried_after_retry_after(fake) -> None:
@@ -392,7 +481,9 @@ def test_429_is_retried_after_retry_after(fake) -> None:
 
 
 def test_429_retries_are_bounded(fake) -> None:
-    srv = fake([(429, {"Retry-After": "0"}, {"status": 429, "error": "too many requests", "details": "limit"})])
+    srv = fake(
+        [(429, {"Retry-After": "0"}, {"status": 429, "error": "too many requests", "details": "limit"})]
+    )
     with FluxClient(srv.url, "k", rate_limit_retries=2) as client, pytest.raises(FluxAPIError) as info:
         client.get("abc")
     assert info.value.status == 429 and info.value.retry_after == 0

@@ -29,7 +29,10 @@ SMALL = {"megapixels": 0.25, "num_inference_steps": 2}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     live = start_server(
-        tmp_path_factory.mktemp("batch-server"), tiny_model_dir, KEYS, {"FLUXSERVE_LIMITS__MAX_IN_FLIGHT": "2"}
+        tmp_path_factory.mktemp("batch-server"),
+        tiny_model_dir,
+        KEYS,
+        {"FLUXSERVE_LIMITS__MAX_IN_FLIGHT": "2"},
     )
     yield live
     stop_server(live)
@@ -40,8 +43,19 @@ def manifest(out: Path) -> list[dict]:
 
 
 def batch_args(server: LiveServer, inputs: Path, out: Path, key: str, in_flight: int) -> list[str]:
-    return ["client", "batch", str(inputs), "--out", str(out), "--url", server.url, "--key", key,
-            "--max-in-flight", str(in_flight)]
+    return [
+        "client",
+        "batch",
+        str(inputs),
+        "--out",
+        str(out),
+        "--url",
+        server.url,
+        "--key",
+        key,
+        "--max-in-flight",
+        str(in_flight),
+    ]
 
 
 def batch_process(server: LiveServer, inputs: Path, out: Path, key: str, in_flight: int) -> subprocess.Popen:
@@ -74,13 +88,18 @@ def test_batch_writes_images_and_manifest_and_skips_done_lines(
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text(
         "# five prompts and a broken line\n"
-        + json.dumps({"prompt": "one", **SMALL, "seed": 11}) + "\n"
+        + json.dumps({"prompt": "one", **SMALL, "seed": 11})
         + "\n"
-        + json.dumps({"prompt": "two", **SMALL}) + "\n"
+        + "\n"
+        + json.dumps({"prompt": "two", **SMALL})
+        + "\n"
         + '{"prompt": "broken", \n'
-        + json.dumps({"prompt": "three", **SMALL, "output_format": "png"}) + "\n"
-        + json.dumps({"prompt": "four", **SMALL}) + "\n"
-        + json.dumps({"prompt": "five", **SMALL}) + "\n"
+        + json.dumps({"prompt": "three", **SMALL, "output_format": "png"})
+        + "\n"
+        + json.dumps({"prompt": "four", **SMALL})
+        + "\n"
+        + json.dumps({"prompt": "five", **SMALL})
+        + "\n"
     )
     out = tmp_path / "out"
     rc = main(batch_args(server, inputs, out, "batch-a", in_flight=4))
@@ -123,14 +142,20 @@ def test_batch_killed_mid_run_resumes_without_creating_twice(
 
     count = 8
     inputs = tmp_path / "inputs.jsonl"
-    inputs.write_text("".join(json.dumps({"prompt": f"line {i}", "megapixels": 0.25, "num_inference_steps": 4}) + "\n"
-                              for i in range(count)))
+    inputs.write_text(
+        "".join(
+            json.dumps({"prompt": f"line {i}", "megapixels": 0.25, "num_inference_steps": 4}) + "\n"
+            for i in range(count)
+        )
+    )
     out = tmp_path / "out"
     proc = batch_process(server, inputs, out, "batch-b", in_flight=2)
     wait_for_first_image(out, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    done_before = [r for r in manifest(out) if r["status"] == "success"] if (out / "manifest.jsonl").exists() else []
+    done_before = (
+        [r for r in manifest(out) if r["status"] == "success"] if (out / "manifest.jsonl").exists() else []
+    )
     assert len(done_before) < count
     assert (out / PENDING).exists()  # submitted lines were journaled by id
     submitted_before = executions_total(server, "batch-b")
@@ -153,13 +178,19 @@ def test_batch_killed_mid_run_resumes_without_creating_twice(
 
 
 @pytest.mark.slow
-def test_batch_stops_cleanly_on_sigterm_and_resumes(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_batch_stops_cleanly_on_sigterm_and_resumes(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from server.cli import main
 
     count = 5
     inputs = tmp_path / "inputs.jsonl"
-    inputs.write_text("".join(json.dumps({"prompt": f"term {i}", "megapixels": 0.25, "num_inference_steps": 4}) + "\n"
-                              for i in range(count)))
+    inputs.write_text(
+        "".join(
+            json.dumps({"prompt": f"term {i}", "megapixels": 0.25, "num_inference_steps": 4}) + "\n"
+            for i in range(count)
+        )
+    )
     out = tmp_path / "out"
     proc = batch_process(server, inputs, out, "batch-c", in_flight=2)
     wait_for_first_image(out, proc)
@@ -191,7 +222,9 @@ def test_batch_finds_a_create_cut_off_before_its_id_was_journaled(
     inputs.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out"
     out.mkdir()
-    (out / PENDING).write_text(json.dumps({"line": 1, "event": "intent", "inputs": lines[0], "t": time.time()}) + "\n")
+    (out / PENDING).write_text(
+        json.dumps({"line": 1, "event": "intent", "inputs": lines[0], "t": time.time()}) + "\n"
+    )
     with FluxClient(server.url, "batch-d") as client:
         orphan = client.create(lines[0])
 
@@ -222,7 +255,9 @@ def test_read_inputs_reports_bad_lines_with_their_numbers(tmp_path: Path) -> Non
 
 def test_journal_survives_a_record_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "manifest.jsonl"
-    path.write_text(json.dumps({"line": 1, "status": "success"}) + "\n" + '{"line": 2, "sta')  # killed mid-write
+    path.write_text(
+        json.dumps({"line": 1, "status": "success"}) + "\n" + '{"line": 2, "sta'
+    )  # killed mid-write
     journal = _Journal(path)
     journal.append({"line": 3, "status": "success"})
     assert [r["line"] for r in journal.read()] == [1, 3]

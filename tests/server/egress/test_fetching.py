@@ -479,7 +479,8 @@ def test_webhook_follows_the_same_port_rule(base, second_port):
     assert post_json(f"{base}/hook", {}, None, policy, 5) == 204
     with pytest.raises(
         FetchError,
-        match=rf"^webhook URL refused: 127\.0\.0\.1 is a loopback address, not allowed on port {_port_of(second_port)}$",
+        match=r"^webhook URL refused: 127\.0\.0\.1 is a loopback address, "
+        rf"not allowed on port {_port_of(second_port)}$",
     ):
         post_json(f"{second_port}/hook", {}, None, policy, 5)
 

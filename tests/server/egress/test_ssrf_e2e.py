@@ -180,8 +180,8 @@ def test_default_policy_refuses_a_loopback_webhook_and_does_not_retry(strict, se
 
     assert body["status"] == "error"  # the image was refused too
     assert (
-        f"Webhook delivery 1/3 to http://127.0.0.1:{service.port}/...: webhook URL refused: 127.0.0.1 is a loopback address; not retried"
-        in body["logs"]
+        f"Webhook delivery 1/3 to http://127.0.0.1:{service.port}/...: webhook URL refused: "
+        "127.0.0.1 is a loopback address; not retried" in body["logs"]
     )
     time.sleep(1.5)  # three retry intervals: nothing more is attempted
     assert strict.get(KEY_A, pid)["logs"].count("Webhook delivery") == 1

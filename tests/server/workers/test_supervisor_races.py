@@ -49,13 +49,13 @@ class FakePipe:
         self.sent.append(msg)
 
 
-
-
 @pytest.fixture
 def parts(tmp_path: Path):
     settings = Settings(data_dir=str(tmp_path / "data"), workers={"job_timeout_s": 5, "load_timeout_s": 5})
     store = SQLitePredictionStore(tmp_path / "data" / "fluxserve.db")
-    supervisor = Supervisor(settings, store, LocalOutputStorage(tmp_path / "outputs"), notify=lambda _pid: None)
+    supervisor = Supervisor(
+        settings, store, LocalOutputStorage(tmp_path / "outputs"), notify=lambda _pid: None
+    )
     slot = WorkerSlot(index=0, gpu=None, generation=1)
     slot.process, slot.conn = FakeProcess(), FakePipe()
     supervisor.slots.append(slot)
@@ -65,7 +65,9 @@ def parts(tmp_path: Path):
 
 def queue(store, *ids: str) -> None:
     for n, pid in enumerate(ids):
-        store.create(Prediction(id=pid, owner="k", model="flux-dev", input={"prompt": pid}, created_at=1000.0 + n))
+        store.create(
+            Prediction(id=pid, owner="k", model="flux-dev", input={"prompt": pid}, created_at=1000.0 + n)
+        )
 
 
 def test_a_result_arriving_after_the_timeout_kill_does_not_bring_the_slot_back(parts):

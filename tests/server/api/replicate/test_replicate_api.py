@@ -420,7 +420,9 @@ def test_webhook_secret_needs_a_key(client):
     assert client.get("/v1/webhooks/default/secret").status_code == 401
 
 
-@pytest.mark.parametrize("payload", ['{"o": 1e400}', '{"o": 1000000000000000000000000000000}', '{"o": 0, "t": Infinity}'])
+@pytest.mark.parametrize(
+    "payload", ['{"o": 1e400}', '{"o": 1000000000000000000000000000000}', '{"o": 0, "t": Infinity}']
+)
 def test_list_with_a_crafted_out_of_range_cursor_is_400(client, payload):
     cursor = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
     response = client.get(f"/v1/predictions?cursor={cursor}", headers=AUTH)
