@@ -4,7 +4,8 @@
   child and the `generate` command are the exceptions: they run the model);
 - pipelines/ (torch and diffusers) never imports FastAPI, Starlette or server/;
 - server/client/ imports nothing else of server/: it can ship on its own;
-- nothing under server/ imports the command line (server.cli) but the command line itself.
+- nothing under server/ imports the command line (server.cli) but the command line itself;
+- the domain (server/predictions/) knows no HTTP, SQL or torch, and no part of the server above it.
 """
 
 from __future__ import annotations
@@ -111,3 +112,14 @@ def test_only_the_command_line_imports_the_command_line():
         return _within(_module_name(path), "server.cli")
 
     assert _violations("server", bad, allowed_files=is_cli) == []
+
+
+def test_the_domain_knows_no_http_sql_torch_nor_the_layers_above_it():
+    outside = ("fastapi", "starlette", "sqlite3", "psycopg", "torch", "diffusers")
+
+    def bad(path: Path, name: str) -> bool:
+        if any(_within(name, top) for top in outside):
+            return True
+        return _within(name, "server") and not _within(name, "server.predictions")
+
+    assert _violations("server/predictions", bad) == []

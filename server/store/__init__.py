@@ -5,45 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from server.store.base import (
-    ALL_STATUSES,
-    CANCELLED,
-    ERROR,
-    IN_FLIGHT,
-    PROCESSING,
-    STARTING,
-    SUCCESS,
-    TERMINAL,
-    WEBHOOK_SIGNER,
-    WORKER_LOST,
-    CancelOutcome,
-    InFlightLimitExceeded,
-    ListFilter,
-    Prediction,
-    PredictionStore,
-)
+from server.store.base import PredictionStore
 from server.store.sqlite.store import SQLitePredictionStore
 
-__all__ = [
-    "ALL_STATUSES",
-    "CANCELLED",
-    "ERROR",
-    "IN_FLIGHT",
-    "PROCESSING",
-    "STARTING",
-    "SUCCESS",
-    "TERMINAL",
-    "WEBHOOK_SIGNER",
-    "WORKER_LOST",
-    "CancelOutcome",
-    "InFlightLimitExceeded",
-    "ListFilter",
-    "Prediction",
-    "PredictionStore",
-    "SQLitePredictionStore",
-    "open_store",
-    "sqlite_file",
-]
+__all__ = ["PredictionStore", "SQLitePredictionStore", "open_store", "sqlite_file"]
 
 _SQLITE_PREFIX = "sqlite:///"
 

@@ -62,7 +62,8 @@ from server.api.eachlabs.render import output_urls
 from server.api.replicate.render import API, DEFAULT_EVENTS, prediction_object
 from server.egress.fetch import AddressPolicy, FetchError, post_json
 from server.events import wait_event
-from server.store.base import ERROR, PROCESSING, SUCCESS, Prediction, PredictionStore
+from server.predictions.model import ERROR, PROCESSING, SUCCESS, Prediction
+from server.store.base import PredictionStore
 from server.store.sqlite.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
 
 log = logging.getLogger("fluxserve.webhooks")

@@ -28,8 +28,8 @@ from typing import Any
 from pipelines.inputs import InvalidInputs, parse_inputs
 from server.events import wait_event
 from server.outputs.local import LocalOutputStorage, OutputStorageError, output_name
-from server.store import ERROR, PredictionStore
-from server.store.base import CANCELLED, SUCCESS, WORKER_LOST, Prediction
+from server.predictions.model import CANCELLED, ERROR, SUCCESS, WORKER_LOST, Prediction
+from server.store import PredictionStore
 from server.store.health import StoreHealth
 from server.workers.messages import (
     CancelJob,

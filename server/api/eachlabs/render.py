@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from server.store.base import Prediction
+from server.predictions.model import Prediction
 
 DATA_URL_ECHO_LIMIT = 256  # long data: URLs are summarised when inputs are echoed back
 

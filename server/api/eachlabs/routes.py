@@ -46,8 +46,13 @@ from server.api.notices import TINY_MODEL_NOTICE
 from server.api.openapi import prefer_header
 from server.api.routing import both
 from server.auth.keyring import Identity
-from server.store import CancelOutcome, InFlightLimitExceeded, ListFilter, Prediction
-from server.store.base import ALL_STATUSES
+from server.predictions.model import (
+    ALL_STATUSES,
+    CancelOutcome,
+    InFlightLimitExceeded,
+    ListFilter,
+    Prediction,
+)
 from server.workers.supervisor import SETUP_FAILED
 
 log = logging.getLogger("server.routes.eachlabs")  # the name it had before the move

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from pipelines.inputs import FluxInputs
 from server.api.eachlabs.render import echo_input, iso, output_urls
-from server.store.base import CANCELLED, ERROR, PROCESSING, STARTING, SUCCESS, Prediction
+from server.predictions.model import CANCELLED, ERROR, PROCESSING, STARTING, SUCCESS, Prediction
 
 OWNER = "black-forest-labs"
 API = "replicate"  # the value of Prediction.extra["api"] for predictions made on these routes

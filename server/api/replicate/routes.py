@@ -65,7 +65,7 @@ from server.api.replicate.render import (
     version_object,
 )
 from server.api.routing import both
-from server.store import WEBHOOK_SIGNER, ListFilter
+from server.predictions.model import WEBHOOK_SIGNER, ListFilter
 
 router = APIRouter(tags=["replicate"], dependencies=KEY_REQUIRED)
 

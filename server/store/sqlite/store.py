@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.store.base import (
+from server.predictions.model import (
     ALL_STATUSES,
     CANCELLED,
     IN_FLIGHT,
@@ -27,8 +27,8 @@ from server.store.base import (
     InFlightLimitExceeded,
     ListFilter,
     Prediction,
-    PredictionStore,
 )
+from server.store.base import PredictionStore
 from server.store.sqlite.db import SQLiteDatabase, check_integrity, reporting_unusable
 
 SCHEMA_VERSION = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.store import ListFilter
+from server.predictions.model import ListFilter
 
 
 @pytest.fixture(scope="module")

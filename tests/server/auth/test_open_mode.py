@@ -19,7 +19,7 @@ import time
 import pytest
 
 from server.auth import keyring as auth_module
-from server.store import SUCCESS, ListFilter
+from server.predictions.model import SUCCESS, ListFilter
 from tests.server.helpers import FLUXSERVE, running_server
 from tests.server.webhooks.test_webhooks import Receiver, signed_with, whsec_key
 

@@ -59,7 +59,8 @@ def queued_server(data_dir: Path, tiny_model_dir: Path, **kwargs) -> LiveServer:
 
 def fill_with_predictions(db_path: Path, count: int) -> list[str]:
     """A database with ``count`` queued predictions, written by the store itself, checkpointed."""
-    from server.store import Prediction, SQLitePredictionStore
+    from server.predictions.model import Prediction
+    from server.store import SQLitePredictionStore
 
     store = SQLitePredictionStore(db_path)
     ids = [str(uuid.uuid4()) for _ in range(count)]

@@ -18,8 +18,7 @@ import pytest
 
 from server.config import Settings
 from server.outputs.local import LocalOutputStorage
-from server.store import CANCELLED, ERROR, SUCCESS
-from server.store.base import PROCESSING, CancelOutcome, Prediction
+from server.predictions.model import CANCELLED, ERROR, PROCESSING, SUCCESS, CancelOutcome, Prediction
 from server.store.sqlite.store import SQLitePredictionStore
 from server.workers import supervisor as supervisor_module
 from server.workers.messages import JobSucceeded, OutputImage

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.store import (
+from server.predictions.model import (
     ALL_STATUSES,
     CANCELLED,
     ERROR,
@@ -22,9 +22,8 @@ from server.store import (
     InFlightLimitExceeded,
     ListFilter,
     Prediction,
-    SQLitePredictionStore,
-    open_store,
 )
+from server.store import SQLitePredictionStore, open_store
 from server.store.sqlite.store import SCHEMA_VERSION
 
 

@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import Settings
-from server.store import CANCELLED, ERROR, SUCCESS
+from server.predictions.model import CANCELLED, ERROR, SUCCESS
 from server.store.sqlite.deliveries import DELIVERED, FAILED, PENDING
 
 KEY = "test-key-webhooks"

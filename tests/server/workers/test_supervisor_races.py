@@ -14,8 +14,7 @@ import pytest
 
 from server.config import Settings
 from server.outputs.local import LocalOutputStorage
-from server.store import SUCCESS
-from server.store.base import STARTING, Prediction
+from server.predictions.model import STARTING, SUCCESS, Prediction
 from server.store.sqlite.store import SQLitePredictionStore
 from server.workers.messages import JobSucceeded, RunJob, WorkerReady
 from server.workers.supervisor import W_BUSY, W_FAILED, W_READY, W_STARTING, W_STOPPED, Supervisor, WorkerSlot

@@ -16,7 +16,7 @@ from pipelines.inputs import FluxInputs
 from pipelines.spec import ModelSpec
 from server.app import create_app
 from server.config import OutputSettings, Settings
-from server.store import Prediction
+from server.predictions.model import Prediction
 
 KEY = "playground-test-key-0123456789"
 INPUT_NAMES = list(FluxInputs.model_json_schema()["properties"])

@@ -16,7 +16,7 @@ from server.api.replicate.render import version_id
 from server.app import create_app
 from server.auth.keyring import key_id_for
 from server.config import Settings
-from server.store import ERROR, SUCCESS
+from server.predictions.model import ERROR, SUCCESS
 
 KEY = "test-key-replicate"
 OTHER_KEY = "test-key-someone-else"

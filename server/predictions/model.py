@@ -1,0 +1,108 @@
+"""A prediction, its statuses, and the small value types the store and the contracts share."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    """A prediction's status. A ``str``: it compares equal to, and serialises as, its value."""
+
+    STARTING = "starting"  # queued, or handed to a worker that has not begun
+    PROCESSING = "processing"  # a worker runs it
+    SUCCESS = "success"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+STARTING = Status.STARTING
+PROCESSING = Status.PROCESSING
+SUCCESS = Status.SUCCESS
+ERROR = Status.ERROR
+CANCELLED = Status.CANCELLED
+ALL_STATUSES = tuple(Status)
+IN_FLIGHT = (STARTING, PROCESSING)
+TERMINAL = (SUCCESS, ERROR, CANCELLED)
+
+WORKER_LOST = "worker lost"
+# Prediction.extra: the owner whose webhook secret signs the prediction's webhooks (the owner when
+# it was made). Absent on rows from before it was recorded: the owner then.
+WEBHOOK_SIGNER = "webhook_signer"
+
+
+@dataclass
+class Prediction:
+    id: str
+    owner: str  # the API key's id (a digest), never the key itself
+    model: str
+    input: dict[str, Any]  # the client's input object, as sent (echoed back on GET)
+    # The inputs resolved at create (model defaults applied, validated): what the worker runs,
+    # trusted downstream. Empty on rows made before it was stored (resolved at dispatch then).
+    params: dict[str, Any] = field(default_factory=dict)
+    status: Status = STARTING
+    output: list[str] = field(default_factory=list)  # stored file names, in order; URLs are built on read
+    logs: str = ""
+    error: str | None = None
+    created_at: float = 0.0  # unix seconds
+    started_at: float | None = None
+    completed_at: float | None = None
+    predict_time: float | None = None
+    attempts: int = 0
+    worker_id: str | None = None
+    cancel_requested: bool = False
+    data_removed: bool = False
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    # Small free-form facts some front end needs (the API flavour that created it, Replicate's
+    # webhook filter, the seed used...). JSON-serialisable.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def webhook_signer(self) -> str:
+        """Whose secret signs this prediction's webhooks: its owner when it was made, which a
+        later ``reassign_owner`` (``keys adopt-open``) does not change."""
+        return self.extra.get(WEBHOOK_SIGNER) or self.owner
+
+    @property
+    def queue_time(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return max(0.0, self.started_at - self.created_at)
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"  # was queued: now cancelled, it will never run
+    REQUESTED = "requested"  # is running: the flag is set, the worker stops at its next step
+    ALREADY_FINISHED = "already_finished"  # terminal: left as it is
+    NOT_FOUND = "not_found"
+
+
+class InFlightLimitExceeded(Exception):
+    def __init__(self, in_flight: int, limit: int):
+        super().__init__(f"{in_flight} predictions in flight (limit {limit})")
+        self.in_flight = in_flight
+        self.limit = limit
+
+
+@dataclass
+class ListFilter:
+    owner: str
+    limit: int = 20
+    offset: int = 0
+    status: str | None = None
+    model: str | None = None
+    created_from: float | None = None  # inclusive, unix seconds
+    created_to: float | None = None  # inclusive, unix seconds
