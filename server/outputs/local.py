@@ -15,13 +15,10 @@ from pathlib import Path
 
 # The media type of each output format: one table, the encoder's (torch-free: PIL only).
 from pipelines.encoding import CONTENT_TYPES
+from server.outputs.base import OutputStorage, OutputStorageError, StoredOutput
 
 ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 NAME_PATTERN = re.compile(r"out-[0-9]{1,2}\.(webp|jpg|png)")
-
-
-class OutputStorageError(RuntimeError):
-    """Writing outputs failed (disk full, read-only folder...); nothing partial is kept."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,9 +44,25 @@ def content_type_for(name: str) -> str:
     return CONTENT_TYPES[name.rsplit(".", 1)[-1]]
 
 
-class LocalOutputStorage:
+class LocalOutputStorage(OutputStorage):
+    """A folder on this host (or a mount every host shares), served by the API at /v1/outputs/."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
+
+    def url_for(self, prediction_id: str, name: str, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/v1/outputs/{prediction_id}/{name}"
+
+    def open(self, prediction_id: str, name: str) -> StoredOutput | None:
+        path = self.path_for(prediction_id, name)
+        return None if path is None else StoredOutput(content_type=content_type_for(name), path=path)
+
+    def stored_ids(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        return [e.name for e in entries if e.is_dir() and ID_PATTERN.fullmatch(e.name)]
 
     def _folder(self, prediction_id: str) -> Path:
         if not ID_PATTERN.fullmatch(prediction_id):

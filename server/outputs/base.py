@@ -1,0 +1,48 @@
+"""The output storage interface: where a prediction's image files go and how clients reach them.
+
+The local folder served by the API is the default (``local.py``); an object store can stand behind
+the same interface. Names are made by the server (``out-0.webp``...), and a prediction's files are
+written all or nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class OutputStorageError(RuntimeError):
+    """Writing outputs failed (disk full, read-only folder...); nothing partial is kept."""
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """One stored file, for the API to serve: a local path to stream, or a URL to redirect to."""
+
+    content_type: str
+    path: Path | None = None
+    url: str | None = None
+
+
+class OutputStorage(abc.ABC):
+    @abc.abstractmethod
+    def save_all(self, prediction_id: str, files: list[tuple[str, bytes]]) -> list[str]:
+        """Store every file of a prediction, all or nothing; the names stored, in order. Raises
+        OutputStorageError (leaving nothing behind) when the files cannot be stored."""
+
+    @abc.abstractmethod
+    def url_for(self, prediction_id: str, name: str, base_url: str) -> str:
+        """The URL a client fetches the file from; ``base_url`` is the API's public base."""
+
+    @abc.abstractmethod
+    def open(self, prediction_id: str, name: str) -> StoredOutput | None:
+        """The file for a URL's parts, or None when there is none (or the parts are not ours)."""
+
+    @abc.abstractmethod
+    def delete(self, prediction_id: str) -> None:
+        """Remove a prediction's files (retention); nothing to remove is not an error."""
+
+    @abc.abstractmethod
+    def stored_ids(self) -> list[str]:
+        """The ids of the predictions that have files here (checked against the store at start)."""
