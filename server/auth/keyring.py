@@ -1,21 +1,9 @@
 """Who is calling: API keys from the request headers to an :class:`Identity`.
 
-Keys come from two places, used side by side:
-
-- **static keys**, from the config file or ``FLUXSERVE_API_KEYS`` (plain key strings; they are
-  named ``config-1``, ``config-2``... in the order given);
-- **stored keys**, created with the CLI and kept as hashes in the :class:`~server.store.sqlite.keys.KeyStore`.
-
-A prediction's owner is :func:`key_id_for` of the key that made it: a digest, the same whichever
-place the key comes from. The key itself is never stored, logged, put in an error body or shown
-in a repr; the ring keeps only digests of its static keys.
-
-When there is no static key and the store has never held a key, the server runs **open**: every
-request is ``ANONYMOUS`` (and ``server.api.middleware.hostguard`` limits it to loopback Host names
-and to writes from its own pages). Revoking every stored key does not reopen it. The first stored key created
-while the server runs switches it to keys: the ring logs a warning, once, and remembers when
-(``mode_changed_at``); the predictions made in open mode are owned by ``ANONYMOUS`` until
-``fluxserve keys adopt-open NAME`` hands them to a key.
+Static keys (config, ``FLUXSERVE_API_KEYS``) and stored keys (created with the CLI, kept as
+hashes) are used side by side; a prediction's owner is :func:`key_id_for` of its key, a digest.
+With no key at all the server runs open (``ANONYMOUS``); revoking every stored key never reopens
+it. The rules: docs/security.md.
 """
 
 from __future__ import annotations

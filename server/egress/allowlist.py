@@ -1,19 +1,8 @@
 """The entries of ``input_images.allowed_hosts``: parsed once, matched per connection.
 
-Syntax (one entry each; ``PORT`` is 1-65535):
-
-- ``images.internal``, ``images.internal:8080``: a host name, matched against the URL's host name
-  (case-insensitive, trailing dot ignored, IDNA-encoded). ``*.corp.example[:PORT]``: any subdomain.
-- ``10.0.0.5``, ``10.0.0.5:8080``, ``10.0.0.0/8``, ``10.0.0.0/8:443``: an IPv4 address or network,
-  matched against the address actually connected to. Numeric spellings (``2130706433``,
-  ``0x7f000001``, ``127.1``) mean the address they spell.
-- ``::1``, ``fd00::/8``: an IPv6 address or network without a port. With a port the address goes in
-  brackets: ``[::1]:8080``, ``[fd00::/8]:443`` (``[fd00::]/8:443`` is read the same way).
-  IPv4-mapped forms (``::ffff:127.0.0.1``) mean the IPv4 address.
-
-An entry without a port allows every port; an entry with one allows that port only. The same rule is
-applied to the first URL and to every redirect hop, so a redirect reaches nothing that the URL could
-not name directly.
+A host name (``images.internal``, ``*.corp.example``), an IP address or a network, each with an
+optional port (IPv6 in brackets when a port follows); an entry without a port allows every port.
+The syntax, entry by entry: docs/security.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,10 @@
 """Fetching image URLs and posting webhooks under an address policy (SSRF protection).
 
-Synchronous on purpose: called from worker processes and threads. No torch.
-
-What is refused by default (``AddressPolicy.allow_private=False``): every resolved address that is
-loopback, private (RFC 1918, IPv6 ULA), link-local, shared/CGNAT (100.64.0.0/10), unspecified,
-multicast, reserved or otherwise not globally routable, and the cloud metadata endpoints
-(169.254.169.254, fd00:ec2::254). IPv4 addresses embedded in IPv6 (IPv4-mapped ``::ffff:a.b.c.d``,
-NAT64 ``64:ff9b::/96``, 6to4, Teredo) are judged by the IPv4 address they lead to. A host is refused if
-ANY of its addresses is refused, so a name cannot mix a public and a private address to get through.
-
-**How the check holds on the connection (no DNS-rebinding gap).** We give httpcore a custom network
-backend (``_PinnedBackend``) instead of rewriting URLs to IP literals. For each hop we resolve the host
-once, vet every address, and the backend's ``connect_tcp`` then connects to exactly those vetted IP
-literals (never re-resolving the name); a host it was not told about is resolved and vetted right there,
-inside the connect. Why a backend rather than "URL to IP + Host header + ``sni_hostname``": the URL, the
-``Host`` header, TLS SNI and certificate verification all keep working on the real hostname with no
-special cases (IPv6 literals, default ports, redirects resolved against the real URL), and the check sits
-at the one place a socket is opened, so nothing in httpx can bypass it. The same backend clamps every
-connect/read/write to the overall deadline, so a server dripping one byte a second cannot stretch the
-download past ``timeout_s``. Proxies from the environment are not used (``trust_env=False``): a proxy
-would resolve the name itself and defeat the check.
-
-Redirects are followed by hand (``follow_redirects=False``), each hop vetted again, at most
-``max_redirects``. Bodies are requested with ``Accept-Encoding: identity`` and read raw, so the size cap
-is on bytes received and a gzip bomb is never inflated.
+Synchronous on purpose: called from worker processes and threads. No torch. Every resolved address
+is vetted (private, loopback, link-local, metadata... refused unless allowed) and the connection is
+made to exactly the vetted addresses through a custom httpcore network backend, so there is no
+DNS-rebinding gap; redirects are followed by hand and vetted per hop; bodies are read raw under a
+byte cap and an overall deadline. What is refused and why: docs/security.md.
 """
 
 from __future__ import annotations

@@ -1,40 +1,11 @@
 """Webhooks: telling a client's URL that its prediction changed, off the request path.
 
-Two flavours, picked by who created the prediction (``Prediction.extra["api"]``):
-
-- **Eachlabs** (CONTRACT.md section 1): once a prediction with a ``webhook_url`` ends in success or
-  error (never on cancel), POST ``{"exec_id", "flow_id": null, "status": "succeeded"|"failed",
-  "output": {"url": first URL or null}, "error": "" | message}`` with ``X-Webhook-Secret`` when the
-  client gave a ``webhook_secret``.
-- **Replicate** (section 4): the Replicate prediction object, signed the Standard Webhooks way
-  (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256 of
-  "{id}.{timestamp}.{body}">`` under a ``whsec_`` secret), for the events of the prediction's
-  ``webhook_events_filter`` (default ``output`` and ``completed``, as Replicate documents).
-  The secret is the owner's: each key (the one that made the prediction) has its own, as each
-  Replicate account does, so no key holder can sign a webhook another key's receiver accepts.
-  The signer is the owner when the prediction was made (``Prediction.webhook_signer``): handing
-  open mode's predictions to a key (``keys adopt-open``) does not change the secret their
-  receivers check. The signer's secret is read at send time, so after a rotation every delivery,
-  queued ones too, uses the new one. When the database cannot give the secret (an outage), the
-  delivery waits and tries again later without using one of its attempts.
-
-**Durable events.** The end of a prediction (the Eachlabs webhook; Replicate's ``completed``, and
-``output`` when ``completed`` is not requested: FLUX makes its output all at once at the end, so an
-``output`` event is folded into ``completed`` when both are asked for) is written as a row in the
-``webhook_deliveries`` table (``server/store/sqlite/deliveries.py``) when the supervisor reports the end.
-A loop posts due rows: up to ``webhooks.attempts`` attempts ``webhooks.interval_s`` apart, each
-bounded by ``webhooks.timeout_s``; any 2xx acknowledges. Rows still pending when the server
-stops are sent by the next start. Every attempt's outcome is appended to the prediction's logs
-(the URL shown only as its origin, never the secret). The target must pass the address policy of
-``input_images`` (``allow_private_addresses``, ``allowed_hosts``): a refused address fails at once,
-with the reason in the logs, and is not retried.
-
-**Best-effort events.** Replicate's ``start`` and ``logs`` events are sent once each, from memory:
-``start`` when a worker picks the prediction up, ``logs`` at most once every 500 ms (the latest
-logs win). They are not retried and not kept across a restart.
-
-The blocking work (SQLite, ``post_json``) runs in threads; the dispatcher lives on the API
-process's event loop, and its ``on_finished`` / ``on_change`` hooks may be called from any thread.
+The end of a prediction is a durable delivery (a row, retried, kept across restarts); Replicate's
+``start`` and ``logs`` events are best effort, from memory. The Eachlabs flavour sends its small
+body with ``X-Webhook-Secret``; the Replicate flavour sends the prediction object signed the
+Standard Webhooks way with the owner's secret. The blocking work (the store, ``post_json``) runs in
+threads; the dispatcher lives on the API process's event loop. What is sent, when, and how it is
+signed: docs/webhooks.md.
 """
 
 from __future__ import annotations

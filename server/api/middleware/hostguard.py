@@ -1,21 +1,10 @@
 """Which Host names are served, and which sites may change state, while the server runs open.
 
-A server without API keys answers anyone who reaches it, and a browser reaches it for any web
-page it shows: a page on another site can POST a ``text/plain`` body (no preflight) to
-``http://127.0.0.1:8000``, and a DNS-rebinding name (``evil.example`` resolving to 127.0.0.1) lets
-that page read the answers too. So, in open mode:
-
-- only loopback Host names are served (``localhost``, 127.0.0.0/8, ``[::1]``, any port), plus
-  ``server.allowed_hosts`` and the host of ``public_url``; any other Host gets 403;
-- POST, PUT, PATCH and DELETE carrying a foreign ``Origin`` (neither the request's own scheme,
-  host and port nor ``public_url``'s origin) get 403. Without ``Origin``,
-  ``Sec-Fetch-Site: cross-site|same-site`` counts as foreign. Requests with neither (curl,
-  scripts) are not browser requests: served. Behind a TLS proxy (``public_url`` https, no
-  ``tls`` here) a request arriving as http may come from an https page of the same host.
-
-With API keys configured, a key is needed anyway (a cross-site page cannot send ``X-API-Key``
-without a CORS preflight, which this server never grants), so any Host and Origin is served,
-unless ``server.allowed_hosts`` is set: then the Host rule holds in both modes.
+In open mode (no API key) only loopback Host names (plus ``server.allowed_hosts`` and
+``public_url``'s host) are served, and state-changing requests from a foreign ``Origin`` (or
+``Sec-Fetch-Site``) get 403, so neither a cross-site page nor a DNS-rebinding name can use a
+server bound to localhost. With keys, ``server.allowed_hosts`` alone applies. The rules and why:
+docs/security.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """API keys created on the command line, stored as hashes in SQLite.
 
-The keys live in their own table, ``api_keys``, in the same database file as the prediction
-store. Only ``sha256(key)`` is stored: the key itself is shown once, by :meth:`KeyStore.create`,
-and never again.
-
-- Active names are unique. A revoked key keeps its row (and its name, for the record), and its
-  name can be given to a new key: rotating "ci" is ``revoke("ci")`` then ``create("ci")``.
-- Rows are never deleted, so "this server has had keys" stays true after every key is revoked
-  (see ``KeyRing.open``: revoking the last key must lock the server, not open it).
-- Every method is synchronous and thread-safe: each thread gets its own connection (WAL,
-  busy_timeout) from ``server/store/sqlite/db.py``, like the prediction store. The async API calls
-  them from a thread pool.
+Table ``api_keys`` in the store's database file; only ``sha256(key)`` is kept. Rows are never
+deleted (a revoked key keeps its row), so "this server has had keys" survives revoking every key.
+Thread-safe, one connection per thread (``server/store/sqlite/db.py``). The rules: docs/security.md.
 """
 
 from __future__ import annotations
