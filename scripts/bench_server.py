@@ -29,6 +29,14 @@ the contract allows, megapixels 0.25 at 1:1 (512x512), on CPU:
 
 The bench server allows 1 000 000 reads per minute per key, so the limiter (still on the path)
 refuses nothing. Prints a summary; ``--json FILE`` writes every figure.
+
+**Old against new.** ``--compare-to REF`` (a git commit, branch or tag of this repository) runs
+the code of REF and the working tree side by side in one run, each as its own ``serve`` process on
+the same machine, tiny model and Python environment: throughput rounds interleaved (old, new, then
+new, old...), then the GET latency of each in turn. It prints both and the new/old ratios, which
+is what a change to the server must not make worse:
+
+    .venv/bin/python scripts/bench_server.py --compare-to main~3 --rounds 4 --poll-seconds 10
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from pathlib import Path
 
 import httpx
 
+ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 TERMINAL = ("success", "error", "cancelled")
 
@@ -76,13 +85,21 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, root: Path, weights: Path, workers_log: Path, reads_per_minute: int, worker_nice: int
+        self,
+        root: Path,
+        weights: Path,
+        workers_log: Path,
+        reads_per_minute: int,
+        worker_nice: int,
+        code: Path = ROOT,
     ) -> None:
+        """``code``: the source tree whose ``server`` package runs (another commit's, to compare)."""
         self.root = root
         self.data_dir = root / "data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workers_log
+        root.mkdir(parents=True, exist_ok=True)
         config = root / "bench.yaml"
         config.write_text(
             "\n".join(
@@ -105,10 +122,11 @@ class Server:
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
         env.update(FLUXSERVE_API_KEYS=KEY, FLUXSERVE_MODEL__WEIGHTS=str(weights), HF_HUB_OFFLINE="1")
-        exe = Path(sys.executable).with_name("fluxserve")
+        env["PYTHONPATH"] = str(code)  # this tree's server/ and pipelines/, not the installed ones
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [str(exe), "serve", "--config", str(config)],
+                [sys.executable, "-m", "server.cli", "serve", "--config", str(config)],
+                cwd=code,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -341,6 +359,66 @@ def get_latency(server: Server, pollers: int, seconds: float, interval: float, c
     }
 
 
+# -- old against new ---------------------------------------------------------------------------
+
+
+def export_commit(ref: str, into: Path) -> Path:
+    """The files of ``ref`` (``git archive``), to run that commit's server beside this tree's."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"--compare-to {ref}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def compare(servers: dict[str, Server], direct: Direct, inputs: dict, args: argparse.Namespace) -> dict:
+    """Throughput rounds interleaved between the servers (the order flips each round, so neither
+    always runs on a machine the other just warmed), then each server's GET latency in turn."""
+    for server in servers.values():
+        for i in range(args.warmup):
+            server.wait_end(server.create({**inputs, "seed": 1 + i}))
+    direct.run(inputs, 1, seed=1)
+    names = list(servers)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    direct_s: list[float] = []
+    for r in range(args.rounds):
+        direct_s.append(direct.run(inputs, args.n, seed=1000 * (r + 1)))
+        for name in names if r % 2 == 0 else reversed(names):
+            seconds[name].append(server_run(servers[name], inputs, args.n, seed=1000 * (r + 1))["seconds"])
+    out: dict = {"direct_seconds": direct_s, "server_seconds": seconds}
+    out["ratio_best"] = {name: min(direct_s) / min(seconds[name]) for name in names}
+    out["new_over_old_seconds_per_round"] = [
+        n / o for o, n in zip(seconds["old"], seconds["new"], strict=True)
+    ]
+    out["get_latency"] = {}
+    for name in names:
+        print(f"   GET latency of {name} ...", flush=True)
+        out["get_latency"][name] = get_latency(
+            servers[name], args.pollers, args.poll_seconds, args.poll_interval, args.closed_seconds
+        )
+    return out
+
+
+def report_comparison(result: dict, args: argparse.Namespace) -> None:
+    print()
+    print(f"old = {args.compare_to}, new = the working tree; {args.n} x 512x512 {args.steps} steps per round")
+    for name in ("old", "new"):
+        secs = ", ".join(f"{x:.2f}" for x in result["server_seconds"][name])
+        print(f"  {name}: server seconds per round {secs}; "
+              f"throughput ratio server/direct best-of {result['ratio_best'][name]:.3f}")  # fmt: skip
+    per_round = result["new_over_old_seconds_per_round"]
+    print(f"  new/old server seconds per round: {', '.join(f'{x:.3f}' for x in per_round)} "
+          f"(median {statistics.median(per_round):.3f}; below 1: new is faster)")  # fmt: skip
+    for part, label in (("idle_open_loop", "worker idle"), ("open_loop", "worker busy"),
+                        ("closed_loop", "worker busy, back-to-back")):  # fmt: skip
+        old, new = (result["get_latency"][name][part] for name in ("old", "new"))
+        print(f"  GET {label}: p50 {old['p50_ms']:.1f} -> {new['p50_ms']:.1f} ms, "
+              f"p99 {old['p99_ms']:.1f} -> {new['p99_ms']:.1f} ms, "
+              f"{old['requests_per_s']:.0f} -> {new['requests_per_s']:.0f} req/s, "
+              f"errors {old['errors']} -> {new['errors']}")  # fmt: skip
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -387,6 +465,12 @@ def main() -> int:
         default="throughput,start,latency",
         help="comma-separated subset of throughput,start,latency",
     )
+    parser.add_argument(
+        "--compare-to",
+        default=None,
+        metavar="REF",
+        help="run the server of git REF beside this tree's and print old -> new (throughput, GET latency)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
 
@@ -404,6 +488,8 @@ def main() -> int:
                      "worker_nice": args.worker_nice}  # fmt: skip
 
     print(f"machine: {results['machine']}; load average {os.getloadavg()[0]:.2f}", flush=True)
+    if args.compare_to:
+        return run_comparison(work, weights, inputs, results, args)
     parts = set(args.parts.split(","))
     direct = Direct(weights) if "throughput" in parts else None
     server = Server(work, weights, work / "server.log", args.reads_per_minute, args.worker_nice)
@@ -428,6 +514,32 @@ def main() -> int:
         server.stop()
     results["load_average_end"] = os.getloadavg()
     report(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def run_comparison(work: Path, weights: Path, inputs: dict, results: dict, args: argparse.Namespace) -> int:
+    old_code = export_commit(args.compare_to, work / "old-code")
+    servers = {
+        name: Server(
+            work / name, weights, work / f"{name}.log", args.reads_per_minute, args.worker_nice, code
+        )
+        for name, code in (("old", old_code), ("new", ROOT))
+    }
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        print(
+            f"old against new: {args.rounds} interleaved throughput rounds, then GET latency ...", flush=True
+        )
+        results["comparison"] = compare(servers, Direct(weights), inputs, args)
+    finally:
+        for server in servers.values():
+            server.stop()
+    results["compare_to"] = args.compare_to
+    results["load_average_end"] = os.getloadavg()
+    report_comparison(results["comparison"], args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
