@@ -1,8 +1,9 @@
 """The FastAPI application factory.
 
-``create_app(settings)`` wires the parts: store, key ring, rate limiters, output storage,
-change notifications, metrics and the worker supervisor. Tests pass their own settings; the
-CLI's `serve` passes the loaded config.
+``create_app(settings)`` takes the parts ``server.services`` builds from the settings (store, key
+ring, rate limits, output storage, change feed, models, prediction service, webhooks, workers),
+starts and stops them in order, and mounts the routes. Tests pass their own settings; the CLI's
+`serve` passes the loaded config.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -22,101 +21,17 @@ from server.api.errors import install_error_handlers
 from server.api.middleware.blank_query import BlankQueryMiddleware
 from server.api.middleware.body_limit import BodySizeLimitMiddleware
 from server.api.middleware.hostguard import HostGuardMiddleware, HostPolicy
-from server.auth.keyring import KeyRing
-from server.auth.ratelimit import RequestRateLimiter
 from server.config import Settings
 from server.datalock import ServerLock
-from server.events import PredictionEvents
-from server.metrics import ServerMetrics
-from server.outputs.local import ID_PATTERN, LocalOutputStorage
-from server.store import PredictionStore, open_store
+from server.services import AppState, build_state
+from server.store import PredictionStore
 from server.store.health import describe
-from server.store.sqlite.keys import KeyStore
-from server.webhooks.dispatcher import WebhookDispatcher
-from server.workers.supervisor import Supervisor
 
 log = logging.getLogger("fluxserve")
 
 RETENTION_SWEEP_S = 300.0
 # How often the WAL is folded into the database file while the server runs (see _checkpoint_loop).
 CHECKPOINT_INTERVAL_S = 60.0
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    store: PredictionStore
-    keyring: KeyRing
-    create_limiter: RequestRateLimiter
-    read_limiter: RequestRateLimiter
-    outputs: LocalOutputStorage
-    events: PredictionEvents
-    metrics: ServerMetrics
-    supervisor: Supervisor
-    lock: ServerLock
-    started_at: float = field(default_factory=time.time)
-    background: list[asyncio.Task] = field(default_factory=list)
-    webhooks: WebhookDispatcher | None = None
-    store_warning: str | None = None  # set at start when the store misses predictions (see _check_store)
-
-    @property
-    def base_url(self) -> str:
-        return self.settings.base_url
-
-
-def _keystore_for(settings: Settings, store_url: str) -> KeyStore | None:
-    """Stored keys live in the SQLite database beside the predictions."""
-    if store_url.startswith(("redis://", "rediss://")):
-        return None
-    return KeyStore(settings.db_path)
-
-
-def build_state(
-    settings: Settings, store: PredictionStore | None = None, lock: ServerLock | None = None
-) -> AppState:
-    settings.data_path.mkdir(parents=True, exist_ok=True)
-    store = store or open_store(settings.resolved_store_url)
-    keyring = KeyRing(settings.api_keys, _keystore_for(settings, settings.resolved_store_url))
-    events = PredictionEvents()
-    outputs = LocalOutputStorage(settings.outputs_path)
-    metrics = ServerMetrics()
-    webhooks = WebhookDispatcher(settings, store)
-    state_holder: dict[str, AppState] = {}
-
-    def notify(prediction_id: str) -> None:
-        events.notify(prediction_id)
-        webhooks.on_change(prediction_id)
-
-    def on_finished(pred) -> None:
-        hook = getattr(state_holder.get("state"), "on_finished", None)
-        if hook is not None:
-            hook(pred)
-
-    supervisor = Supervisor(
-        settings,
-        store,
-        outputs,
-        notify=notify,
-        on_finished=on_finished,
-        observe_predict_time=metrics.predict_time.observe,
-    )
-    state = AppState(
-        settings=settings,
-        store=store,
-        keyring=keyring,
-        create_limiter=RequestRateLimiter(settings.limits.requests_per_minute, settings.limits.storage_uri),
-        read_limiter=RequestRateLimiter(settings.limits.reads_per_minute, settings.limits.storage_uri),
-        outputs=outputs,
-        events=events,
-        metrics=metrics,
-        supervisor=supervisor,
-        lock=lock or ServerLock(settings.data_path, settings.db_path, settings.outputs_path),
-        webhooks=webhooks,
-    )
-    state.on_finished = webhooks.on_finished  # type: ignore[attr-defined]
-    state_holder["state"] = state
-    metrics.bind(store, supervisor)
-    return state
 
 
 async def _finish_in_thread(func, *args):
@@ -159,7 +74,7 @@ async def _checkpoint_loop(state: AppState) -> None:
         try:
             await _finish_in_thread(state.store.checkpoint, "TRUNCATE", 0)
         except Exception as exc:  # noqa: BLE001 - retry on the next round
-            state.supervisor.store_failed(exc)
+            state.readiness.store_failed(exc)
 
 
 def _checkpoint_at_stop(store: PredictionStore) -> None:
@@ -172,17 +87,18 @@ def _checkpoint_at_stop(store: PredictionStore) -> None:
 
 
 def _check_store(state: AppState) -> str | None:
-    """A warning when the outputs folder holds images of predictions the store does not know:
+    """A warning when the output storage holds images of predictions the store does not know:
     the database was replaced, restored from an older backup, or lost its -wal file."""
+    outputs_place = getattr(state.outputs, "root", state.settings.outputs_path)
     try:
-        ids = [e.name for e in os.scandir(state.outputs.root) if e.is_dir() and ID_PATTERN.fullmatch(e.name)]
+        ids = state.outputs.stored_ids()
         missing = state.store.unknown_ids(ids)
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - an unreadable folder or a busy store: the check only warns
         log.warning(
             "could not compare the outputs folder %s with the database %s (%s); starting without that check",
-            state.outputs.root,
+            outputs_place,
             state.settings.db_path,
             describe(exc),
         )
@@ -191,7 +107,7 @@ def _check_store(state: AppState) -> str | None:
         return None
     return (
         f"the database {state.settings.db_path} has no record of {len(missing)} of the {len(ids)} "
-        f"predictions whose images are in {state.outputs.root} (e.g. {missing[0]}); their clients get 404. "
+        f"predictions whose images are in {outputs_place} (e.g. {missing[0]}); their clients get 404. "
         "The database was replaced, restored from an older backup, or lost its -wal file: "
         "stop the server and restore the latest backup (README, Operations) unless that was intended"
     )
@@ -239,6 +155,10 @@ def create_app(
                 log.warning("%s", state.store_warning)
             await state.webhooks.start()
             stack.push_async_callback(state.webhooks.stop)
+            # The feed runs from before the workers start (restart recovery tells of ends) until
+            # they have stopped, and hands what it was told to the webhooks before they stop.
+            await state.feed.start()
+            stack.push_async_callback(state.feed.stop)
             if start_workers:
                 stack.push_async_callback(_stop_workers, state)
                 await state.supervisor.start()

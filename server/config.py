@@ -8,9 +8,9 @@ Precedence: explicit arguments > environment > YAML file > defaults.
 from __future__ import annotations
 
 import json
-import os
 import re
 import ssl
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +29,10 @@ from server.auth.keyring import parse_static_keys
 from server.egress.allowlist import parse_host_rule
 
 MiB = 2**20
+# The YAML file ``load_settings`` reads, handed to ``settings_customise_sources`` (a classmethod
+# pydantic calls while building Settings). A context variable: set for that one call, in this
+# thread or task only, and never seen by child processes.
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("fluxserve_config_file", default=None)
 
 
 class _Section(BaseModel):
@@ -282,8 +286,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        yaml_file = os.environ.get("_FLUXSERVE_CONFIG_FILE")
-        if yaml_file:
+        yaml_file = _CONFIG_FILE.get()
+        if yaml_file is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file, deep_merge=True))
         return tuple(sources)
 
@@ -342,14 +346,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     """Read the YAML file (if any), then the environment, then ``overrides``."""
     from pydantic import ValidationError
 
-    previous = os.environ.get("_FLUXSERVE_CONFIG_FILE")
+    path = None
     if config_file is not None:
         path = Path(config_file).expanduser()
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        os.environ["_FLUXSERVE_CONFIG_FILE"] = str(path)
-    else:
-        os.environ.pop("_FLUXSERVE_CONFIG_FILE", None)
+    token = _CONFIG_FILE.set(path)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -359,7 +361,4 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             lines.append(f"  {where}: {err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
     finally:
-        if previous is None:
-            os.environ.pop("_FLUXSERVE_CONFIG_FILE", None)
-        else:
-            os.environ["_FLUXSERVE_CONFIG_FILE"] = previous
+        _CONFIG_FILE.reset(token)

@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from server.api.errors import ApiError, unauthorized
 from server.auth.keyring import Identity, extract_key
+from server.services import AppState
 from server.store.sqlite.db import STORE_ERRORS
 
 # The two ways to present a key, declared for the OpenAPI document (its security schemes, the
@@ -34,7 +35,8 @@ _PREFER_WAIT = re.compile(
 KEY_REQUIRED = [Security(API_KEY_HEADER), Security(BEARER)]
 
 
-def app_state(request: Request):
+def app_state(request: Request) -> AppState:
+    """The app's parts (``server.services.AppState``), typed."""
     return request.app.state.fluxserve
 
 
@@ -50,7 +52,7 @@ async def authenticate(request: Request) -> Identity:
     except STORE_ERRORS as exc:
         # The stored keys live in the database: while it cannot be read the key is neither good nor
         # bad. A 503 the client may retry, not a 500 and not a 401 that would call its key wrong.
-        state.supervisor.store_failed(exc)
+        state.readiness.store_failed(exc)
         raise ApiError(
             503,
             "Key store unavailable",

@@ -30,17 +30,17 @@ async def health_check(request: Request) -> dict:
         counts = await asyncio.to_thread(state.store.counts_by_status)
         queue_depth: int | None = counts.get("starting", 0)
     except Exception as exc:  # noqa: BLE001 - the answer is always a 200; the store's failure is in it
-        state.supervisor.store_failed(exc)
+        state.readiness.store_failed(exc)
         queue_depth = None
     # "open" (no key needed) or "keys"; auth_changed_at when a key created while running closed it.
     try:
         auth = "open" if await asyncio.to_thread(lambda: state.keyring.open) else "keys"
     except Exception as exc:  # noqa: BLE001 - the keys live in the database: a failure is the store's
-        state.supervisor.store_failed(exc)
+        state.readiness.store_failed(exc)
         auth = "unknown"
-    status, details = state.supervisor.health()
-    body = {"status": status, "queue_depth": queue_depth, "model": state.settings.model.name, **details}
-    if state.supervisor.serving_tiny_model:
+    status, details = state.readiness.health()
+    body = {"status": status, "queue_depth": queue_depth, "model": state.models.default.slug, **details}
+    if state.readiness.serving_tiny_model:
         body["warning"] = TINY_MODEL_NOTICE
     if state.store_warning:
         body["store_warning"] = state.store_warning

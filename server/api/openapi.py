@@ -22,6 +22,8 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from server.predictions.models import ModelRegistry
+
 REF = "#/components/schemas/"
 _DEFAULT_422 = REF + "HTTPValidationError"
 
@@ -74,26 +76,26 @@ def _validation_errors_are_400(schema: dict[str, Any]) -> None:
             )
 
 
-def _the_served_model(schema: dict[str, Any], owner: str, name: str) -> None:
-    served = {"owner": owner, "name": name}
+def _the_served_models(schema: dict[str, Any], models: ModelRegistry) -> None:
+    served = {"owner": sorted({m.owner for m in models.entries}), "name": [m.name for m in models.entries]}
+    refs = ", ".join(m.ref for m in models.entries)
     for path, path_item in schema.get("paths", {}).items():
         if not path.startswith("/v1/models/{owner}/{name}"):
             continue
         for operation in path_item.values():
             for parameter in operation.get("parameters", []):
                 if parameter.get("in") == "path" and parameter.get("name") in served:
-                    parameter["schema"]["enum"] = [served[parameter["name"]]]
-                    parameter["description"] = "This server serves one model: " + "/".join(served.values())
+                    parameter["schema"]["enum"] = served[parameter["name"]]
+                    what = "one model" if len(models.entries) == 1 else "these models"
+                    parameter["description"] = f"This server serves {what}: {refs}"
 
 
-def complete(schema: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
+def complete(schema: dict[str, Any], models: ModelRegistry | None = None) -> dict[str, Any]:
     """Apply the corrections to a generated document (in place) and return it."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     _validation_errors_are_400(schema)
-    if model_name is not None:
-        from server.api.replicate.render import OWNER
-
-        _the_served_model(schema, OWNER, model_name)
+    if models is not None:
+        _the_served_models(schema, models)
     text = json.dumps(schema)
     for name, model in _models().items():
         if f'"{REF}{name}"' in text and name not in components:
@@ -111,7 +113,7 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(build(), app.state.fluxserve.settings.model.name)
+            app.openapi_schema = complete(build(), app.state.fluxserve.models)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

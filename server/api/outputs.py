@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 
 from server.api.deps import app_state
 from server.api.eachlabs.schemas import ErrorResponse
 from server.api.errors import ApiError
 from server.auth.keyring import extract_key
-from server.outputs.local import content_type_for
 
 router = APIRouter()
 
@@ -31,8 +30,8 @@ router = APIRouter()
 )
 async def get_output(prediction_id: str, name: str, request: Request):
     state = app_state(request)
-    path = state.outputs.path_for(prediction_id, name)
-    if path is None:
+    stored = await asyncio.to_thread(state.outputs.open, prediction_id, name)
+    if stored is None:
         raise ApiError(404, "Output not found")
     pred = await asyncio.to_thread(state.store.get, prediction_id)
     if pred is None or pred.data_removed or name not in pred.output:
@@ -42,8 +41,12 @@ async def get_output(prediction_id: str, name: str, request: Request):
         identity = await asyncio.to_thread(state.keyring.authenticate, key)
         if identity is None or identity.key_id != pred.owner:
             raise ApiError(404, "Output not found")
+    if stored.path is None:  # an object store: the client fetches it there
+        return RedirectResponse(
+            stored.url or "", status_code=307, headers={"Cache-Control": "private, no-store"}
+        )
     return FileResponse(
-        path,
-        media_type=content_type_for(name),
+        stored.path,
+        media_type=stored.content_type,
         headers={"Cache-Control": "private, max-age=31536000, immutable"},
     )

@@ -6,6 +6,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+# Raised by the stores; defined with the other domain errors, importable from here too.
+from server.predictions.errors import InFlightLimitExceeded  # noqa: F401
+
 
 class Status(enum.StrEnum):
     """A prediction's status. A ``str``: it compares equal to, and serialises as, its value."""
@@ -88,13 +91,6 @@ class CancelOutcome(enum.Enum):
     REQUESTED = "requested"  # is running: the flag is set, the worker stops at its next step
     ALREADY_FINISHED = "already_finished"  # terminal: left as it is
     NOT_FOUND = "not_found"
-
-
-class InFlightLimitExceeded(Exception):
-    def __init__(self, in_flight: int, limit: int):
-        super().__init__(f"{in_flight} predictions in flight (limit {limit})")
-        self.in_flight = in_flight
-        self.limit = limit
 
 
 @dataclass

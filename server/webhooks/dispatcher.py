@@ -4,7 +4,8 @@ The end of a prediction is a durable delivery (a row, retried, kept across resta
 ``start`` and ``logs`` events are best effort, from memory. The Eachlabs flavour sends its small
 body with ``X-Webhook-Secret``; the Replicate flavour sends the prediction object signed the
 Standard Webhooks way with the owner's secret. The blocking work (the store, ``post_json``) runs in
-threads; the dispatcher lives on the API process's event loop. What is sent, when, and how it is
+threads; the dispatcher lives on the API process's event loop (the wiring subscribes its hooks to
+the change feed's ``ended`` and ``changed``). What is sent, when, and how it is
 signed: docs/webhooks.md.
 """
 
@@ -29,10 +30,10 @@ from typing import Any
 
 import httpx
 
-from server.api.eachlabs.render import output_urls
+from server.api.context import RenderContext
 from server.api.replicate.render import API, DEFAULT_EVENTS, prediction_object
 from server.egress.fetch import AddressPolicy, FetchError, post_json
-from server.events import wait_event
+from server.predictions.feed import wait_event
 from server.predictions.model import ERROR, PROCESSING, SUCCESS, Prediction
 from server.store.base import PredictionStore
 from server.store.sqlite.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
@@ -93,8 +94,8 @@ def _is_refusal(exc: FetchError) -> bool:
     return text.startswith("webhook URL refused") or "is not a valid URL" in text
 
 
-def eachlabs_payload(base_url: str, pred: Prediction) -> dict[str, Any]:
-    urls = output_urls(base_url, pred)
+def eachlabs_payload(ctx: RenderContext, pred: Prediction) -> dict[str, Any]:
+    urls = ctx.output_urls(pred)
     return {
         "exec_id": pred.id,
         "flow_id": None,
@@ -120,9 +121,18 @@ class _Follow:
 
 
 class WebhookDispatcher:
-    def __init__(self, settings, store: PredictionStore, deliveries: DeliveryStore | None = None) -> None:
+    def __init__(
+        self,
+        settings,
+        store: PredictionStore,
+        deliveries: DeliveryStore | None = None,
+        *,
+        render: RenderContext,
+    ) -> None:
+        """``render``: what payloads link to (output URLs, model names), as the API answers."""
         self.settings = settings
         self.store = store
+        self.render = render
         self.deliveries = deliveries or DeliveryStore(settings.db_path)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -147,10 +157,6 @@ class WebhookDispatcher:
             allowed_hosts=list(images.allowed_hosts),
             timeout_s=self.settings.webhooks.timeout_s,
         )
-
-    @property
-    def base_url(self) -> str:
-        return self.settings.base_url
 
     def signing_secret(self, owner: str) -> str:
         """``owner``'s ``whsec_`` secret (made on first use, kept in the database). Blocking.
@@ -230,7 +236,7 @@ class WebhookDispatcher:
 
     # -- the end of a prediction (durable) ---------------------------------------------------
     def on_finished(self, pred: Prediction) -> None:
-        """The supervisor's hook: ``pred`` just reached a terminal status. Any thread."""
+        """``pred`` just reached a terminal status (the feed's ``ended``). Any thread."""
         if not pred.webhook_url:
             self._on_loop(self._forget, pred.id)
             return
@@ -271,12 +277,12 @@ class WebhookDispatcher:
             )
             if event is None:
                 return None
-            payload = prediction_object(self.base_url, pred)
+            payload = prediction_object(self.render, pred)
             return self.deliveries.enqueue(pred.id, event, REPLICATE, pred.webhook_url, payload)
         if pred.status not in (SUCCESS, ERROR):
             return None  # the contract: no webhook on cancel
         headers = {"X-Webhook-Secret": pred.webhook_secret} if pred.webhook_secret else {}
-        payload = eachlabs_payload(self.base_url, pred)
+        payload = eachlabs_payload(self.render, pred)
         return self.deliveries.enqueue(pred.id, EVENT_FINISHED, EACHLABS, pred.webhook_url, payload, headers)
 
     def enqueue_missed_ends(self, now: float | None = None) -> int:
@@ -432,8 +438,8 @@ class WebhookDispatcher:
 
     # -- Replicate's start and logs events (best effort) ------------------------------------
     def on_change(self, prediction_id: str) -> None:
-        """The supervisor's notify hook: the prediction's row changed (picked up, new logs,
-        ended). Any thread."""
+        """The prediction's row changed (the feed's ``changed``: picked up, new logs, ended).
+        Any thread."""
         if prediction_id in self._ignored:
             return
         self._on_loop(self._changed, prediction_id)
@@ -500,7 +506,7 @@ class WebhookDispatcher:
 
     async def _send_once(self, pred: Prediction, event: str) -> None:
         assert pred.webhook_url is not None
-        payload = prediction_object(self.base_url, pred)
+        payload = prediction_object(self.render, pred)
         headers = await self._signature_headers(pred.webhook_signer, "msg_" + uuid.uuid4().hex, payload)
         try:
             async with self._slots():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load_settings
+from server.config import ConfigError, Settings, load_settings
 from server.workers.supervisor import Supervisor
 from tests.server.helpers import LiveServer, self_signed_cert
 
@@ -32,6 +32,17 @@ def test_environment_overrides_yaml(tmp_path, monkeypatch):
     monkeypatch.setenv("FLUXSERVE_MODEL__OFFLOAD", "model")
     s = load_settings(cfg)
     assert (s.port, s.limits.requests_per_minute, s.model.offload) == (9002, 7, "model")
+
+
+def test_the_config_file_is_read_only_by_the_load_that_names_it(tmp_path, monkeypatch):
+    """No file reaches Settings through the environment: a variable left there by an earlier load
+    (or set by hand) names no config, and a load without a file reads none."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("port: 9001\n")
+    monkeypatch.setenv("_FLUXSERVE_CONFIG_FILE", str(cfg))
+    assert Settings().port == 8000
+    assert load_settings(cfg).port == 9001
+    assert (Settings().port, load_settings().port) == (8000, 8000)
 
 
 def test_api_keys_from_environment_are_comma_separated(monkeypatch):

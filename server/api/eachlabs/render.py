@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from server.api.context import RenderContext
 from server.predictions.model import Prediction
 
 DATA_URL_ECHO_LIMIT = 256  # long data: URLs are summarised when inputs are echoed back
@@ -26,14 +27,9 @@ def echo_input(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def output_urls(base_url: str, pred: Prediction) -> list[str]:
-    if pred.data_removed:
-        return []
-    return [f"{base_url}/v1/outputs/{pred.id}/{name}" for name in pred.output]
-
-
-def prediction_body(base_url: str, pred: Prediction) -> dict[str, Any]:
-    urls = output_urls(base_url, pred)
+def prediction_body(ctx: RenderContext, pred: Prediction) -> dict[str, Any]:
+    base_url = ctx.base_url
+    urls = ctx.output_urls(pred)
     output: str | list[str] | None
     if not urls:
         output = None

@@ -36,6 +36,8 @@ from pipelines.inputs import ASPECT_RATIO_SIZES, FluxInputs
 from server.api.deps import app_state
 from server.api.eachlabs.render import echo_input
 from server.outputs.local import ID_PATTERN
+from server.predictions.model import Prediction
+from server.services import AppState
 
 router = APIRouter(include_in_schema=False)
 
@@ -341,11 +343,12 @@ def _page(body: str, status: int = 200, csp: str = PLAYGROUND_CSP, cache: str = 
 async def playground(request: Request) -> HTMLResponse:
     state = app_state(request)
     settings = state.settings
+    model = state.models.default
     is_open = await asyncio.to_thread(lambda: state.keyring.open)
     root = ""
     page = _template("playground.html").substitute(
-        title=esc(f"{settings.model.name} playground · fluxserve"),
-        model=esc(settings.model.name),
+        title=esc(f"{model.slug} playground · fluxserve"),
+        model=esc(model.slug),
         css=esc(asset_url(root, "playground.css")),
         js=esc(asset_url(root, "playground.js")),
         icon=esc(asset_url(root, "favicon.svg")),
@@ -353,7 +356,7 @@ async def playground(request: Request) -> HTMLResponse:
         share="1" if share_enabled(settings) else "0",
         owner_images="1" if settings.outputs.require_owner_key else "0",
         max_image_bytes=esc(settings.input_images.max_bytes),
-        form=render_form(settings.model.defaults),
+        form=render_form(model.defaults),
     )
     return _page(page)
 
@@ -401,12 +404,13 @@ def _input_value(name: str, value: Any) -> str:
     return esc(value)
 
 
-def render_share(root: str, settings, pred) -> str:
+def render_share(root: str, state: AppState, pred: Prediction) -> str:
     echoed = echo_input(pred.input if isinstance(pred.input, dict) else {})
     prompt = echoed.get("prompt") if isinstance(echoed.get("prompt"), str) else ""
     names = [] if pred.data_removed else list(pred.output)
     props = FluxInputs.model_json_schema()["properties"]
-    defaults = effective_defaults(settings.model.defaults)
+    model = state.models.by_slug(pred.model) or state.models.default
+    defaults = effective_defaults(model.defaults)
 
     rows = []
     for name in props:  # only the schema's fields: whatever else a client put in `input` stays private
@@ -423,7 +427,7 @@ def render_share(root: str, settings, pred) -> str:
 
     figures = []
     for i, name in enumerate(names):
-        url = f"{root}v1/outputs/{pred.id}/{name}"
+        url = state.outputs.url_for(pred.id, name, root)
         alt = f"Image {i + 1} of {len(names)}: {prompt[:200]}"
         figures.append(
             f'<li><figure><a href="{esc(url)}"><img src="{esc(url)}" alt="{esc(alt)}"></a>'
@@ -479,10 +483,10 @@ async def share_page(prediction_id: str, request: Request) -> HTMLResponse:
     root = "../"
     pred = None
     if share_enabled(state.settings) and ID_PATTERN.fullmatch(prediction_id):
-        pred = await asyncio.to_thread(state.store.get, prediction_id)
+        pred = await state.predictions.read(prediction_id)
     if pred is None:
         return _page(render_not_found(root), status=404, csp=SHARE_CSP, cache="no-store")
-    body = render_share(root, state.settings, pred)
+    body = render_share(root, state, pred)
     response = _page(body, csp=SHARE_CSP, cache="private, no-store")
     response.headers["X-Robots-Tag"] = "noindex, nofollow"
     return response

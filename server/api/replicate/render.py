@@ -1,24 +1,22 @@
 """Turning a stored Prediction into Replicate's JSON shapes: the prediction object (HTTP answers
 and webhook bodies), the model and version objects, and Replicate's error body.
 
-The server serves one model; on the Replicate routes it is ``black-forest-labs/<model.name>``
-(``black-forest-labs/flux-dev`` by default), with one version whose id is derived from the model
-name (stable across restarts). A prediction created with another version string keeps that string
-in its ``version`` field.
+Each model has its Replicate name from the registry (``black-forest-labs/flux-dev`` by default),
+with one version whose id is derived from that name (stable across restarts). A prediction
+created with another version string keeps that string in its ``version`` field.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from pipelines.inputs import FluxInputs
-from server.api.eachlabs.render import echo_input, iso, output_urls
+from server.api.context import RenderContext
+from server.api.eachlabs.render import echo_input, iso
 from server.predictions.model import CANCELLED, ERROR, PROCESSING, STARTING, SUCCESS, Prediction
+from server.predictions.models import ModelEntry
 
-OWNER = "black-forest-labs"
 API = "replicate"  # the value of Prediction.extra["api"] for predictions made on these routes
 EVENTS = ("start", "output", "logs", "completed")
 # Replicate: "By default, we will send requests to your webhook URL whenever there are new outputs
@@ -48,22 +46,14 @@ _TITLES = {
 }
 
 
-def model_ref(model_name: str) -> str:
-    return f"{OWNER}/{model_name}"
-
-
-def version_id(model_name: str) -> str:
-    """The id of the one version this server serves: 64 hex chars, like Replicate's."""
-    return hashlib.sha256(f"fluxserve:{model_ref(model_name)}".encode()).hexdigest()
-
-
 def replicate_status(status: str) -> str:
     return STATUS.get(status, status)
 
 
-def prediction_object(base_url: str, pred: Prediction, *, status: str | None = None) -> dict[str, Any]:
+def prediction_object(ctx: RenderContext, pred: Prediction, *, status: str | None = None) -> dict[str, Any]:
     """Replicate's prediction object. ``status`` overrides the (mapped) status."""
-    urls = output_urls(base_url, pred)
+    base_url = ctx.base_url
+    urls = ctx.output_urls(pred)
     metrics: dict[str, Any] = {}
     if pred.predict_time is not None:
         metrics["predict_time"] = round(pred.predict_time, 3)
@@ -71,8 +61,8 @@ def prediction_object(base_url: str, pred: Prediction, *, status: str | None = N
         metrics["total_time"] = round(max(0.0, pred.completed_at - pred.created_at), 3)
     body: dict[str, Any] = {
         "id": pred.id,
-        "model": model_ref(pred.model),
-        "version": pred.extra.get("version") or version_id(pred.model),
+        "model": ctx.models.ref_of(pred.model),
+        "version": pred.extra.get("version") or ctx.models.version_id_of(pred.model),
         "input": echo_input(pred.input),
         "logs": pred.logs,
         "output": urls if pred.status == SUCCESS and urls else None,
@@ -95,9 +85,9 @@ def prediction_object(base_url: str, pred: Prediction, *, status: str | None = N
     return body
 
 
-def openapi_schema() -> dict[str, Any]:
+def openapi_schema(model: ModelEntry) -> dict[str, Any]:
     """The version's ``openapi_schema``: what clients read to learn the inputs and the output."""
-    input_schema = FluxInputs.model_json_schema()
+    input_schema = model.input_schema()
     input_schema["title"] = "Input"
     return {
         "openapi": "3.1.0",
@@ -113,23 +103,21 @@ def openapi_schema() -> dict[str, Any]:
     }
 
 
-def version_object(model_name: str) -> dict[str, Any]:
+def version_object(model: ModelEntry) -> dict[str, Any]:
     return {
-        "id": version_id(model_name),
+        "id": model.version_id,
         "created_at": VERSION_CREATED_AT,
         "cog_version": COG_VERSION,
-        "openapi_schema": openapi_schema(),
+        "openapi_schema": openapi_schema(model),
     }
 
 
-def model_object(
-    base_url: str, model_name: str, *, run_count: int = 0, description: str | None = None
-) -> dict[str, Any]:
+def model_object(ctx: RenderContext, model: ModelEntry, *, run_count: int = 0) -> dict[str, Any]:
     return {
-        "url": f"{base_url}/v1/models/{model_ref(model_name)}",
-        "owner": OWNER,
-        "name": model_name,
-        "description": description,
+        "url": f"{ctx.base_url}/v1/models/{model.ref}",
+        "owner": model.owner,
+        "name": model.name,
+        "description": f"{model.display_name} served by fluxserve.",
         "visibility": "public",
         "github_url": None,
         "paper_url": None,
@@ -137,7 +125,7 @@ def model_object(
         "run_count": run_count,
         "cover_image_url": None,
         "default_example": None,
-        "latest_version": version_object(model_name),
+        "latest_version": version_object(model),
     }
 
 

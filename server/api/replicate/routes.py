@@ -11,10 +11,10 @@ What the official clients call (read from replicate-python 1.0.x):
 
 Decisions:
 
-- **The model** is ``black-forest-labs/<model.name>``. ``version`` on ``POST /v1/predictions`` may
-  be ``owner/name`` or ``owner/name:<id>`` naming that model, or any other string (a Replicate
-  version id, say): this server serves one model, so a bare version string selects it and is
-  echoed back as the prediction's ``version``.
+- **The models** are the registry's, each by its ``owner/name`` (``black-forest-labs/flux-dev``).
+  ``version`` on ``POST /v1/predictions`` may be ``owner/name`` or ``owner/name:<id>`` naming one,
+  or any other string (a Replicate version id, say): a bare string selects the model whose version
+  id it is, else the default model, and is echoed back as the prediction's ``version``.
 - **Prefer: wait** (bare ``wait`` = 60 s, ``wait=n`` clamped to 1..60) holds the create until the end
   or n seconds: 201 when it ended in time, else 202. A 202 says ``"status": "starting"`` even if a
   worker has picked the prediction up, as Replicate does: the official client treats any other
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import math
 from typing import Any, Literal
@@ -40,32 +39,28 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
 from pipelines.inputs import FluxInputs
-from server.api.deps import KEY_REQUIRED, MAX_WAIT_S, app_state, authenticate, caller, prefer_wait
-from server.api.eachlabs.routes import (
-    cancel_prediction,
-    create_prediction,
-    decode_json_body,
-    owned_prediction,
-    wait_for_end,
-)
+from server.api.deps import KEY_REQUIRED, MAX_WAIT_S, app_state, authenticate, caller, check_rate, prefer_wait
+from server.api.eachlabs.errors import api_error
+from server.api.eachlabs.routes import decode_json_body
 from server.api.eachlabs.schemas import ErrorResponse
 from server.api.errors import ApiError
 from server.api.openapi import prefer_header
 from server.api.replicate.render import (
     API,
     EVENTS,
-    OWNER,
     model_object,
-    model_ref,
     prediction_object,
     problem_response,
-    version_id,
     version_object,
 )
 from server.api.routing import both
+from server.predictions.errors import AlreadyFinished, InvalidInput, PredictionError
 from server.predictions.model import WEBHOOK_SIGNER, ListFilter
+from server.predictions.models import ModelEntry, ModelRegistry
+from server.predictions.service import CreateRequest
 
 router = APIRouter(tags=["replicate"], dependencies=KEY_REQUIRED)
 
@@ -172,40 +167,26 @@ CREATED = {
 }
 
 
-def replicate_errors(fn):
-    """Answer the server's errors (raised as ApiError, in the Eachlabs shape) in Replicate's shape."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
-        try:
-            return await fn(*args, **kwargs)
-        except ApiError as exc:
-            return from_api_error(exc)
-
-    return wrapper
+# Where a field the service names sits in Replicate's body.
+_REQUEST_FIELDS = {"webhook_url": "webhook", "webhook_secret": "webhook", "input": ""}
 
 
-def from_api_error(exc: ApiError) -> JSONResponse:
-    if exc.status == 400 and exc.error == "Invalid input for model" and isinstance(exc.details, dict):
+def render_error(exc: PredictionError | ApiError) -> Response:
+    """Replicate's answer to what a route raises: invalid input is a 422 naming each field; the
+    rest keep their status in Replicate's problem body."""
+    if isinstance(exc, InvalidInput):
         return invalid(
-            [
-                _invalid_field(
-                    {"webhook_url": "webhook", "webhook_secret": "webhook"}.get(
-                        k, f"input.{k}" if k != "input" else ""
-                    ),
-                    str(v),
-                )
-                for k, v in exc.details.items()
-            ]
+            [_invalid_field(_REQUEST_FIELDS.get(k, f"input.{k}"), str(v)) for k, v in exc.fields.items()]
         )
-    if exc.status == 401:
-        return problem_response(401, "You did not pass a valid authentication token", headers=exc.headers)
-    if exc.status == 404:
-        return problem_response(404, "The requested prediction was not found.", headers=exc.headers)
-    detail = exc.error
-    if exc.details is not None:
-        detail += f": {exc.details if isinstance(exc.details, str) else json.dumps(exc.details)}"
-    return problem_response(exc.status, detail, headers=exc.headers)
+    err = exc if isinstance(exc, ApiError) else api_error(exc)
+    if err.status == 401:
+        return problem_response(401, "You did not pass a valid authentication token", headers=err.headers)
+    if err.status == 404:
+        return problem_response(404, "The requested prediction was not found.", headers=err.headers)
+    detail = err.error
+    if err.details is not None:
+        detail += f": {err.details if isinstance(err.details, str) else json.dumps(err.details)}"
+    return problem_response(err.status, detail, headers=err.headers)
 
 
 def _invalid_field(field: str, description: str, kind: str | None = None) -> dict[str, str]:
@@ -279,25 +260,29 @@ def _check_body(body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, st
     return extra, problems
 
 
-def _resolve_version(model_name: str, version: Any) -> tuple[str | None, JSONResponse | None]:
-    """The version string to record for ``POST /v1/predictions`` (see the module docstring)."""
+def _resolve_version(models: ModelRegistry, version: Any) -> tuple[ModelEntry, str] | JSONResponse:
+    """The model and the version string to record for ``POST /v1/predictions`` (see the module
+    docstring), or the 422 answer."""
     if version is None or version == "":
-        return None, invalid([_invalid_field("version", "version is required", "required")])
+        return invalid([_invalid_field("version", "version is required", "required")])
     if not isinstance(version, str) or len(version) > 200:
-        return None, invalid([_invalid_field("version", "Invalid type. Expected: string", "invalid_type")])
+        return invalid([_invalid_field("version", "Invalid type. Expected: string", "invalid_type")])
     ref, _, vid = version.partition(":")
     if "/" in ref:
-        if ref != model_ref(model_name):
-            return None, problem_response(
+        owner, _, name = ref.partition("/")
+        model = models.by_ref(owner, name)
+        if model is None:
+            return problem_response(
                 422,
-                f"Invalid version or not permitted: this server serves {model_ref(model_name)}",
+                f"Invalid version or not permitted: this server serves {models.served_refs()}",
                 title="Invalid version or not permitted",
             )
-        return vid or version_id(model_name), None
-    return version, None
+        return model, vid or model.version_id
+    return models.by_version_id(version) or models.default, version
 
 
-async def _create(request: Request, version: str | None) -> JSONResponse:
+async def _create(request: Request, model: ModelEntry | None) -> JSONResponse:
+    """A create on either route: ``model`` named by the route, or None to take it from ``version``."""
     state = app_state(request)
     identity = await authenticate(request)
     body = await read_body(request)
@@ -306,13 +291,15 @@ async def _create(request: Request, version: str | None) -> JSONResponse:
     hooks, problems = _check_body(body)
     if problems:
         return invalid(problems)
-    model_name = state.settings.model.name
-    if version is None:
-        version, error = _resolve_version(model_name, body.get("version"))
-        if error is not None:
-            return error
+    if model is None:
+        resolved = _resolve_version(state.models, body.get("version"))
+        if isinstance(resolved, JSONResponse):
+            return resolved
+        model, version = resolved
+    else:
+        version = model.version_id
     extra: dict[str, Any] = {"api": API}
-    if version and version != version_id(model_name):
+    if version and version != model.version_id:
         extra["version"] = version
     webhook = hooks.get("webhook")
     if webhook:
@@ -321,21 +308,33 @@ async def _create(request: Request, version: str | None) -> JSONResponse:
         # secret, and `keys adopt-open` may give the prediction another owner later.
         extra[WEBHOOK_SIGNER] = identity.key_id
         extra = {k: v for k, v in extra.items() if v is not None}
-    eachlabs_body = {"model": model_name, "input": body["input"], "webhook_url": webhook or None}
-    pred = await create_prediction(request, identity, eachlabs_body, extra=extra)
+    draft = state.predictions.prepare(
+        CreateRequest(
+            owner=identity.key_id, model=model, input=body["input"], webhook_url=webhook or None, extra=extra
+        )
+    )
+    check_rate(request, identity, "create")
+    pred = await state.predictions.submit(draft)
     wait_s = requested_wait(request)
     if wait_s <= 0:
-        return JSONResponse(prediction_object(state.base_url, pred), status_code=201)
-    final = await wait_for_end(request, pred.id, wait_s) or pred
+        return JSONResponse(prediction_object(state.render, pred), status_code=201)
+    final = await state.predictions.wait_for_end(pred.id, wait_s) or pred
     if final.terminal:
-        return JSONResponse(prediction_object(state.base_url, final), status_code=201)
-    return JSONResponse(prediction_object(state.base_url, final, status="starting"), status_code=202)
+        return JSONResponse(prediction_object(state.render, final), status_code=201)
+    return JSONResponse(prediction_object(state.render, final, status="starting"), status_code=202)
 
 
-def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
-    return problem_response(
-        404, f"Model {owner}/{name} not found; this server serves {model_ref(model_name)}", title="Not found"
-    )
+def _named_model(request: Request, owner: str, name: str) -> ModelEntry | JSONResponse:
+    """The model a route's ``owner/name`` names, or the 404 answer."""
+    models = app_state(request).models
+    model = models.by_ref(owner, name)
+    if model is None:
+        return problem_response(
+            404,
+            f"Model {owner}/{name} not found; this server serves {models.served_refs()}",
+            title="Not found",
+        )
+    return model
 
 
 # -- predictions ----------------------------------------------------------------------------
@@ -345,6 +344,7 @@ def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
     router,
     "post",
     "/v1/models/{owner}/{name}/predictions",
+    errors=render_error,
     summary="Create a prediction (Replicate, official model)",
     status_code=201,
     responses={**CREATED, **errors(400, 401, 404, 422, 429, 503)},
@@ -353,28 +353,26 @@ def _model_not_found(owner: str, name: str, model_name: str) -> JSONResponse:
     "201 when it ended, else 202.",
     openapi_extra=create_doc(ReplicateModelCreate),
 )
-@replicate_errors
 async def create_for_model(request: Request, owner: str, name: str):
-    model_name = app_state(request).settings.model.name
-    if owner != OWNER or name != model_name:
+    model = _named_model(request, owner, name)
+    if isinstance(model, JSONResponse):
         await authenticate(request)
-        return _model_not_found(owner, name, model_name)
-    return await _create(request, version_id(model_name))
+        return model
+    return await _create(request, model)
 
 
 @both(
     router,
     "post",
     "/v1/predictions",
+    errors=render_error,
     summary="Create a prediction (Replicate, with `version`)",
     status_code=201,
     responses={**CREATED, **errors(400, 401, 422, 429, 503)},
     description="`version`: `black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, "
-    "or any version id "
-    "(this server serves one model). Otherwise as the model route.",
+    "or any version id (the model whose version it is, else the default one). Otherwise as the model route.",
     openapi_extra=create_doc(ReplicateVersionCreate),
 )
-@replicate_errors
 async def create_with_version(request: Request):
     return await _create(request, None)
 
@@ -408,11 +406,11 @@ def _encode_cursor(created_to: float | None, offset: int) -> str:
     router,
     "get",
     "/v1/predictions",
+    errors=render_error,
     summary="List predictions (Replicate), newest first",
     description=f"{PAGE_SIZE} per page; follow `next` (and `previous`) for the other pages.",
     responses=errors(400, 401, 429),
 )
-@replicate_errors
 async def list_predictions(request: Request, cursor: str | None = None):
     state = app_state(request)
     identity = await caller(request)
@@ -424,7 +422,7 @@ async def list_predictions(request: Request, cursor: str | None = None):
             return problem_response(400, "Invalid cursor", title="Bad request")
         created_to, offset = decoded
     flt = ListFilter(owner=identity.key_id, limit=PAGE_SIZE, offset=offset, created_to=created_to)
-    preds, total = await asyncio.to_thread(state.store.list, flt)
+    preds, total = await state.predictions.list(flt)
     if created_to is None and preds:
         created_to = preds[0].created_at  # pin the first page's newest: later creates do not shift pages
     base = f"{state.base_url}/v1/predictions"
@@ -439,7 +437,7 @@ async def list_predictions(request: Request, cursor: str | None = None):
     return {
         "next": next_url,
         "previous": previous_url,
-        "results": [prediction_object(state.base_url, p) for p in preds],
+        "results": [prediction_object(state.render, p) for p in preds],
     }
 
 
@@ -447,39 +445,38 @@ async def list_predictions(request: Request, cursor: str | None = None):
     router,
     "get",
     "/v1/predictions/{prediction_id}",
+    errors=render_error,
     summary="Get a prediction (Replicate)",
     responses=errors(401, 404, 429),
 )
-@replicate_errors
 async def get_prediction(request: Request, prediction_id: str):
     state = app_state(request)
     identity = await caller(request)
-    pred = await owned_prediction(request, identity, prediction_id)
-    return prediction_object(state.base_url, pred)
+    pred = await state.predictions.get(identity.key_id, prediction_id)
+    return prediction_object(state.render, pred)
 
 
 @both(
     router,
     "post",
     "/v1/predictions/{prediction_id}/cancel",
+    errors=render_error,
     summary="Cancel a prediction (Replicate)",
     responses=errors(401, 404, 429),
 )
-@replicate_errors
 async def cancel(request: Request, prediction_id: str):
     state = app_state(request)
     identity = await caller(request)
-    pred = await owned_prediction(request, identity, prediction_id)
+    pred = await state.predictions.get(identity.key_id, prediction_id)
     if not pred.terminal:
         try:
-            await cancel_prediction(request, identity, prediction_id)
-        except ApiError as exc:
-            if exc.status != 409:  # it ended meanwhile: answer with it as it is
-                raise
-    # A queued prediction cancelled here has had its "completed" webhook queued by
-    # cancel_prediction; a running one gets it from the supervisor when the worker stops.
-    current = await asyncio.to_thread(state.store.get, prediction_id) or pred
-    return prediction_object(state.base_url, current)
+            await state.predictions.cancel(identity.key_id, prediction_id)
+        except AlreadyFinished:  # it ended meanwhile: answer with it as it is
+            pass
+    # A queued prediction cancelled here ended now (its "completed" webhook follows from the
+    # feed's end); a running one ends when its worker stops.
+    current = await state.predictions.read(prediction_id) or pred
+    return prediction_object(state.render, current)
 
 
 # -- models and webhooks --------------------------------------------------------------------
@@ -489,52 +486,49 @@ async def cancel(request: Request, prediction_id: str):
     router,
     "get",
     "/v1/models/{owner}/{name}",
+    errors=render_error,
     summary="The model (Replicate), with its latest version",
     responses=errors(401, 404, 429),
 )
-@replicate_errors
 async def get_model(request: Request, owner: str, name: str):
-    state = app_state(request)
     await caller(request)
-    model_name = state.settings.model.name
-    if owner != OWNER or name != model_name:
-        return _model_not_found(owner, name, model_name)
-    return model_object(state.base_url, model_name, description="FLUX.1 [dev] served by fluxserve.")
+    model = _named_model(request, owner, name)
+    if isinstance(model, JSONResponse):
+        return model
+    return model_object(app_state(request).render, model)
 
 
 @both(
     router,
     "get",
     "/v1/models/{owner}/{name}/versions",
+    errors=render_error,
     summary="The model's versions (Replicate)",
     responses=errors(401, 404, 429),
 )
-@replicate_errors
 async def list_versions(request: Request, owner: str, name: str):
-    state = app_state(request)
     await caller(request)
-    model_name = state.settings.model.name
-    if owner != OWNER or name != model_name:
-        return _model_not_found(owner, name, model_name)
-    return {"next": None, "previous": None, "results": [version_object(model_name)]}
+    model = _named_model(request, owner, name)
+    if isinstance(model, JSONResponse):
+        return model
+    return {"next": None, "previous": None, "results": [version_object(model)]}
 
 
 @both(
     router,
     "get",
     "/v1/models/{owner}/{name}/versions/{version}",
+    errors=render_error,
     summary="One version of the model (Replicate)",
     responses=errors(401, 404, 429),
 )
-@replicate_errors
 async def get_version(request: Request, owner: str, name: str, version: str):
-    state = app_state(request)
     await caller(request)
-    model_name = state.settings.model.name
-    if owner != OWNER or name != model_name:
-        return _model_not_found(owner, name, model_name)
-    body = version_object(model_name)
-    body["id"] = version  # one model, one version: every version id names it
+    model = _named_model(request, owner, name)
+    if isinstance(model, JSONResponse):
+        return model
+    body = version_object(model)
+    body["id"] = version  # one version per model: every version id names it
     return body
 
 
@@ -542,12 +536,12 @@ async def get_version(request: Request, owner: str, name: str, version: str):
     router,
     "get",
     "/v1/webhooks/default/secret",
+    errors=render_error,
     summary="The caller's webhook signing secret (Replicate)",
     description="Each key has its own secret (made on first use), as each Replicate account does: "
     "webhooks of the key's predictions are signed with it.",
     responses=errors(401, 429),
 )
-@replicate_errors
 async def webhook_secret(request: Request):
     state = app_state(request)
     identity = await caller(request)
@@ -558,12 +552,12 @@ async def webhook_secret(request: Request):
     router,
     "post",
     "/v1/webhooks/default/secret/rotate",
+    errors=render_error,
     summary="Replace the caller's webhook signing secret",
     description="Answers the new secret. The old one stops at once: every later delivery of this "
     "key's webhooks, retries of queued ones included, is signed with the new one (no overlap).",
     responses=errors(401, 429),
 )
-@replicate_errors
 async def rotate_webhook_secret(request: Request):
     state = app_state(request)
     identity = await caller(request)

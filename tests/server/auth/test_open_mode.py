@@ -381,7 +381,7 @@ def test_webhooks_of_adopted_predictions_stay_signed_with_the_open_mode_secret(o
         store = server.store
         store.claim_next("test-worker")
         assert store.finish(prediction_id, SUCCESS, output=["out-0.webp"])
-        server.state.on_finished(store.get(prediction_id))
+        server.state.feed.ended(prediction_id)
         [request] = receiver.wait_for(1)
     finally:
         receiver.close()

@@ -175,7 +175,6 @@ def started_app(settings, store=None):
     ids=["unreadable outputs folder", "busy store"],
 )
 def test_a_start_whose_outputs_check_fails_goes_on_with_a_warning(tmp_path, monkeypatch, caplog, failure):
-    from server import app as app_module
     from server.config import Settings
     from server.store import SQLitePredictionStore
 
@@ -187,7 +186,7 @@ def test_a_start_whose_outputs_check_fails_goes_on_with_a_warning(tmp_path, monk
         raise failure
 
     if isinstance(failure, OSError):
-        monkeypatch.setattr(app_module.os, "scandir", fail)
+        monkeypatch.setattr(os, "scandir", fail)  # the output storage lists its folder
     else:
         monkeypatch.setattr(store, "unknown_ids", fail)
 

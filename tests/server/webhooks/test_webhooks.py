@@ -2,8 +2,8 @@
 Replicate's signed events, against a receiver on loopback.
 
 No worker process runs here: the app starts without workers and each test plays the worker's part
-through the store (claim, finish) and the supervisor's hooks (``on_finished``, the notify hook),
-exactly as the supervisor calls them. The real supervisor path is covered end to end in
+through the store (claim, finish) and what the supervisor tells the change feed (its notify hook,
+the feed's ``ended``), exactly as the supervisor does. The real supervisor path is covered end to end in
 test_replicate_client.py.
 """
 
@@ -153,12 +153,12 @@ def start_running(client: TestClient, prediction_id: str) -> None:
 
 
 def finish(client: TestClient, prediction_id: str, status: str, **kwargs) -> None:
-    """The supervisor's part at the end: a terminal row, then the on_finished hook."""
+    """The supervisor's part at the end: a terminal row, then the feed's ``ended``."""
     state = state_of(client)
     if state.store.get(prediction_id).status == "starting":
         state.store.claim_next("test-worker")
     assert state.store.finish(prediction_id, status, **kwargs)
-    state.on_finished(state.store.get(prediction_id))
+    state.feed.ended(prediction_id)
 
 
 def wait_for_logs(client: TestClient, prediction_id: str, text: str, timeout: float = 10.0) -> str:
@@ -313,7 +313,7 @@ def test_the_end_of_a_prediction_is_delivered_once_when_reported_twice(app_clien
     client = app_client()
     pid = create_eachlabs(client, receiver.url)
     finish(client, pid, SUCCESS, output=["out-0.webp"])
-    state_of(client).on_finished(state_of(client).store.get(pid))
+    state_of(client).feed.ended(pid)
 
     receiver.wait_for(1)
     time.sleep(0.5)

@@ -12,17 +12,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.api.replicate import routes as replicate_routes
-from server.api.replicate.render import version_id
 from server.app import create_app
 from server.auth.keyring import key_id_for
 from server.config import Settings
 from server.predictions.model import ERROR, SUCCESS
+from server.predictions.models import replicate_version_id
 
 KEY = "test-key-replicate"
 OTHER_KEY = "test-key-someone-else"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MODEL_ROUTE = "/v1/models/black-forest-labs/flux-dev/predictions"
-FLUX_VERSION = version_id("flux-dev")
+FLUX_VERSION = replicate_version_id("black-forest-labs/flux-dev")
 
 
 @pytest.fixture

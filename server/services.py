@@ -1,0 +1,167 @@
+"""Building the server's parts from Settings, and joining them through the change feed.
+
+One place picks the implementations (the SQLite store, the local output folder, the in-process
+feed) and makes the subscriptions that replace direct calls between parts:
+
+- ``created`` wakes the worker supervisor; ``cancel requested`` reaches the job that runs it;
+- ``changed`` and ``ended`` drive the webhooks (an end is re-read from the store: the
+  notification is a hint).
+
+The API reads the parts through ``AppState`` (``server.api.deps.app_state``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.api.context import RenderContext
+from server.auth.keyring import KeyRing
+from server.auth.ratelimit import RequestRateLimiter
+from server.config import Settings
+from server.datalock import ServerLock
+from server.metrics import ServerMetrics
+from server.outputs.base import OutputStorage
+from server.outputs.local import LocalOutputStorage
+from server.predictions.errors import ModelUnavailable, NotAccepting, ShuttingDown
+from server.predictions.feed import Change, ChangeFeed, ChangeKind, InProcessChangeFeed
+from server.predictions.models import ModelRegistry
+from server.predictions.service import PredictionService, Readiness
+from server.store import PredictionStore, open_store
+from server.store.sqlite.keys import KeyStore
+from server.webhooks.dispatcher import WebhookDispatcher
+from server.workers.supervisor import SETUP_FAILED, Supervisor
+
+
+@dataclass
+class AppState:
+    """Everything a request may need, built once per app."""
+
+    settings: Settings
+    store: PredictionStore
+    keyring: KeyRing
+    create_limiter: RequestRateLimiter
+    read_limiter: RequestRateLimiter
+    outputs: OutputStorage
+    feed: ChangeFeed
+    models: ModelRegistry
+    predictions: PredictionService
+    readiness: Readiness
+    render: RenderContext
+    metrics: ServerMetrics
+    webhooks: WebhookDispatcher
+    supervisor: Supervisor  # this process's workers (started only when the app runs workers)
+    lock: ServerLock
+    started_at: float = field(default_factory=time.time)
+    background: list[asyncio.Task] = field(default_factory=list)
+    store_warning: str | None = None  # set at start when the store misses predictions (app._check_store)
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url
+
+
+class SupervisorReadiness(Readiness):
+    """Readiness as this process's worker supervisor knows it."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def refusal(self) -> NotAccepting | None:
+        status, details = self.supervisor.health()
+        if status == SETUP_FAILED:
+            return ModelUnavailable(details.get("reason"))
+        if not self.supervisor.accepting:
+            return ShuttingDown()
+        return None
+
+    def health(self) -> tuple[str, dict[str, Any]]:
+        return self.supervisor.health()
+
+    @property
+    def serving_tiny_model(self) -> bool:
+        return self.supervisor.serving_tiny_model
+
+    def store_failed(self, exc: BaseException) -> None:
+        self.supervisor.store_failed(exc)
+
+    def store_working(self) -> None:
+        self.supervisor.store_working()
+
+
+def _keystore_for(settings: Settings, store_url: str) -> KeyStore | None:
+    """Stored keys live in the SQLite database beside the predictions."""
+    if store_url.startswith(("redis://", "rediss://")):
+        return None
+    return KeyStore(settings.db_path)
+
+
+def subscribe_workers(feed: ChangeFeed, supervisor: Supervisor) -> None:
+    """A new prediction wakes the dispatcher; a cancel reaches the worker running the job (the
+    supervisor also re-reads cancel flags on its own, for cancels told on no feed)."""
+    feed.subscribe([ChangeKind.CREATED], lambda change: supervisor.wake())
+    feed.subscribe([ChangeKind.CANCEL_REQUESTED], lambda change: supervisor.cancel(change.prediction_id))
+
+
+def subscribe_webhooks(feed: ChangeFeed, store: PredictionStore, webhooks: WebhookDispatcher) -> None:
+    """Replicate's start/logs events follow changes; the end's webhook is queued from the row."""
+
+    async def ended(change: Change) -> None:
+        pred = await asyncio.to_thread(store.get, change.prediction_id)
+        if pred is not None and pred.terminal:
+            webhooks.on_finished(pred)
+
+    feed.subscribe([ChangeKind.CHANGED], lambda change: webhooks.on_change(change.prediction_id))
+    feed.subscribe([ChangeKind.ENDED], ended)
+
+
+def build_state(
+    settings: Settings, store: PredictionStore | None = None, lock: ServerLock | None = None
+) -> AppState:
+    """Every part, built and joined; nothing started (the app's lifespan starts them)."""
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    store = store or open_store(settings.resolved_store_url)
+    feed = InProcessChangeFeed()
+    outputs = LocalOutputStorage(settings.outputs_path)
+    models = ModelRegistry.from_specs([settings.model])
+    render = RenderContext(settings.base_url, outputs, models)
+    metrics = ServerMetrics()
+    webhooks = WebhookDispatcher(settings, store, render=render)
+    supervisor = Supervisor(
+        settings,
+        store,
+        outputs,
+        notify=feed.changed,
+        on_finished=lambda pred: feed.ended(pred.id),
+        observe_predict_time=metrics.predict_time.observe,
+    )
+    subscribe_workers(feed, supervisor)
+    subscribe_webhooks(feed, store, webhooks)
+    readiness = SupervisorReadiness(supervisor)
+    predictions = PredictionService(
+        store,
+        feed,
+        readiness,
+        max_in_flight=settings.limits.max_in_flight,
+        max_image_bytes=settings.input_images.max_bytes,
+    )
+    metrics.bind(store, supervisor)
+    return AppState(
+        settings=settings,
+        store=store,
+        keyring=KeyRing(settings.api_keys, _keystore_for(settings, settings.resolved_store_url)),
+        create_limiter=RequestRateLimiter(settings.limits.requests_per_minute, settings.limits.storage_uri),
+        read_limiter=RequestRateLimiter(settings.limits.reads_per_minute, settings.limits.storage_uri),
+        outputs=outputs,
+        feed=feed,
+        models=models,
+        predictions=predictions,
+        readiness=readiness,
+        render=render,
+        metrics=metrics,
+        webhooks=webhooks,
+        supervisor=supervisor,
+        lock=lock or ServerLock(settings.data_path, settings.db_path, settings.outputs_path),
+    )
