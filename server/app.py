@@ -29,9 +29,8 @@ from server.datalock import ServerLock
 from server.events import PredictionEvents
 from server.metrics import ServerMetrics
 from server.outputs.local import ID_PATTERN, LocalOutputStorage
-from server.store import PredictionStore, open_store
+from server.store import PredictionStore, open_backend
 from server.store.health import describe
-from server.store.sqlite.keys import KeyStore
 from server.webhooks.dispatcher import WebhookDispatcher
 from server.workers.supervisor import Supervisor
 
@@ -64,23 +63,17 @@ class AppState:
         return self.settings.base_url
 
 
-def _keystore_for(settings: Settings, store_url: str) -> KeyStore | None:
-    """Stored keys live in the SQLite database beside the predictions."""
-    if store_url.startswith(("redis://", "rediss://")):
-        return None
-    return KeyStore(settings.db_path)
-
-
 def build_state(
     settings: Settings, store: PredictionStore | None = None, lock: ServerLock | None = None
 ) -> AppState:
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    store = store or open_store(settings.resolved_store_url)
-    keyring = KeyRing(settings.api_keys, _keystore_for(settings, settings.resolved_store_url))
+    backend = open_backend(settings.resolved_store_url, predictions=store)
+    store = backend.predictions
+    keyring = KeyRing(settings.api_keys, backend.keys)
     events = PredictionEvents()
     outputs = LocalOutputStorage(settings.outputs_path)
     metrics = ServerMetrics()
-    webhooks = WebhookDispatcher(settings, store)
+    webhooks = WebhookDispatcher(settings, store, backend.deliveries)
     state_holder: dict[str, AppState] = {}
 
     def notify(prediction_id: str) -> None:

@@ -4,7 +4,7 @@ Keys come from two places, used side by side:
 
 - **static keys**, from the config file or ``FLUXSERVE_API_KEYS`` (plain key strings; they are
   named ``config-1``, ``config-2``... in the order given);
-- **stored keys**, created with the CLI and kept as hashes in the :class:`~server.store.sqlite.keys.KeyStore`.
+- **stored keys**, created with the CLI and kept as hashes in the :class:`~server.store.keys.KeyStore`.
 
 A prediction's owner is :func:`key_id_for` of the key that made it: a digest, the same whichever
 place the key comes from. The key itself is never stored, logged, put in an error body or shown
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from server.store.sqlite.keys import KeyStore, hash_key, key_id_from_hash
+from server.store.keys import KeyStore, hash_key, key_id_from_hash
 
 MAX_KEY_LEN = 1024  # longer credentials are refused without hashing them
 OPEN_RECHECK_S = 1.0  # how often an open ring looks for a newly created stored key

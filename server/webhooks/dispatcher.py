@@ -21,7 +21,7 @@ Two flavours, picked by who created the prediction (``Prediction.extra["api"]``)
 **Durable events.** The end of a prediction (the Eachlabs webhook; Replicate's ``completed``, and
 ``output`` when ``completed`` is not requested: FLUX makes its output all at once at the end, so an
 ``output`` event is folded into ``completed`` when both are asked for) is written as a row in the
-``webhook_deliveries`` table (``server/store/sqlite/deliveries.py``) when the supervisor reports the end.
+delivery store (``server/store/deliveries.py``) when the supervisor reports the end.
 A loop posts due rows: up to ``webhooks.attempts`` attempts ``webhooks.interval_s`` apart, each
 bounded by ``webhooks.timeout_s``; any 2xx acknowledges. Rows still pending when the server
 stops are sent by the next start. Every attempt's outcome is appended to the prediction's logs
@@ -63,8 +63,9 @@ from server.api.replicate.render import API, DEFAULT_EVENTS, prediction_object
 from server.egress.fetch import AddressPolicy, FetchError, post_json
 from server.events import wait_event
 from server.predictions.model import ERROR, PROCESSING, SUCCESS, Prediction
+from server.store import open_delivery_store
 from server.store.base import PredictionStore
-from server.store.sqlite.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
+from server.store.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
 
 log = logging.getLogger("fluxserve.webhooks")
 
@@ -152,7 +153,7 @@ class WebhookDispatcher:
     def __init__(self, settings, store: PredictionStore, deliveries: DeliveryStore | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.deliveries = deliveries or DeliveryStore(settings.db_path)
+        self.deliveries = deliveries or open_delivery_store(settings.resolved_store_url)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
