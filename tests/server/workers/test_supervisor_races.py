@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
-import pytest
-
-from server.config import Settings
-from server.outputs.local import LocalOutputStorage
 from server.predictions.model import STARTING, SUCCESS, Prediction
-from server.store.sqlite.store import SQLitePredictionStore
 from server.workers.messages import JobSucceeded, RunJob, WorkerReady
-from server.workers.supervisor import W_BUSY, W_FAILED, W_READY, W_STARTING, W_STOPPED, Supervisor, WorkerSlot
+from server.workers.supervisor import W_BUSY, W_FAILED, W_READY, W_STARTING, W_STOPPED, WorkerSlot
 from tests.server.helpers import run_in_own_loop
 
 
@@ -46,20 +40,6 @@ class FakePipe:
         if self.broken:
             raise BrokenPipeError("the worker is gone")
         self.sent.append(msg)
-
-
-@pytest.fixture
-def parts(tmp_path: Path):
-    settings = Settings(data_dir=str(tmp_path / "data"), workers={"job_timeout_s": 5, "load_timeout_s": 5})
-    store = SQLitePredictionStore(tmp_path / "data" / "fluxserve.db")
-    supervisor = Supervisor(
-        settings, store, LocalOutputStorage(tmp_path / "outputs"), notify=lambda _pid: None
-    )
-    slot = WorkerSlot(index=0, gpu=None, generation=1)
-    slot.process, slot.conn = FakeProcess(), FakePipe()
-    supervisor.slots.append(slot)
-    yield supervisor, store, slot
-    store.close()
 
 
 def queue(store, *ids: str) -> None:
