@@ -69,6 +69,13 @@ class WorkerSettings(_Section):
         description="Runs per prediction when its worker dies; 1 = a lost job ends in error, "
         "never runs twice.",
     )
+    lease_s: float = Field(
+        30,
+        gt=0,
+        description="A running prediction's lease: its worker host renews it every third of this; "
+        "once it expires (the host died or lost the store) any host sharing the store settles the "
+        "prediction like a lost worker's (requeued or ended per max_attempts).",
+    )
     load_timeout_s: float = Field(1800, description="Model load longer than this is a setup failure.")
     shutdown_grace_s: float = Field(
         60, description="On SIGTERM, how long a running prediction may take to finish."

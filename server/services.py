@@ -29,8 +29,7 @@ from server.predictions.errors import ModelUnavailable, NotAccepting, ShuttingDo
 from server.predictions.feed import Change, ChangeFeed, ChangeKind, InProcessChangeFeed
 from server.predictions.models import ModelRegistry
 from server.predictions.service import PredictionService, Readiness
-from server.store import PredictionStore, open_store
-from server.store.sqlite.keys import KeyStore
+from server.store import PredictionStore, open_backend
 from server.webhooks.dispatcher import WebhookDispatcher
 from server.workers.supervisor import SETUP_FAILED, Supervisor
 
@@ -91,13 +90,6 @@ class SupervisorReadiness(Readiness):
         self.supervisor.store_working()
 
 
-def _keystore_for(settings: Settings, store_url: str) -> KeyStore | None:
-    """Stored keys live in the SQLite database beside the predictions."""
-    if store_url.startswith(("redis://", "rediss://")):
-        return None
-    return KeyStore(settings.db_path)
-
-
 def subscribe_workers(feed: ChangeFeed, supervisor: Supervisor) -> None:
     """A new prediction wakes the dispatcher; a cancel reaches the worker running the job (the
     supervisor also re-reads cancel flags on its own, for cancels told on no feed)."""
@@ -122,13 +114,14 @@ def build_state(
 ) -> AppState:
     """Every part, built and joined; nothing started (the app's lifespan starts them)."""
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    store = store or open_store(settings.resolved_store_url)
+    backend = open_backend(settings.resolved_store_url, predictions=store)
+    store = backend.predictions
     feed = InProcessChangeFeed()
     outputs = LocalOutputStorage(settings.outputs_path)
     models = ModelRegistry.from_specs([settings.model])
     render = RenderContext(settings.base_url, outputs, models)
     metrics = ServerMetrics()
-    webhooks = WebhookDispatcher(settings, store, render=render)
+    webhooks = WebhookDispatcher(settings, store, backend.deliveries, render=render)
     supervisor = Supervisor(
         settings,
         store,
@@ -151,7 +144,7 @@ def build_state(
     return AppState(
         settings=settings,
         store=store,
-        keyring=KeyRing(settings.api_keys, _keystore_for(settings, settings.resolved_store_url)),
+        keyring=KeyRing(settings.api_keys, backend.keys),
         create_limiter=RequestRateLimiter(settings.limits.requests_per_minute, settings.limits.storage_uri),
         read_limiter=RequestRateLimiter(settings.limits.reads_per_minute, settings.limits.storage_uri),
         outputs=outputs,

@@ -1,9 +1,9 @@
 """Who is calling: API keys from the request headers to an :class:`Identity`.
 
 Static keys (config, ``FLUXSERVE_API_KEYS``) and stored keys (created with the CLI, kept as
-hashes) are used side by side; a prediction's owner is :func:`key_id_for` of its key, a digest.
-With no key at all the server runs open (``ANONYMOUS``); revoking every stored key never reopens
-it. The rules: docs/security.md.
+hashes in a :class:`~server.store.keys.KeyStore`) are used side by side; a prediction's owner is
+:func:`key_id_for` of its key, a digest. With no key at all the server runs open (``ANONYMOUS``);
+revoking every stored key never reopens it. The rules: docs/security.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from server.store.sqlite.keys import KeyStore, hash_key, key_id_from_hash
+from server.store.keys import KeyStore, hash_key, key_id_from_hash
 
 MAX_KEY_LEN = 1024  # longer credentials are refused without hashing them
 OPEN_RECHECK_S = 1.0  # how often an open ring looks for a newly created stored key

@@ -12,7 +12,7 @@ from server.cli.db import _settings
 if TYPE_CHECKING:  # imported late at run time: `fluxserve --help` stays quick
     from server.auth.keyring import Identity
     from server.config import Settings
-    from server.store.sqlite.keys import KeyStore
+    from server.store.keys import KeyStore
 
 
 def _key_settings(config: str | None):
@@ -30,10 +30,10 @@ def _key_settings(config: str | None):
 
 def _keystore(config: str | None) -> tuple[Settings, KeyStore]:
     """The settings of ``config`` and the key store in their database."""
-    from server.store.sqlite.keys import KeyStore
+    from server.store import open_key_store
 
     settings = _key_settings(config)
-    return settings, KeyStore(settings.db_path)
+    return settings, open_key_store(settings.resolved_store_url)
 
 
 def _key_named(config: str | None, name: str) -> tuple[Settings, Identity | None]:
@@ -55,12 +55,12 @@ def _no_key(name: str, hint: str | None = None) -> int:
 
 def _rotate_webhook_secret(config: str | None, name: str) -> int:
     """Give the key called ``name`` (stored, ``config-N`` or ``anonymous``) a new signing secret."""
-    from server.store.sqlite.deliveries import DeliveryStore
+    from server.store import open_delivery_store
 
     settings, identity = _key_named(config, name)
     if identity is None:
         return _no_key(name)
-    deliveries = DeliveryStore(settings.db_path)
+    deliveries = open_delivery_store(settings.resolved_store_url)
     try:
         print(deliveries.rotate_signing_secret(identity.key_id))
     finally:

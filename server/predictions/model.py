@@ -57,7 +57,8 @@ class Prediction:
     completed_at: float | None = None
     predict_time: float | None = None
     attempts: int = 0
-    worker_id: str | None = None
+    worker_id: str | None = None  # "<host id>:<pid>:w<slot>.<generation>" while a worker holds it
+    lease_expires_at: float | None = None  # unix seconds; the worker's heartbeats push it forward
     cancel_requested: bool = False
     data_removed: bool = False
     webhook_url: str | None = None
@@ -74,6 +75,13 @@ class Prediction:
         return self.status in TERMINAL
 
     @property
+    def lease(self) -> Lease | None:
+        """The claim a worker holds on this prediction while it runs it (None when none does)."""
+        if self.worker_id is None:
+            return None
+        return Lease(self.id, self.worker_id, self.attempts)
+
+    @property
     def webhook_signer(self) -> str:
         """Whose secret signs this prediction's webhooks: its owner when it was made, which a
         later ``reassign_owner`` (``keys adopt-open``) does not change."""
@@ -84,6 +92,17 @@ class Prediction:
         if self.started_at is None:
             return None
         return max(0.0, self.started_at - self.created_at)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Which worker runs a prediction, and for which attempt. A write made under a lease (a
+    result, a log line, a requeue) is refused once the prediction is no longer held by that
+    worker for that attempt: its lease expired and another worker took the job (fencing)."""
+
+    prediction_id: str
+    worker_id: str
+    attempt: int
 
 
 class CancelOutcome(enum.Enum):

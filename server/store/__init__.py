@@ -1,14 +1,37 @@
-"""The prediction store (see ``base.py`` for the interface and its rules)."""
+"""The stores behind the server, opened from one ``store_url``.
+
+Three interfaces, each with its rules in its docstring: the prediction store (``base.py``), the
+webhook delivery store (``deliveries.py``) and the key store (``keys.py``). ``open_backend``
+opens all three on the url a config names; callers type against the interfaces. This build has
+one implementation, SQLite (``sqlite/``), every table in one database file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from server.store.base import PredictionStore
+from server.store.deliveries import DeliveryStore
+from server.store.keys import KeyStore
+from server.store.sqlite.deliveries import SQLiteDeliveryStore
+from server.store.sqlite.keys import SQLiteKeyStore
 from server.store.sqlite.store import SQLitePredictionStore
 
-__all__ = ["PredictionStore", "SQLitePredictionStore", "open_store", "sqlite_file"]
+__all__ = [
+    "Backend",
+    "DeliveryStore",
+    "KeyStore",
+    "PredictionStore",
+    "SQLitePredictionStore",
+    "open_backend",
+    "open_delivery_store",
+    "open_key_store",
+    "open_store",
+    "sqlite_file",
+]
 
 _SQLITE_PREFIX = "sqlite:///"
 
@@ -46,6 +69,43 @@ def sqlite_file(url: str) -> tuple[Path, str]:
 
 
 def open_store(url: str) -> PredictionStore:
-    """Open the store a config names (see ``sqlite_file`` for the urls understood)."""
+    """Open the prediction store a config names (see ``sqlite_file`` for the urls understood)."""
     path, synchronous = sqlite_file(url)
     return SQLitePredictionStore(path, synchronous=synchronous)
+
+
+def open_key_store(url: str) -> KeyStore:
+    """Open the key store of ``store_url`` (the same database as the predictions)."""
+    return SQLiteKeyStore(sqlite_file(url)[0])
+
+
+def open_delivery_store(url: str) -> DeliveryStore:
+    """Open the webhook delivery store of ``store_url`` (the same database as the predictions)."""
+    return SQLiteDeliveryStore(sqlite_file(url)[0])
+
+
+@dataclass
+class Backend:
+    """Every store the server uses, opened on one ``store_url``."""
+
+    predictions: PredictionStore
+    deliveries: DeliveryStore
+    keys: KeyStore
+
+    def close(self) -> None:
+        for store in (self.keys, self.deliveries, self.predictions):
+            store.close()
+
+
+def open_backend(url: str, *, predictions: PredictionStore | None = None) -> Backend:
+    """Open the stores ``url`` names. ``predictions``: a prediction store the caller opened (and
+    checked) already, on that url, to use instead of opening another."""
+    opened = predictions is None
+    predictions = predictions or open_store(url)
+    try:
+        return Backend(predictions, open_delivery_store(url), open_key_store(url))
+    except BaseException:
+        if opened:
+            with contextlib.suppress(Exception):
+                predictions.close()
+        raise

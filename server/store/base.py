@@ -1,22 +1,47 @@
 """The prediction store: the single source of truth for every prediction's state.
 
-One interface; this build has one implementation, SQLite (``sqlite.py``). Rules every
+One interface; this build has one implementation, SQLite (``sqlite/store.py``). Rules every
 implementation keeps:
 
-- a prediction row holds everything the GET answer needs;
+- a prediction row holds everything the GET answer needs, and ``params`` (the inputs resolved
+  at create, which the worker runs);
 - the queue is FIFO on ``created_at`` (ties broken by insertion order);
 - ``claim_next`` is atomic: two workers never get the same prediction;
 - terminal states (success, error, cancelled) are sticky: no method changes a terminal row's
   status, output or error again;
 - every method is synchronous and thread-safe; the async API calls them from a thread pool.
+
+Leases. A claimed prediction is held by its worker: ``worker_id`` (``<host id>:<pid>:w<slot>.
+<generation>``), the attempt (``attempts``) and ``lease_expires_at``. The worker host renews
+the leases of the jobs it runs (``renew_leases``, every third of the lease). Only a prediction
+whose lease has expired is taken from its worker (``recover_expired``, run by every worker host
+now and then): requeued when it has attempts left, else ended in error "worker lost". So a store
+shared by several hosts never settles another host's live job. A result, a log line or a requeue
+written under a lease (``lease=``) is refused, changing nothing, once the row is no longer held
+by that worker for that attempt (fencing by attempt): a worker whose lease was taken cannot
+record anything.
+
+At start. A host starting again settles its previous run's jobs at once, not a lease later
+(``recover_at_start``): every processing row of its own host id (stable across its restarts)
+and every expired lease. The caller must hold the store's data lock, so no other live process
+runs under that host id. A store only one server can use at a time (SQLite: the database file's
+lock, taken before any worker starts) goes further: every processing row found at start belongs
+to a dead predecessor, whatever host id it carries, and is settled at once.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection, Iterable
 from typing import Any
 
-from server.predictions.model import ERROR, WORKER_LOST, CancelOutcome, ListFilter, Prediction
+from server.predictions.model import CancelOutcome, Lease, ListFilter, Prediction
+
+DEFAULT_LEASE_S = 30.0
+# What recovery writes on a prediction whose worker was lost (the same whoever recovers it).
+LOST_REQUEUE_NOTE = "Requeued after the worker was lost (attempt {attempts})."
+LOST_LOGS = "Worker lost: the process running this prediction died.\n"
+REQUEUED, FAILED = "requeued", "failed"
 
 
 class PredictionStore(abc.ABC):
@@ -35,13 +60,15 @@ class PredictionStore(abc.ABC):
         """The owner's predictions, newest first, and the total matching the filter."""
 
     @abc.abstractmethod
-    def claim_next(self, worker_id: str) -> Prediction | None:
+    def claim_next(self, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Prediction | None:
         """Atomically take the oldest starting prediction: status processing, started_at now,
-        attempts + 1, worker_id set. None when the queue is empty."""
+        attempts + 1, worker_id set, its lease expiring ``lease_s`` from now. None when the
+        queue is empty."""
 
     @abc.abstractmethod
-    def append_logs(self, prediction_id: str, text: str) -> None:
-        """Append text to the logs (any status but terminal ones; a no-op there)."""
+    def append_logs(self, prediction_id: str, text: str, *, lease: Lease | None = None) -> None:
+        """Append text to the logs (any status but terminal ones; a no-op there, and under a
+        ``lease`` the prediction no longer holds)."""
 
     def append_note(self, prediction_id: str, text: str) -> None:
         """Append text to the logs whatever the status, terminal ones included (notes made after
@@ -60,18 +87,45 @@ class PredictionStore(abc.ABC):
         predict_time: float | None = None,
         logs: str | None = None,
         extra: dict[str, Any] | None = None,
+        lease: Lease | None = None,
     ) -> bool:
         """Move a non-terminal prediction to a terminal status (appending ``logs``, merging
-        ``extra``). Returns False, changing nothing, if it was already terminal."""
+        ``extra``). Returns False, changing nothing, if it was already terminal, or ``lease`` is
+        given and the prediction is no longer held under it."""
 
     @abc.abstractmethod
     def request_cancel(self, prediction_id: str) -> CancelOutcome: ...
 
     @abc.abstractmethod
-    def requeue(self, prediction_id: str, note: str, *, never_ran: bool = False) -> bool:
+    def requeue(
+        self, prediction_id: str, note: str, *, never_ran: bool = False, lease: Lease | None = None
+    ) -> bool:
         """Put a processing prediction back at the head of the queue (retry after a lost
-        worker). ``never_ran``: its worker never got it, so the claim's attempt is given back.
-        Returns False if it was not processing."""
+        worker), its lease dropped. ``never_ran``: its worker never got it, so the claim's
+        attempt is given back. Returns False if it was not processing (or not under ``lease``)."""
+
+    @abc.abstractmethod
+    def renew_leases(self, leases: Iterable[Lease], lease_s: float) -> list[str]:
+        """Push the expiry of each lease still held to ``lease_s`` from now (a heartbeat).
+        Returns the ids of those no longer held: their job was taken from this worker."""
+
+    @abc.abstractmethod
+    def recover_expired(
+        self, max_attempts: int = 1, *, host_id: str | None = None, skip: Collection[str] = ()
+    ) -> list[tuple[str, str]]:
+        """Settle the predictions whose worker is lost: every processing row whose lease has
+        expired (or that has none: rows from before leases), and with ``host_id`` every one a
+        worker of that host holds. Each is requeued (with the note LOST_REQUEUE_NOTE) when it
+        has attempts left, else ended in error "worker lost" (logs LOST_LOGS); a requeued one
+        whose cancel was requested is cancelled instead. ``skip``: ids the caller still holds.
+        Atomic against a concurrent renewal: a lease renewed meanwhile is left alone. Returns
+        (id, 'requeued' | 'failed') pairs."""
+
+    def recover_at_start(self, max_attempts: int, host_id: str) -> list[tuple[str, str]]:
+        """Called once when a worker host starts, before its workers run, with the store's data
+        lock held: its own host's jobs (left by its previous run) and expired leases are settled
+        at once. See the module docstring."""
+        return self.recover_expired(max_attempts, host_id=host_id)
 
     @abc.abstractmethod
     def running(self, worker_id: str | None = None) -> list[Prediction]:
@@ -93,24 +147,6 @@ class PredictionStore(abc.ABC):
     @abc.abstractmethod
     def ended_with_webhook_since(self, completed_after: float) -> list[str]:
         """Ids of terminal predictions with a webhook URL completed at or after the time."""
-
-    def recover_after_restart(self, max_attempts: int = 1) -> list[tuple[str, str]]:
-        """Called once at start, before any worker runs: every prediction left in processing
-        by a dead process is requeued when it has attempts left, else ended in error
-        'worker lost'. Returns (id, 'requeued' | 'failed') pairs."""
-        outcomes = []
-        for pred in self.running():
-            if pred.attempts < max_attempts:
-                if self.requeue(pred.id, f"Requeued after the worker was lost (attempt {pred.attempts})."):
-                    outcomes.append((pred.id, "requeued"))
-            elif self.finish(
-                pred.id,
-                ERROR,
-                error=WORKER_LOST,
-                logs="Worker lost: the process running this prediction died.\n",
-            ):
-                outcomes.append((pred.id, "failed"))
-        return outcomes
 
     def reassign_owner(self, old_owner: str, new_owner: str) -> int:
         """Give every prediction of ``old_owner`` to ``new_owner`` (``keys adopt-open``); how many.

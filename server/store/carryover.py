@@ -79,10 +79,10 @@ def _tables(conn: sqlite3.Connection, schema: str) -> dict[str, list[str]]:
 
 
 def _create_tables(target: Path) -> None:
-    from server.store.sqlite.deliveries import DeliveryStore
-    from server.store.sqlite.keys import KeyStore
+    from server.store.sqlite.deliveries import SQLiteDeliveryStore
+    from server.store.sqlite.keys import SQLiteKeyStore
 
-    for store in (KeyStore(target), DeliveryStore(target)):
+    for store in (SQLiteKeyStore(target), SQLiteDeliveryStore(target)):
         store.close()
 
 

@@ -35,8 +35,9 @@ from server.api.replicate.render import API, DEFAULT_EVENTS, prediction_object
 from server.egress.fetch import AddressPolicy, FetchError, post_json
 from server.predictions.feed import wait_event
 from server.predictions.model import ERROR, PROCESSING, SUCCESS, Prediction
+from server.store import open_delivery_store
 from server.store.base import PredictionStore
-from server.store.sqlite.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
+from server.store.deliveries import DELIVERED, FAILED, PENDING, Delivery, DeliveryStore
 
 log = logging.getLogger("fluxserve.webhooks")
 
@@ -133,7 +134,7 @@ class WebhookDispatcher:
         self.settings = settings
         self.store = store
         self.render = render
-        self.deliveries = deliveries or DeliveryStore(settings.db_path)
+        self.deliveries = deliveries or open_delivery_store(settings.resolved_store_url)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None

@@ -14,7 +14,7 @@ from typing import Any
 @dataclass
 class RunJob:
     prediction_id: str
-    inputs: dict[str, Any]  # validated FluxInputs as a dict
+    inputs: dict[str, Any]  # FluxInputs as a dict, validated before it is sent: the worker trusts it
     attempt: int = 1
 
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.workers import faults
 from server.workers.messages import (
     CancelJob,
     JobCancelled,
@@ -167,9 +168,9 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
         logs.append(line + "\n")
         conn.send(JobLog(pid, line + "\n"))
 
-    inputs = FluxInputs.model_validate(job.inputs)
-    if config.fault_injection and "[[fault:prepare]]" in inputs.prompt:
-        raise RuntimeError("injected failure while preparing the job")
+    # Resolved and validated when the prediction was created: trusted, not validated again.
+    inputs = FluxInputs.model_construct(**job.inputs)
+    faults.maybe_inject(config.fault_injection, inputs.prompt)
     seed = pick_seed(inputs.seed)
     inputs = inputs.model_copy(update={"seed": seed})
     emit(f"Using seed: {seed}")
@@ -200,8 +201,7 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
 
     def on_progress(done: int, total: int) -> None:
         nonlocal last_sent
-        if config.fault_injection:
-            _inject_fault(inputs.prompt, done)
+        faults.maybe_inject(config.fault_injection, inputs.prompt, step=done)
         now = time.monotonic()
         if done == total or now - last_sent >= config.progress_interval_s:
             last_sent = now
@@ -242,23 +242,3 @@ def _is_fatal_device_error(exc: BaseException) -> bool:
     """A CUDA error other than out-of-memory leaves the context unusable: restart the process."""
     text = str(exc)
     return "CUDA error" in text or "device-side assert" in text
-
-
-def _inject_fault(prompt: str, step: int) -> None:
-    """Test-only faults, enabled by FLUXSERVE_FAULT_INJECTION=1: they really happen in the real worker."""
-    if step != 1 or "[[fault:" not in prompt:
-        return
-    if "[[fault:hang]]" in prompt:
-        threading.Event().wait()  # a step that never returns
-    if "[[fault:slow]]" in prompt:
-        threading.Event().wait(3)  # a step that takes 3 s: time to break something while it runs
-    if "[[fault:oom]]" in prompt:
-        import torch
-
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
-    if "[[fault:host-oom]]" in prompt:
-        raise MemoryError("injected host out of memory")
-    if "[[fault:cuda-error]]" in prompt:
-        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
-    if "[[fault:crash]]" in prompt:
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,54 +1,63 @@
-"""The supervisor: starts worker processes, hands them queued predictions, records what they
-report, and replaces them when they die or hang.
+"""The supervisor: starts the worker processes (one per slot, one slot per GPU), reads what they
+report, and replaces them when they die or hang; the health of the slots.
 
 It runs on the API process's event loop. Each worker has a reader thread (blocking Pipe
 reads) that forwards messages to the loop, and an asyncio queue so one worker's messages are
-applied to the store in the order they were sent. Store calls run in the default thread pool.
-
-A prediction's end (a worker's result, a lost worker, a job given back) that the store does not
-take (database disk full...) is kept in memory and retried until it does, so no prediction is
-left ``processing`` with no worker; meanwhile /health-check says UNHEALTHY with the store's error.
+handled in the order they were sent. The jobs themselves (claim, send, record, leases, kept
+ends) are ``jobs.py``'s: the supervisor hands it each job message and each worker's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import multiprocessing
 import os
-import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from pipelines.inputs import InvalidInputs, parse_inputs
-from server.events import wait_event
-from server.outputs.local import LocalOutputStorage, OutputStorageError, output_name
-from server.predictions.model import CANCELLED, ERROR, SUCCESS, WORKER_LOST, Prediction
+from server.outputs.local import LocalOutputStorage
+from server.predictions.model import Prediction
 from server.store import PredictionStore
 from server.store.health import StoreHealth
+from server.workers.gpus import visible_gpus
+from server.workers.jobs import Jobs
 from server.workers.messages import (
-    CancelJob,
     JobCancelled,
     JobFailed,
     JobLog,
     JobSucceeded,
-    RunJob,
     SetupFailed,
     Shutdown,
     WorkerReady,
 )
 from server.workers.process import WorkerConfig, worker_main
+from server.workers.slot import (
+    W_BUSY,
+    W_FAILED,
+    W_READY,
+    W_STARTING,
+    W_STOPPED,
+    WORKER_STATES,
+    WorkerSlot,
+)
+
+__all__ = [
+    "Supervisor",
+    "WorkerSlot",
+    "W_BUSY",
+    "W_FAILED",
+    "W_READY",
+    "W_STARTING",
+    "W_STOPPED",
+    "WORKER_STATES",
+    "visible_gpus",
+]
 
 log = logging.getLogger("fluxserve.supervisor")
-
-# Worker states, also the values of the fluxserve_workers metric's "state" label.
-W_STARTING, W_READY, W_BUSY, W_FAILED, W_STOPPED = "starting", "ready", "busy", "failed", "stopped"
-WORKER_STATES = (W_STARTING, W_READY, W_BUSY, W_FAILED, W_STOPPED)
 
 # Health states of /health-check. UNHEALTHY: the prediction store is failing (cog's name for a
 # server that is up but cannot serve right now).
@@ -62,75 +71,7 @@ STARTING, READY, BUSY, SETUP_FAILED, SHUTTING_DOWN = (
 UNHEALTHY = "UNHEALTHY"
 
 MAX_LOAD_CRASHES = 3  # consecutive deaths while loading before a slot is declared failed
-CANCEL_POLL_S = 0.5  # how often running jobs' cancel flags are re-read (cancels made by other API hosts)
-FALLBACK_DISPATCH_S = 1.0  # dispatch runs at least this often even without a wake-up
-RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0  # ends the store refused: retried after this, doubling up to that
-
-
-@dataclass
-class PendingEnd:
-    """A prediction's end on its way to the store: written once, then reported (waiters, webhooks).
-    Kept and retried while the store refuses either step."""
-
-    prediction_id: str
-    write: Callable[[], Awaitable[bool]]  # records the end; True when it changed the row
-    written: bool = False  # the row holds the end; only the report is left
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one attempt at a time
-
-
-@dataclass
-class _Result:
-    """A worker's result, and the file names of its images once they are written (they are
-    written once: a retry records the same files)."""
-
-    msg: Any  # JobSucceeded | JobFailed | JobCancelled
-    names: list[str] | None = None
-
-
-@dataclass
-class WorkerSlot:
-    index: int
-    gpu: str | None  # a CUDA_VISIBLE_DEVICES entry, or None to leave it alone
-    state: str = W_STARTING
-    process: Any = None  # multiprocessing.Process
-    conn: Any = None
-    generation: int = 0
-    job: Prediction | None = None
-    job_started: float = 0.0
-    started_at: float = 0.0
-    timed_out: bool = False
-    stopping: bool = False
-    load_crashes: int = 0
-    setup_error: str | None = None
-    ready: WorkerReady | None = None
-    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
-    reader: threading.Thread | None = None  # forwards the pipe to ``inbox``; ends at the worker's exit
-
-    @property
-    def worker_id(self) -> str:
-        return f"{socket.gethostname()}:{os.getpid()}:w{self.index}.{self.generation}"
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs a worker can be pinned to, as CUDA_VISIBLE_DEVICES entries, found without
-    importing torch in the API process: the parent's own CUDA_VISIBLE_DEVICES entries when set
-    (so "2,3" pins workers to physical GPUs 2 and 3), else nvidia-smi's indices."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [p.strip() for p in env.split(",") if p.strip() and p.strip() != "-1"]
-    try:
-        import subprocess
-
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-        return [line.strip() for line in out.split() if line.strip().isdigit()]
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
+WATCHDOG_S = 0.2  # how often hung jobs and hung loads are looked for
 
 
 class Supervisor:
@@ -142,25 +83,41 @@ class Supervisor:
         notify: Callable[[str], None],
         on_finished: Callable[[Prediction], None] | None = None,
         observe_predict_time: Callable[[float], None] | None = None,
+        host_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.outputs = outputs
         self._notify = notify
-        self._on_finished = on_finished
-        self._observe = observe_predict_time
         self.slots: list[WorkerSlot] = []
-        self._wake = asyncio.Event()
+        self.jobs = Jobs(
+            settings,
+            store,
+            outputs,
+            self.slots,
+            notify=notify,
+            on_finished=on_finished,
+            observe_predict_time=observe_predict_time,
+            host_id=host_id,
+        )
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx = multiprocessing.get_context("spawn")
-        self.accepting = True
         self._stopped = False
         self._drain_deadline: float | None = None  # one grace period, however many callers wait on it
-        self.model_defaults = settings.model.defaults
-        self._retry_now = asyncio.Event()
-        self.store_health = StoreHealth(on_recovered=self._retry_now.set)
-        self._pending: dict[str, PendingEnd] = {}  # ends the store has not taken yet, by prediction id
+
+    @property
+    def accepting(self) -> bool:
+        """False once draining: no new job is dispatched (and the API refuses creates)."""
+        return self.jobs.accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self.jobs.accepting = value
+
+    @property
+    def store_health(self) -> StoreHealth:
+        return self.jobs.store_health
 
     # -- lifecycle ------------------------------------------------------------------------
     def plan_slots(self) -> list[tuple[int, str | None]]:
@@ -181,22 +138,14 @@ class Supervisor:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        outcomes = await asyncio.to_thread(
-            self.store.recover_after_restart, self.settings.workers.max_attempts
-        )
-        for pid, outcome in outcomes:
-            log.warning("prediction %s was running when the server stopped: %s", pid, outcome)
-            # An end (failed, or cancelled by a cancel requested before the stop) is owed its
-            # webhook like any other; _finished reports only predictions that did end.
-            await self._finished(pid)
+        await self.jobs.recover_at_start()
         for index, gpu in self.plan_slots():
-            slot = WorkerSlot(index=index, gpu=gpu)
+            slot = WorkerSlot(index=index, gpu=gpu, host_id=self.jobs.host_id)
             self.slots.append(slot)
             self._spawn(slot)
             self._tasks.append(asyncio.create_task(self._consume(slot), name=f"worker-{index}-inbox"))
-        self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="dispatch"))
         self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
-        self._tasks.append(asyncio.create_task(self._retry_loop(), name="pending-ends"))
+        self.jobs.start()
 
     def _worker_config(self, slot: WorkerSlot) -> WorkerConfig:
         s = self.settings
@@ -264,19 +213,18 @@ class Supervisor:
         while True:
             generation, msg = await slot.inbox.get()
             try:
-                if generation != slot.generation:
-                    continue  # from a previous incarnation of this slot
-                if msg is None:
-                    await self._on_exit(slot)
-                else:
-                    await self._on_message(slot, msg)
+                if generation == slot.generation:  # else from a previous incarnation of this slot
+                    await self.handle(slot, msg)
             except Exception:  # noqa: BLE001 - keep consuming whatever one message did
                 log.exception("handling a message from worker %d", slot.index)
             finally:
                 slot.inbox.task_done()  # stop() waits on inbox.join() for exits to be settled
 
-    async def _on_message(self, slot: WorkerSlot, msg) -> None:
-        if isinstance(msg, WorkerReady):
+    async def handle(self, slot: WorkerSlot, msg: Any) -> None:
+        """One message from the slot's worker, in order; None: the worker process ended."""
+        if msg is None:
+            await self._on_exit(slot)
+        elif isinstance(msg, WorkerReady):
             if slot.state != W_STARTING:
                 return  # the load timed out and the process is being killed: too late
             slot.ready, slot.state, slot.load_crashes = msg, W_READY, 0
@@ -295,177 +243,26 @@ class Supervisor:
             slot.state, slot.setup_error = W_FAILED, msg.reason
             log.error("worker %d could not load the model: %s", slot.index, msg.reason)
         elif isinstance(msg, JobLog):
-            try:
-                await asyncio.to_thread(self.store.append_logs, msg.prediction_id, msg.text)
-            except Exception as exc:  # noqa: BLE001 - progress lines are best effort: this one is lost
-                self.store_failed(exc)
-                return
-            self._notify(msg.prediction_id)
+            await self.jobs.record_log(slot, msg)
         elif isinstance(msg, JobSucceeded | JobFailed | JobCancelled):
-            await self._finish_job(slot, msg)
+            await self.jobs.record_end(slot, msg)
 
-    async def _finish_job(self, slot: WorkerSlot, msg) -> None:
-        end = PendingEnd(msg.prediction_id, functools.partial(self._record_result, _Result(msg)))
-        written = await self._write_end(end)
-        if slot.job is not None and slot.job.id == msg.prediction_id:
-            # The slot goes on even while the result waits for the store: the result is kept.
-            slot.job = None
-            if slot.state == W_BUSY:
-                # A worker that reported a fatal device error is exiting: give it no new job.
-                exiting = isinstance(msg, JobFailed) and msg.worker_exiting
-                slot.state = W_STOPPED if exiting else W_READY
-        if not (written and await self._report_end(end)):
-            self._keep(end)
-        self.wake()
-
-    async def _record_result(self, result: _Result) -> bool:
-        """Write a worker's result to the row; True when it changed the row. Raises while the
-        store cannot be used (then it is retried, the same way). A failure that is not the
-        store's (a bug, bad data) ends the prediction in error instead."""
-        msg, pid = result.msg, result.msg.prediction_id
-        try:
-            if isinstance(msg, JobSucceeded):
-                return await self._store_success(result)
-            if isinstance(msg, JobFailed):
-                return await asyncio.to_thread(self.store.finish, pid, ERROR, error=msg.error)
-            return await asyncio.to_thread(self.store.finish, pid, CANCELLED)
-        except Exception as exc:
-            if self.store.is_outage(exc):
-                raise
-            log.exception("prediction %s: recording the result failed", pid)
-            return await asyncio.to_thread(self.store.finish, pid, ERROR, error="Failed to record the result")
-
-    async def _store_success(self, result: _Result) -> bool:
-        msg: JobSucceeded = result.msg
-        pid = msg.prediction_id
-        current = await asyncio.to_thread(self.store.get, pid)
-        if current is None or current.terminal:
-            return False
-        if current.cancel_requested:
-            # Cancelled after the last step (or while the result waited for the store): the
-            # contract discards the images.
-            ok = await asyncio.to_thread(
-                self.store.finish, pid, CANCELLED, logs="Cancelled: the images were discarded.\n"
-            )
-            if result.names is not None:
-                await asyncio.to_thread(self.outputs.delete, pid)
-            return ok
-        if result.names is None:
-            files = [(output_name(i, img.extension), img.data) for i, img in enumerate(msg.images)]
-            try:
-                result.names = await asyncio.to_thread(self.outputs.save_all, pid, files)
-            except OutputStorageError as exc:
-                log.error("prediction %s: %s", pid, exc)
-                return await asyncio.to_thread(self.store.finish, pid, ERROR, error=str(exc))
-        ok = await asyncio.to_thread(
-            self.store.finish,
-            pid,
-            SUCCESS,
-            output=result.names,
-            predict_time=msg.predict_time,
-            extra=msg.extra,
-        )
-        if ok and self._observe is not None:
-            self._observe(msg.predict_time)
-        return ok
-
-    # -- ends the store must take -----------------------------------------------------------
+    # -- ends the store must take (see jobs.py) -------------------------------------------
     def store_failed(self, exc: BaseException) -> None:
         """A store call raised: /health-check says so until a write goes through again."""
-        self.store_health.failed(exc, unexpected=not self.store.is_outage(exc))
+        self.jobs.store_failed(exc)
 
     def store_working(self) -> None:
-        """A write went through (a create, a claim, an end recorded)."""
-        self.store_health.working()
-
-    async def _end(self, end: PendingEnd) -> None:
-        """Record an end and report it; what the store refuses is kept and retried."""
-        if not (await self._write_end(end) and await self._report_end(end)):
-            self._keep(end)
-
-    async def _write_end(self, end: PendingEnd) -> bool:
-        async with end.lock:
-            if end.written:
-                return True
-            try:
-                changed = await end.write()
-            except Exception as exc:  # noqa: BLE001 - kept and retried; the store's state says why
-                self.store_failed(exc)
-                return False
-            end.written = True
-        if changed:
-            self.store_working()
-        return True
-
-    async def _report_end(self, end: PendingEnd) -> bool:
-        try:
-            await self._finished(end.prediction_id)
-        except Exception as exc:  # noqa: BLE001 - the row is written; the report is retried
-            self.store_failed(exc)
-            return False
-        return True
-
-    def _keep(self, end: PendingEnd) -> None:
-        if end.prediction_id not in self._pending:
-            log.warning(
-                "prediction %s: the store did not take its end; kept and retried until it does",
-                end.prediction_id,
-            )
-        self._pending[end.prediction_id] = end
+        self.jobs.store_working()
 
     async def retry_pending_ends(self) -> bool:
         """One attempt at every kept end; True when one of them was settled."""
-        settled = False
-        for pid, end in list(self._pending.items()):
-            if await self._write_end(end) and await self._report_end(end):
-                if self._pending.get(pid) is end:
-                    del self._pending[pid]
-                log.info("prediction %s: its end is recorded", pid)
-                settled = True
-        if settled:
-            self.wake()
-        return settled
-
-    async def _retry_loop(self) -> None:
-        delay = RETRY_FIRST_S
-        while not self._stopped:
-            await wait_event(self._retry_now, delay)  # set when the store recovers
-            self._retry_now.clear()
-            if not self._pending:
-                delay = await self._probe_failing_store(delay)
-                continue
-            try:
-                progressed = await self.retry_pending_ends()
-            except Exception:  # noqa: BLE001 - the loop must outlive anything one attempt does
-                log.exception("retrying the kept ends failed")
-                progressed = False
-            delay = RETRY_FIRST_S if progressed else min(RETRY_MAX_S, delay * 2)
-
-    async def _probe_failing_store(self, delay: float) -> float:
-        """With nothing kept to retry, a store marked failing is probed with a harmless write, so
-        an idle server does not report the outage after it ended. The next delay to wait."""
-        if not self.store_health.failing:
-            return RETRY_FIRST_S
-        try:
-            took = await asyncio.to_thread(self.store.probe_write)
-        except Exception as exc:  # noqa: BLE001 - still failing: the state keeps the reason
-            self.store_failed(exc)
-            return min(RETRY_MAX_S, delay * 2)
-        if took:
-            self.store_working()
-        return RETRY_FIRST_S
+        return await self.jobs.retry_pending_ends()
 
     @property
     def pending_ends(self) -> int:
         """Ends (results, lost workers) the store has not taken yet."""
-        return len(self._pending)
-
-    async def _finished(self, pid: str) -> None:
-        self._notify(pid)
-        if self._on_finished is not None:
-            pred = await asyncio.to_thread(self.store.get, pid)
-            if pred is not None and pred.terminal:
-                self._on_finished(pred)
+        return self.jobs.pending_ends
 
     async def _on_exit(self, slot: WorkerSlot) -> None:
         """The worker process ended: settle its job and start a new one unless we are stopping."""
@@ -478,11 +275,7 @@ class Supervisor:
             proc.kill()
             await asyncio.to_thread(proc.join, 5)
         code = proc.exitcode
-        job, slot.job = slot.job, None
-        if job is not None:
-            # Kept and retried if the store refuses it; the slot lives on either way.
-            settle = functools.partial(self._settle_lost_job, job, code, slot.timed_out)
-            await self._end(PendingEnd(job.id, settle))
+        await self.jobs.settle_lost(slot, code)  # kept and retried if the store refuses it
         if slot.stopping or self._stopped:
             slot.state = W_STOPPED
             return
@@ -508,120 +301,22 @@ class Supervisor:
             log.exception("worker %d: could not start a new worker process", slot.index)
             slot.state, slot.setup_error = W_FAILED, f"could not start a worker process: {exc}"
 
-    async def _settle_lost_job(self, job: Prediction, code: int | None, timed_out: bool) -> bool:
-        if timed_out:
-            limit = self.settings.workers.job_timeout_s
-            return await asyncio.to_thread(
-                self.store.finish,
-                job.id,
-                ERROR,
-                error=f"timed out after {limit:g} s",
-                logs=f"Timed out after {limit:g} s: the worker was stopped and replaced.\n",
-            )
-        if job.attempts < self.settings.workers.max_attempts:
-            return await asyncio.to_thread(
-                self.store.requeue,
-                job.id,
-                f"Worker lost (exit code {code}); requeued for attempt {job.attempts + 1}.\n",
-            )
-        return await asyncio.to_thread(
-            self.store.finish,
-            job.id,
-            ERROR,
-            error=WORKER_LOST,
-            logs=f"Worker lost: the process running this prediction died (exit code {code}).\n",
-        )
-
-    # -- dispatch -------------------------------------------------------------------------
+    # -- jobs -----------------------------------------------------------------------------
     def wake(self) -> None:
         """Something may be runnable now (a create, a worker freed): dispatch without waiting."""
-        self._wake.set()
-
-    async def _dispatch_loop(self) -> None:
-        while not self._stopped:
-            await wait_event(self._wake, FALLBACK_DISPATCH_S)
-            self._wake.clear()
-            if not self.accepting:
-                continue
-            try:
-                await self._dispatch()
-            except Exception:  # noqa: BLE001 - a store hiccup must not stop dispatching for good
-                log.exception("dispatch failed")
-
-    async def _dispatch(self) -> None:
-        for slot in self.slots:
-            if slot.state != W_READY or slot.job is not None:
-                continue
-            generation = slot.generation
-            try:
-                pred = await asyncio.to_thread(self.store.claim_next, slot.worker_id)
-            except Exception as exc:  # noqa: BLE001 - logged once per change of the store's state
-                self.store_failed(exc)
-                return
-            if pred is None:
-                return
-            self.store_working()
-            if slot.generation != generation or slot.state != W_READY or slot.job is not None:
-                # The worker exited (or was replaced) while the claim ran: put the job back.
-                await self._give_back(pred.id)
-                continue
-            try:
-                inputs = parse_inputs(pred.input, self.model_defaults)
-            except InvalidInputs as exc:  # stored before a config change made it invalid
-                invalid = functools.partial(
-                    asyncio.to_thread, self.store.finish, pred.id, ERROR, error=f"Invalid input: {exc}"
-                )
-                await self._end(PendingEnd(pred.id, invalid))
-                continue
-            try:
-                slot.conn.send(RunJob(pred.id, inputs.model_dump(), pred.attempts))
-            except OSError:
-                # The worker is gone (its exit is on the way): the job never reached it.
-                log.warning("worker %d pipe closed while sending a job; requeued", slot.index)
-                slot.state = W_STOPPED
-                await self._give_back(pred.id)
-                continue
-            slot.job, slot.state, slot.job_started = pred, W_BUSY, time.monotonic()
-            self._notify(pred.id)
-
-    async def _give_back(self, prediction_id: str) -> None:
-        """Requeue a claimed job its worker never got, without spending an attempt. A cancel
-        requested meanwhile ends it instead, and then its end is reported like any other."""
-        requeue = functools.partial(
-            asyncio.to_thread,
-            self.store.requeue,
-            prediction_id,
-            "Requeued: its worker stopped before it started.",
-            never_ran=True,
-        )
-        # Reported only if the requeue ended it (cancelled).
-        await self._end(PendingEnd(prediction_id, requeue))
-        self.wake()
+        self.jobs.wake()
 
     async def cancel(self, prediction_id: str) -> None:
         """Tell the worker running this prediction to stop at its next step."""
-        for slot in self.slots:
-            if slot.job is not None and slot.job.id == prediction_id:
-                try:
-                    slot.conn.send(CancelJob(prediction_id))
-                except OSError:
-                    pass
+        await self.jobs.cancel(prediction_id)
 
     async def _watchdog_loop(self) -> None:
-        """Timeouts (hung steps, hung loads) and cancel flags set by other API processes."""
-        last_cancel_poll = 0.0
         while not self._stopped:
-            await asyncio.sleep(0.2)
-            now = time.monotonic()
-            self._check_timeouts(now)
-            if now - last_cancel_poll >= CANCEL_POLL_S:
-                last_cancel_poll = now
-                try:
-                    await self._forward_cancels()
-                except Exception as exc:  # noqa: BLE001 - a store hiccup must not end cancel polling for good
-                    self.store_failed(exc)
+            await asyncio.sleep(WATCHDOG_S)
+            self.check_timeouts(time.monotonic())
 
-    def _check_timeouts(self, now: float) -> None:
+    def check_timeouts(self, now: float) -> None:
+        """Kill the worker of a job running past job_timeout_s, or of a load past load_timeout_s."""
         cfg = self.settings.workers
         for slot in self.slots:
             if (
@@ -647,19 +342,12 @@ class Supervisor:
                 slot.setup_error = f"loading the model took longer than {cfg.load_timeout_s:g} s"
                 slot.process.kill()
 
-    async def _forward_cancels(self) -> None:
-        for slot in self.slots:
-            if slot.job is not None:
-                row = await asyncio.to_thread(self.store.get, slot.job.id)
-                if row is not None and row.cancel_requested and slot.job is not None:
-                    await self.cancel(row.id)
-
     # -- health ---------------------------------------------------------------------------
     def health(self) -> tuple[str, dict[str, Any]]:
         states = [s.state for s in self.slots]
         store = self.store_health.info()
-        if self._pending:
-            store["unrecorded_ends"] = len(self._pending)
+        if self.jobs.pending_ends:
+            store["unrecorded_ends"] = self.jobs.pending_ends
         details: dict[str, Any] = {"workers": [self._slot_info(s) for s in self.slots], "store": store}
         if not self.accepting:
             return SHUTTING_DOWN, details
@@ -705,9 +393,7 @@ class Supervisor:
         if self._drain_deadline is None:  # `serve` drains on SIGTERM, then the app's shutdown drains again
             self._drain_deadline = time.monotonic() + grace_s
         # Kept ends (the store refused them) get the same grace to be recorded.
-        while time.monotonic() < self._drain_deadline and (
-            self._pending or any(s.job is not None for s in self.slots)
-        ):
+        while time.monotonic() < self._drain_deadline and self.jobs.busy:
             await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
@@ -743,7 +429,4 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pending:
-            await self.retry_pending_ends()  # a last try; the next start's recovery settles the rest
-        for pid in self._pending:
-            log.error("prediction %s: its end was never recorded; the next start settles it as lost", pid)
+        await self.jobs.stop()  # a last try at the kept ends; the next start's recovery settles the rest

@@ -204,7 +204,7 @@ def test_cancel_stops_a_prediction(new_page, live_server):
 
 
 def test_a_page_served_open_says_so_when_the_server_starts_requiring_a_key(new_page, open_live_server):
-    from server.store.sqlite.keys import KeyStore
+    from server.store.sqlite.keys import SQLiteKeyStore
 
     page = new_page()
     page.goto(open_live_server.url + "/")
@@ -212,7 +212,7 @@ def test_a_page_served_open_says_so_when_the_server_starts_requiring_a_key(new_p
     notice = page.locator("#auth-notice")
     assert notice.is_hidden()
 
-    KeyStore(open_live_server.app.state.fluxserve.settings.db_path).create("first")
+    SQLiteKeyStore(open_live_server.app.state.fluxserve.settings.db_path).create("first")
     page.wait_for_timeout(1200)  # past the server's re-check of the key store
     page.get_by_role("button", name="Refresh").click()
 

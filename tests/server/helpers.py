@@ -187,9 +187,9 @@ class Harness:
     # -- keys -----------------------------------------------------------------------------------
     def new_key(self) -> str:
         """A fresh stored API key: a new owner, with its own predictions and limits."""
-        from server.store.sqlite.keys import KeyStore
+        from server.store.sqlite.keys import SQLiteKeyStore
 
-        return KeyStore(self.settings.db_path).create(f"test-{next(_key_numbers)}")
+        return SQLiteKeyStore(self.settings.db_path).create(f"test-{next(_key_numbers)}")
 
     @staticmethod
     def headers(key: str | None, **extra: str) -> dict[str, str]:

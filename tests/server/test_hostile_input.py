@@ -284,9 +284,9 @@ def test_invalid_utf8_inside_a_string_is_400(srv):
 
 
 def test_keys_never_appear_in_the_log_nor_in_error_bodies(srv):
-    from server.store.sqlite.keys import KeyStore
+    from server.store.sqlite.keys import SQLiteKeyStore
 
-    stored = KeyStore(srv.db_path).create("hostile-stored")
+    stored = SQLiteKeyStore(srv.db_path).create("hostile-stored")
     wrong = "fsk_wrong-key-that-must-not-be-logged-7f3a"
     bodies = []
     pid = srv.create(KEY_A, QUICK)

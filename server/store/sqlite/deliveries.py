@@ -1,40 +1,24 @@
-"""Webhook deliveries waiting to be sent, and each key's webhook signing secret, in SQLite.
+"""The delivery store in SQLite: ``webhook_deliveries`` and ``webhook_signing_keys``, in the same
+database file as the predictions.
 
-A webhook that must not be lost (the Eachlabs webhook at the end of a prediction, Replicate's
-``completed`` event) is a row in ``webhook_deliveries``, in the same database file as the
-predictions. The row is written when the prediction ends; the dispatcher (``server/webhooks/dispatcher.py``)
-picks due rows, posts them and records each attempt. A server that stops with rows pending sends
-them after its next start.
-
-- One row per (prediction, event): enqueueing the same event twice keeps the first row, so
-  two paths noticing the same end (the supervisor and a cancel route) send one webhook.
-- Claiming a row pushes its ``next_attempt_at`` forward by a lease, so a second API process
-  sharing the file does not post it at the same time; a process that dies mid-attempt leaves
-  the row to be retried once the lease has passed (delivery is at least once).
-- Replicate webhooks are signed with a secret per owner (the key id that made the prediction;
-  ``anonymous`` in open mode), in ``webhook_signing_keys``: random, made on first use, replaced
-  by a rotation. A secret is never derived from the key, so no key holder can compute another's.
-- Connections (one per thread, WAL, busy timeout) come from ``server/store/sqlite/db.py``.
+The rules are the interface's (``server/store/deliveries.py``). Claiming runs in one write
+transaction, so two processes sharing the file never lease the same row. Connections (one per
+thread, WAL, busy timeout) come from ``server/store/sqlite/db.py``.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import secrets
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
+from server.store.deliveries import PENDING, Delivery, DeliveryStore, new_signing_secret
 from server.store.sqlite.db import SQLiteDatabase
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 BUSY_TIMEOUT_MS = 10_000
-SIGNING_SECRET_PREFIX = "whsec_"
-SIGNING_KEY_BYTES = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
@@ -69,23 +53,6 @@ _COLUMNS = (
 )
 
 
-@dataclass
-class Delivery:
-    id: str
-    prediction_id: str
-    event: str
-    flavour: str
-    url: str
-    payload: Any
-    headers: dict[str, str] = field(default_factory=dict)
-    attempts: int = 0
-    next_attempt_at: float = 0.0
-    state: str = PENDING
-    last_error: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-
-
 def _row(row: sqlite3.Row) -> Delivery:
     return Delivery(
         id=row["id"],
@@ -104,13 +71,13 @@ def _row(row: sqlite3.Row) -> Delivery:
     )
 
 
-class DeliveryStore:
+class SQLiteDeliveryStore(DeliveryStore):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS, schema=_SCHEMA)
         self.path = self._db.path
 
     def __repr__(self) -> str:
-        return f"DeliveryStore(path={self.path!r})"
+        return f"SQLiteDeliveryStore(path={self.path!r})"
 
     def close(self) -> None:
         self._db.close()
@@ -248,21 +215,17 @@ class DeliveryStore:
             return row[0]
         conn.execute(
             "INSERT OR IGNORE INTO webhook_signing_keys (name, secret, created_at) VALUES (?, ?, ?)",
-            (owner, _new_secret(), time.time()),
+            (owner, new_signing_secret(), time.time()),
         )
         return conn.execute("SELECT secret FROM webhook_signing_keys WHERE name = ?", (owner,)).fetchone()[0]
 
     def rotate_signing_secret(self, owner: str) -> str:
         """Replace ``owner``'s secret with a new random one and return it. The old one stops
         signing at once: every delivery from now on, queued ones included, uses the new one."""
-        secret = _new_secret()
+        secret = new_signing_secret()
         self._db.connection().execute(
             "INSERT INTO webhook_signing_keys (name, secret, created_at) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at",
             (owner, secret, time.time()),
         )
         return secret
-
-
-def _new_secret() -> str:
-    return SIGNING_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode()

@@ -1,36 +1,34 @@
-"""API keys created on the command line, stored as hashes in SQLite.
+"""The key store in SQLite: the ``api_keys`` table, in the same database file as the predictions.
 
-Table ``api_keys`` in the store's database file; only ``sha256(key)`` is kept. Rows are never
-deleted (a revoked key keeps its row), so "this server has had keys" survives revoking every key.
-Thread-safe, one connection per thread (``server/store/sqlite/db.py``). The rules: docs/security.md.
+The rules are the interface's (``server/store/keys.py``). Every method is thread-safe: each
+thread gets its own connection (WAL, busy_timeout) from ``server/store/sqlite/db.py``, like the
+prediction store. The rules, for operators: docs/security.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from server.store.keys import (
+    KEY_PREFIX,
+    TOUCH_INTERVAL_S,
+    KeyInfo,
+    KeyStore,
+    hash_key,
+    key_id_from_hash,
+    validate_name,
+)
 from server.store.sqlite.db import SQLiteDatabase
 
 log = logging.getLogger("server.keystore")  # the name it had before the move: log filters keep working
 
-KEY_PREFIX = "fsk_"
-KEY_ID_HEX_CHARS = 32
-TOUCH_INTERVAL_S = 60.0
 BUSY_TIMEOUT_MS = 5000
-NAME_MAX_LEN = 64
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# Names the KeyRing gives to keys that are not in the store.
-RESERVED_NAMES = ("anonymous",)
-RESERVED_PREFIXES = ("config-",)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -48,49 +46,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name
 _COLUMNS = "name, created_at, last_used_at, revoked_at, key_id"
 
 
-def hash_key(key: str) -> str:
-    """sha256 of the key, 64 hex chars: what the store keeps and looks up."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def key_id_from_hash(key_hash: str) -> str:
-    """The owner id of the key whose sha256 hex is ``key_hash`` (same as ``auth.key_id_for(key)``)."""
-    return key_hash[:KEY_ID_HEX_CHARS]
-
-
-def validate_name(name: object) -> str:
-    """Return ``name`` if it may name a stored key, else raise ValueError saying why."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("key name must be a non-empty string")
-    if len(name) > NAME_MAX_LEN:
-        raise ValueError(f"key name must be at most {NAME_MAX_LEN} characters")
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"invalid key name {name!r}: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit"
-        )
-    lowered = name.lower()
-    if lowered in RESERVED_NAMES or lowered.startswith(RESERVED_PREFIXES):
-        raise ValueError(f"key name {name!r} is reserved")
-    return name
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """What the store knows about a key. Holds no secret: not the key, not its hash."""
-
-    name: str
-    created_at: float  # unix seconds
-    last_used_at: float | None
-    revoked_at: float | None
-    key_id: str
-
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at is not None
-
-
-class KeyStore:
+class SQLiteKeyStore(KeyStore):
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
         self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS, schema=_SCHEMA)
         self.path = self._db.path
@@ -99,7 +55,7 @@ class KeyStore:
         self._last_touch: dict[str, float] = {}
 
     def __repr__(self) -> str:
-        return f"KeyStore(path={self.path!r})"
+        return f"SQLiteKeyStore(path={self.path!r})"
 
     def close(self) -> None:
         """Close every connection this instance opened. Call it once no thread uses the store."""

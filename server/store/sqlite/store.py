@@ -4,6 +4,9 @@ One table holds each prediction whole (InvokeAI's session-queue shape). The file
 mode so readers never block the writer; every read-modify-write runs in a ``BEGIN IMMEDIATE``
 transaction, which takes the write lock up front, so two threads or processes can never both
 claim (or both finish) the same row. Each thread gets its own connection.
+
+Only one server uses the file at a time (it holds the file's lock while its workers run), so at
+start every processing row is a dead predecessor's: ``recover_at_start`` settles them all.
 """
 
 from __future__ import annotations
@@ -12,26 +15,37 @@ import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 from server.predictions.model import (
     ALL_STATUSES,
     CANCELLED,
+    ERROR,
     IN_FLIGHT,
     PROCESSING,
     STARTING,
     TERMINAL,
     WEBHOOK_SIGNER,
+    WORKER_LOST,
     CancelOutcome,
     InFlightLimitExceeded,
+    Lease,
     ListFilter,
     Prediction,
 )
-from server.store.base import PredictionStore
+from server.store.base import (
+    DEFAULT_LEASE_S,
+    FAILED,
+    LOST_LOGS,
+    LOST_REQUEUE_NOTE,
+    REQUEUED,
+    PredictionStore,
+)
 from server.store.sqlite.db import SQLiteDatabase, check_integrity, reporting_unusable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 
 # MIGRATIONS[v] brings a database from version v-1 to v. Append, never edit a shipped entry.
@@ -68,16 +82,35 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS predictions_owner_status ON predictions (owner, status)",
         "CREATE INDEX IF NOT EXISTS predictions_retention ON predictions (status, completed_at)",
     ],
+    2: [
+        # The inputs resolved at create (JSON); rows made before read as {} (resolved at dispatch).
+        "ALTER TABLE predictions ADD COLUMN params TEXT NOT NULL DEFAULT '{}'",
+        # A running job's lease (unix seconds); NULL on rows from before: expired, recovered at once.
+        "ALTER TABLE predictions ADD COLUMN lease_expires_at REAL",
+    ],
 }
 
 _COLUMNS = (
     "id, owner, model, input, status, output, logs, error, created_at, started_at, completed_at, "
     "predict_time, attempts, worker_id, cancel_requested, data_removed, webhook_url, "
-    "webhook_secret, extra"
+    "webhook_secret, extra, params, lease_expires_at"
 )
 _PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL) + ")"
 _IN_FLIGHT_SQL = "(" + ", ".join(f"'{s}'" for s in IN_FLIGHT) + ")"
+
+
+# A row still held by a lease's worker for the lease's attempt (status, worker_id, attempt).
+_HELD_SQL = "status = ? AND worker_id = ? AND attempts = ?"
+
+
+def _holds(current: Prediction, lease: Lease | None) -> bool:
+    """Whether a write under ``lease`` may change the row (always, without a lease)."""
+    return lease is None or (
+        current.status == PROCESSING
+        and current.worker_id == lease.worker_id
+        and current.attempts == lease.attempt
+    )
 
 
 def _to_json(value: Any) -> str:
@@ -105,6 +138,8 @@ def _row_to_prediction(row: sqlite3.Row) -> Prediction:
         webhook_url=row["webhook_url"],
         webhook_secret=row["webhook_secret"],
         extra=json.loads(row["extra"]),
+        params=json.loads(row["params"]),
+        lease_expires_at=row["lease_expires_at"],
     )
 
 
@@ -193,7 +228,7 @@ class SQLitePredictionStore(PredictionStore):
                     p.id, p.owner, p.model, _to_json(p.input), p.status, _to_json(p.output), p.logs,
                     p.error, p.created_at, p.started_at, p.completed_at, p.predict_time, p.attempts,
                     p.worker_id, int(p.cancel_requested), int(p.data_removed), p.webhook_url,
-                    p.webhook_secret, _to_json(p.extra),
+                    p.webhook_secret, _to_json(p.extra), _to_json(p.params), p.lease_expires_at,
                 ),
             )  # fmt: skip
 
@@ -229,7 +264,7 @@ class SQLitePredictionStore(PredictionStore):
             total = conn.execute(f"SELECT count(*) FROM predictions WHERE {clause}", args).fetchone()[0]
         return [_row_to_prediction(r) for r in rows], total
 
-    def claim_next(self, worker_id: str) -> Prediction | None:
+    def claim_next(self, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Prediction | None:
         with self.transaction() as conn:
             row = conn.execute(
                 "SELECT id FROM predictions WHERE status = ? AND cancel_requested = 0 "
@@ -238,19 +273,22 @@ class SQLitePredictionStore(PredictionStore):
             ).fetchone()
             if row is None:
                 return None
+            now = time.time()
             conn.execute(
                 "UPDATE predictions SET status = ?, started_at = ?, attempts = attempts + 1, "
-                "worker_id = ? WHERE id = ?",
-                (PROCESSING, time.time(), worker_id, row["id"]),
+                "worker_id = ?, lease_expires_at = ? WHERE id = ?",
+                (PROCESSING, now, worker_id, now + lease_s, row["id"]),
             )
             return self._get(conn, row["id"])
 
-    def append_logs(self, prediction_id: str, text: str) -> None:
+    def append_logs(self, prediction_id: str, text: str, *, lease: Lease | None = None) -> None:
         # One statement is atomic on its own; the status test keeps terminal rows untouched.
-        self.connection().execute(
-            f"UPDATE predictions SET logs = logs || ? WHERE id = ? AND status NOT IN {_TERMINAL_SQL}",
-            (text, prediction_id),
-        )
+        sql = f"UPDATE predictions SET logs = logs || ? WHERE id = ? AND status NOT IN {_TERMINAL_SQL}"
+        args: list[Any] = [text, prediction_id]
+        if lease is not None:
+            sql += " AND " + _HELD_SQL
+            args += [PROCESSING, lease.worker_id, lease.attempt]
+        self.connection().execute(sql, args)
 
     def append_note(self, prediction_id: str, text: str) -> None:
         self.connection().execute(
@@ -267,28 +305,42 @@ class SQLitePredictionStore(PredictionStore):
         predict_time: float | None = None,
         logs: str | None = None,
         extra: dict[str, Any] | None = None,
+        lease: Lease | None = None,
     ) -> bool:
         if status not in TERMINAL:
             raise ValueError(f"finish() needs a terminal status {TERMINAL}, not {status!r}")
         with self.transaction() as conn:
             current = self._get(conn, prediction_id)
-            if current is None or current.terminal:
+            if current is None or current.terminal or not _holds(current, lease):
                 return False
-            conn.execute(
-                "UPDATE predictions SET status = ?, output = ?, error = ?, predict_time = ?, "
-                "logs = logs || ?, extra = ?, completed_at = ? WHERE id = ?",
-                (
-                    status,
-                    _to_json(output if output is not None else current.output),
-                    error if error is not None else current.error,
-                    predict_time if predict_time is not None else current.predict_time,
-                    logs or "",
-                    _to_json({**current.extra, **(extra or {})}),
-                    time.time(),
-                    prediction_id,
-                ),
-            )
+            self._finish(conn, current, status, output, error, predict_time, logs, extra)
             return True
+
+    @staticmethod
+    def _finish(
+        conn: sqlite3.Connection,
+        current: Prediction,
+        status: str,
+        output: list[str] | None = None,
+        error: str | None = None,
+        predict_time: float | None = None,
+        logs: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            "UPDATE predictions SET status = ?, output = ?, error = ?, predict_time = ?, "
+            "logs = logs || ?, extra = ?, completed_at = ?, lease_expires_at = NULL WHERE id = ?",
+            (
+                status,
+                _to_json(output if output is not None else current.output),
+                error if error is not None else current.error,
+                predict_time if predict_time is not None else current.predict_time,
+                logs or "",
+                _to_json({**current.extra, **(extra or {})}),
+                time.time(),
+                current.id,
+            ),
+        )
 
     def request_cancel(self, prediction_id: str) -> CancelOutcome:
         with self.transaction() as conn:
@@ -307,30 +359,85 @@ class SQLitePredictionStore(PredictionStore):
     @staticmethod
     def _cancel_queued(conn: sqlite3.Connection, prediction_id: str, note: str) -> None:
         conn.execute(
-            "UPDATE predictions SET status = ?, completed_at = ?, logs = logs || ? WHERE id = ?",
+            "UPDATE predictions SET status = ?, completed_at = ?, logs = logs || ?, lease_expires_at = NULL "
+            "WHERE id = ?",
             (CANCELLED, time.time(), note, prediction_id),
         )
 
-    def requeue(self, prediction_id: str, note: str, *, never_ran: bool = False) -> bool:
+    def requeue(
+        self, prediction_id: str, note: str, *, never_ran: bool = False, lease: Lease | None = None
+    ) -> bool:
         """Back to starting with its original created_at, so it is the next one claimed. A row
         whose cancel was requested while it ran is cancelled instead: it must not run again."""
+        with self.transaction() as conn:
+            current = self._get(conn, prediction_id)
+            if current is None or current.status != PROCESSING or not _holds(current, lease):
+                return False
+            self._requeue(conn, current, note, never_ran=never_ran)
+            return True
+
+    def _requeue(self, conn: sqlite3.Connection, current: Prediction, note: str, *, never_ran: bool) -> None:
         if note and not note.endswith("\n"):
             note += "\n"
+        if current.cancel_requested:
+            self._cancel_queued(conn, current.id, note + "Cancelled: a cancel was requested.\n")
+            return
+        conn.execute(
+            "UPDATE predictions SET status = ?, worker_id = NULL, started_at = NULL, "
+            "lease_expires_at = NULL, attempts = MAX(0, attempts - ?), logs = logs || ? WHERE id = ?",
+            (STARTING, 1 if never_ran else 0, note, current.id),
+        )
+
+    def renew_leases(self, leases: Iterable[Lease], lease_s: float) -> list[str]:
+        lost: list[str] = []
         with self.transaction() as conn:
-            row = conn.execute(
-                "SELECT status, cancel_requested FROM predictions WHERE id = ?", (prediction_id,)
-            ).fetchone()
-            if row is None or row["status"] != PROCESSING:
-                return False
-            if row["cancel_requested"]:
-                self._cancel_queued(conn, prediction_id, note + "Cancelled: a cancel was requested.\n")
-                return True
-            conn.execute(
-                "UPDATE predictions SET status = ?, worker_id = NULL, started_at = NULL, "
-                "attempts = MAX(0, attempts - ?), logs = logs || ? WHERE id = ?",
-                (STARTING, 1 if never_ran else 0, note, prediction_id),
-            )
-            return True
+            expires = time.time() + lease_s
+            for lease in leases:
+                cur = conn.execute(
+                    f"UPDATE predictions SET lease_expires_at = ? WHERE id = ? AND {_HELD_SQL}",
+                    (expires, lease.prediction_id, PROCESSING, lease.worker_id, lease.attempt),
+                )
+                if cur.rowcount == 0:
+                    lost.append(lease.prediction_id)
+        return lost
+
+    def recover_expired(
+        self, max_attempts: int = 1, *, host_id: str | None = None, skip: Collection[str] = ()
+    ) -> list[tuple[str, str]]:
+        sql = f"SELECT {_COLUMNS} FROM predictions WHERE status = ? AND (lease_expires_at IS NULL OR "
+        sql += "lease_expires_at <= ?"
+        args: list[Any] = [PROCESSING, time.time()]
+        if host_id is not None:
+            # The worker ids of one host start with "<host id>:" (a prefix test: no LIKE wildcards).
+            sql += " OR substr(worker_id, 1, ?) = ?"
+            args += [len(host_id) + 1, host_id + ":"]
+        return self._recover(sql + ") ORDER BY created_at, seq", args, max_attempts, skip)
+
+    def recover_at_start(self, max_attempts: int, host_id: str) -> list[tuple[str, str]]:
+        """Every processing row: the file's lock admits one server at a time, so each belongs to
+        a dead predecessor, whatever host id it carries (a container's host name changes at
+        each restart)."""
+        sql = f"SELECT {_COLUMNS} FROM predictions WHERE status = ? ORDER BY created_at, seq"
+        return self._recover(sql, [PROCESSING], max_attempts, ())
+
+    def _recover(
+        self, select: str, args: list[Any], max_attempts: int, skip: Collection[str]
+    ) -> list[tuple[str, str]]:
+        """Settle the rows ``select`` finds, in one write transaction: no lease is renewed, and
+        no result recorded, between the read and the write."""
+        outcomes = []
+        with self.transaction() as conn:
+            for pred in (_row_to_prediction(r) for r in conn.execute(select, args).fetchall()):
+                if pred.id in skip:
+                    continue
+                if pred.attempts < max_attempts:
+                    note = LOST_REQUEUE_NOTE.format(attempts=pred.attempts)
+                    self._requeue(conn, pred, note, never_ran=False)
+                    outcomes.append((pred.id, REQUEUED))
+                else:
+                    self._finish(conn, pred, ERROR, error=WORKER_LOST, logs=LOST_LOGS)
+                    outcomes.append((pred.id, FAILED))
+        return outcomes
 
     def running(self, worker_id: str | None = None) -> list[Prediction]:
         sql = f"SELECT {_COLUMNS} FROM predictions WHERE status = ?"

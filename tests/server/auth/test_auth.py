@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from server.auth.keyring import ANONYMOUS, Identity, KeyRing, extract_key, key_id_for, parse_static_keys
-from server.store.sqlite.keys import KeyStore
+from server.store.sqlite.keys import SQLiteKeyStore
 
 STATIC = "static-key-0123456789abcdef"
 
@@ -28,7 +28,7 @@ def db_path(tmp_path):
 
 @pytest.fixture
 def store(db_path):
-    s = KeyStore(db_path)
+    s = SQLiteKeyStore(db_path)
     yield s
     s.close()
 
@@ -162,8 +162,8 @@ def test_authenticating_a_stored_key_records_its_use(store):
 
 
 def test_a_revoked_key_is_refused_on_the_next_call_without_restart(db_path):
-    api_side = KeyStore(db_path)
-    cli_side = KeyStore(db_path)
+    api_side = SQLiteKeyStore(db_path)
+    cli_side = SQLiteKeyStore(db_path)
     try:
         key = cli_side.create("alice")
         ring = KeyRing(keystore=api_side)
@@ -289,7 +289,7 @@ def test_authentication_logs_no_key(store, caplog):
 
 
 def test_static_identity_matches_only_static_keys_without_the_store(tmp_path):
-    store = KeyStore(tmp_path / "keys.db")
+    store = SQLiteKeyStore(tmp_path / "keys.db")
     stored = store.create("alice")
     ring = KeyRing(["static-key"], store)
     assert ring.static_identity("static-key") == Identity(key_id_for("static-key"), "config-1")

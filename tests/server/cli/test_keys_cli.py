@@ -209,7 +209,8 @@ def test_first_created_key_closes_an_open_server_within_seconds(tmp_path, tiny_m
 
 
 def test_create_before_any_server_ran_makes_the_folder_store_url_names(tmp_path):
-    from server.store.sqlite.keys import KeyStore, hash_key
+    from server.store.keys import hash_key
+    from server.store.sqlite.keys import SQLiteKeyStore
 
     store = tmp_path / "new" / "folder" / "preds.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
@@ -220,7 +221,7 @@ def test_create_before_any_server_ran_makes_the_folder_store_url_names(tmp_path)
     )
 
     assert result.returncode == 0, result.stderr
-    keys = KeyStore(store)
+    keys = SQLiteKeyStore(store)
     try:
         info = keys.lookup(hash_key(result.stdout.strip()))
     finally:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from server.store.carryover import carry_over
+from server.store.keys import hash_key
 from server.store.sqlite.db import DatabaseUnusable
-from server.store.sqlite.deliveries import DeliveryStore
-from server.store.sqlite.keys import KeyStore, hash_key
+from server.store.sqlite.deliveries import SQLiteDeliveryStore
+from server.store.sqlite.keys import SQLiteKeyStore
 
 
 @pytest.fixture
@@ -25,11 +26,11 @@ def old(tmp_path: Path) -> Path:
 
 def earlier_version_rows(path: Path) -> tuple[str, str, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = KeyStore(path)
+    keys = SQLiteKeyStore(path)
     key = keys.create("alice")
     key_id = keys.list()[0].key_id
     keys.close()
-    deliveries = DeliveryStore(path)
+    deliveries = SQLiteDeliveryStore(path)
     secret = deliveries.signing_secret(key_id)
     delivery = deliveries.enqueue(
         "pred-1", "completed", "replicate", "https://hooks.example/x", {"id": "pred-1"}
@@ -57,7 +58,7 @@ def test_keys_secrets_and_deliveries_are_carried_into_the_stores_file(old, tmp_p
         "carried 1 stored API key(s), 1 webhook signing secret(s), 1 webhook deliveries over from "
         f"{old} into {new}"
     )
-    keys, deliveries = KeyStore(new), DeliveryStore(new)
+    keys, deliveries = SQLiteKeyStore(new), SQLiteDeliveryStore(new)
     try:
         identity = keys.lookup(hash_key(key))
         assert identity is not None and identity.name == "alice"
@@ -85,7 +86,7 @@ def test_a_file_is_carried_over_once_even_after_its_deliveries_were_sent_and_pru
 def test_a_stored_key_whose_name_is_taken_in_the_stores_file_is_not_copied_and_is_named(old, tmp_path):
     old_key, _, _ = earlier_version_rows(old)
     new = tmp_path / "preds.db"
-    keys = KeyStore(new)
+    keys = SQLiteKeyStore(new)
     new_key = keys.create("alice")
     keys.close()
 
@@ -93,7 +94,7 @@ def test_a_stored_key_whose_name_is_taken_in_the_stores_file_is_not_copied_and_i
 
     assert carried is not None and carried.skipped_keys == ["alice"]
     assert "not the stored key(s) 'alice'" in (carried.message() or "")
-    keys = KeyStore(new)
+    keys = SQLiteKeyStore(new)
     try:
         assert keys.lookup(hash_key(new_key)) is not None
         assert keys.lookup(hash_key(old_key)) is None

@@ -204,10 +204,10 @@ def test_a_start_whose_outputs_check_fails_goes_on_with_a_warning(tmp_path, monk
 def keys_of_an_earlier_version(data_dir: Path) -> str:
     """A key made with `keys create` by a version that kept stored keys in the data folder's
     database even when store_url named another file."""
-    from server.store.sqlite.keys import KeyStore
+    from server.store.sqlite.keys import SQLiteKeyStore
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    keys = KeyStore(data_dir / "fluxserve.db")
+    keys = SQLiteKeyStore(data_dir / "fluxserve.db")
     key = keys.create("alice")
     keys.close()
     return key

@@ -20,7 +20,7 @@ from server.config import Settings
 from server.outputs.local import LocalOutputStorage
 from server.predictions.model import CANCELLED, ERROR, PROCESSING, SUCCESS, CancelOutcome, Prediction
 from server.store.sqlite.store import SQLitePredictionStore
-from server.workers import supervisor as supervisor_module
+from server.workers import jobs as jobs_module
 from server.workers.messages import JobSucceeded, OutputImage
 from server.workers.supervisor import W_BUSY, W_READY, Supervisor, WorkerSlot
 from tests.server.helpers import run_in_own_loop
@@ -81,7 +81,7 @@ def test_a_result_the_store_refuses_is_kept_and_recorded_once_the_store_takes_it
 
     async def scenario():
         outage.active = True
-        await supervisor._finish_job(slot, JobSucceeded(pid, [IMAGE], 7, 0.5, ""))
+        await supervisor.handle(slot, JobSucceeded(pid, [IMAGE], 7, 0.5, ""))
         during = (store.get(pid).status, slot.state, slot.job, len(finished))
         await supervisor.retry_pending_ends()  # still full: still kept
         outage.active = False
@@ -105,7 +105,7 @@ def test_a_cancel_made_while_the_result_waits_ends_it_cancelled_and_discards_the
 
     async def scenario():
         outage.active = True
-        await supervisor._finish_job(slot, JobSucceeded(pid, [IMAGE], 7, 0.5, ""))
+        await supervisor.handle(slot, JobSucceeded(pid, [IMAGE], 7, 0.5, ""))
         outage.active = False
         assert store.request_cancel(pid) is CancelOutcome.REQUESTED  # the row still says processing
         await supervisor.retry_pending_ends()
@@ -127,7 +127,7 @@ def test_a_lost_workers_job_the_store_cannot_settle_ends_once_the_store_works(pa
 
     async def scenario():
         outage.active = True
-        await supervisor._on_exit(slot)
+        await supervisor.handle(slot, None)
         during = store.get("p1").status
         outage.active = False
         await supervisor.retry_pending_ends()
@@ -146,7 +146,7 @@ def test_health_is_unhealthy_with_the_stores_error_while_an_end_waits_and_ready_
 
     async def scenario():
         outage.active = True
-        await supervisor._finish_job(slot, JobSucceeded(pid, [IMAGE], 7, 0.5, ""))
+        await supervisor.handle(slot, JobSucceeded(pid, [IMAGE], 7, 0.5, ""))
         during = supervisor.health()
         outage.active = False
         await supervisor.retry_pending_ends()
@@ -167,15 +167,14 @@ def test_a_failing_store_is_logged_once_when_it_fails_and_once_when_it_recovers(
     supervisor, store, slot, _finished, outage = parts
     queue(store, "p1", "p2")
     slot.state = W_READY
-    monkeypatch.setattr(supervisor_module, "FALLBACK_DISPATCH_S", 0.01)  # a dispatch round every 10 ms
+    monkeypatch.setattr(jobs_module, "FALLBACK_DISPATCH_S", 0.01)  # a dispatch round every 10 ms
 
     async def scenario():
         outage.active = True
-        loop = asyncio.create_task(supervisor._dispatch_loop())
+        loop = asyncio.create_task(supervisor.jobs.run_dispatch())
         await asyncio.sleep(0.5)  # about 50 rounds, each claim refused
         outage.active = False
         await asyncio.sleep(0.2)
-        supervisor._stopped = True
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
 
@@ -195,11 +194,11 @@ def test_a_failing_store_is_logged_once_when_it_fails_and_once_when_it_recovers(
 def test_an_idle_server_reports_the_store_working_again_once_a_probe_write_goes_through(parts, monkeypatch):
     supervisor, _store, slot, _finished, outage = parts
     slot.state = W_READY
-    monkeypatch.setattr(supervisor_module, "RETRY_FIRST_S", 0.01)
-    monkeypatch.setattr(supervisor_module, "RETRY_MAX_S", 0.02)
+    monkeypatch.setattr(jobs_module, "RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(jobs_module, "RETRY_MAX_S", 0.02)
 
     async def scenario():
-        retry = asyncio.create_task(supervisor._retry_loop())
+        retry = asyncio.create_task(supervisor.jobs.run_retries())
         outage.active = True
         supervisor.store_failed(sqlite3.OperationalError(DISK_FULL))  # e.g. a create refused; nothing kept
         await asyncio.sleep(0.2)  # probes keep failing
@@ -207,7 +206,6 @@ def test_an_idle_server_reports_the_store_working_again_once_a_probe_write_goes_
         outage.active = False
         await asyncio.sleep(0.2)  # no create, no claim, no kept end: only the probe can tell
         after = supervisor.health()
-        supervisor._stopped = True
         retry.cancel()
         await asyncio.gather(retry, return_exceptions=True)
         return during, after

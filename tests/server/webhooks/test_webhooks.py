@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.config import Settings
 from server.predictions.model import CANCELLED, ERROR, SUCCESS
-from server.store.sqlite.deliveries import DELIVERED, FAILED, PENDING
+from server.store.deliveries import DELIVERED, FAILED, PENDING
 
 KEY = "test-key-webhooks"
 AUTH = {"X-API-Key": KEY}

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
-import pytest
-
-from server.config import Settings
-from server.outputs.local import LocalOutputStorage
 from server.predictions.model import STARTING, SUCCESS, Prediction
-from server.store.sqlite.store import SQLitePredictionStore
 from server.workers.messages import JobSucceeded, RunJob, WorkerReady
-from server.workers.supervisor import W_BUSY, W_FAILED, W_READY, W_STARTING, W_STOPPED, Supervisor, WorkerSlot
+from server.workers.supervisor import W_BUSY, W_FAILED, W_READY, W_STARTING, W_STOPPED, WorkerSlot
 from tests.server.helpers import run_in_own_loop
 
 
@@ -48,20 +42,6 @@ class FakePipe:
         self.sent.append(msg)
 
 
-@pytest.fixture
-def parts(tmp_path: Path):
-    settings = Settings(data_dir=str(tmp_path / "data"), workers={"job_timeout_s": 5, "load_timeout_s": 5})
-    store = SQLitePredictionStore(tmp_path / "data" / "fluxserve.db")
-    supervisor = Supervisor(
-        settings, store, LocalOutputStorage(tmp_path / "outputs"), notify=lambda _pid: None
-    )
-    slot = WorkerSlot(index=0, gpu=None, generation=1)
-    slot.process, slot.conn = FakeProcess(), FakePipe()
-    supervisor.slots.append(slot)
-    yield supervisor, store, slot
-    store.close()
-
-
 def queue(store, *ids: str) -> None:
     for n, pid in enumerate(ids):
         store.create(
@@ -76,13 +56,13 @@ def test_a_result_arriving_after_the_timeout_kill_does_not_bring_the_slot_back(p
     slot.job, slot.state = store.claim_next(slot.worker_id), W_BUSY
     slot.job_started = time.monotonic() - 60
 
-    supervisor._check_timeouts(time.monotonic())
+    supervisor.check_timeouts(time.monotonic())
     assert slot.process.killed and slot.state == W_STOPPED
 
     async def result_then_dispatch() -> None:
         # The worker had finished just before the kill: its result is already in the inbox.
-        await supervisor._finish_job(slot, JobSucceeded(slow, [], 1, 0.1, ""))
-        await supervisor._dispatch()
+        await supervisor.handle(slot, JobSucceeded(slow, [], 1, 0.1, ""))
+        await supervisor.jobs.dispatch()
 
     run_in_own_loop(result_then_dispatch())
     assert store.get(slow).status == SUCCESS
@@ -94,8 +74,8 @@ def test_a_worker_ready_after_the_load_timeout_does_not_revive_the_slot(parts):
     supervisor, _store, slot = parts
     slot.state, slot.started_at = W_STARTING, time.monotonic() - 60
 
-    supervisor._check_timeouts(time.monotonic())
-    run_in_own_loop(supervisor._on_message(slot, WorkerReady("cpu", "float32", "/w", True, 59.0)))
+    supervisor.check_timeouts(time.monotonic())
+    run_in_own_loop(supervisor.handle(slot, WorkerReady("cpu", "float32", "/w", True, 59.0)))
 
     assert slot.state == W_FAILED
     assert "loading the model took longer than 5 s" in slot.setup_error
@@ -106,7 +86,7 @@ def test_a_job_whose_worker_is_gone_before_it_is_sent_is_requeued_with_its_attem
     queue(store, "p1")
     slot.state, slot.conn = W_READY, FakePipe(broken=True)
 
-    run_in_own_loop(supervisor._dispatch())
+    run_in_own_loop(supervisor.jobs.dispatch())
 
     row = store.get("p1")
     assert (row.status, row.attempts) == (STARTING, 0)
@@ -126,7 +106,7 @@ def test_a_store_failure_while_settling_an_exit_still_starts_a_new_worker(parts,
         raise RuntimeError("database is locked")
 
     monkeypatch.setattr(store, "finish", locked)
-    run_in_own_loop(supervisor._on_exit(slot))
+    run_in_own_loop(supervisor.handle(slot, None))
 
     assert spawned == [slot]
 
@@ -140,7 +120,7 @@ def test_a_worker_process_that_cannot_be_started_is_reported_not_left_silent(par
         raise OSError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(supervisor, "_spawn", no_processes)
-    run_in_own_loop(supervisor._on_exit(slot))
+    run_in_own_loop(supervisor.handle(slot, None))
 
     assert slot.state == W_FAILED
     assert "could not start a worker process" in slot.setup_error
@@ -152,7 +132,7 @@ def test_sent_jobs_carry_the_claimed_attempt(parts):
     queue(store, "p1")
     slot.state = W_READY
 
-    run_in_own_loop(supervisor._dispatch())
+    run_in_own_loop(supervisor.jobs.dispatch())
 
     [job] = slot.conn.sent
     assert isinstance(job, RunJob) and (job.prediction_id, job.attempt) == ("p1", 1)

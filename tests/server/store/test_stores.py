@@ -1,0 +1,619 @@
+"""The stores' rules, written once against the interfaces (server/store/base.py, keys.py,
+deliveries.py) and run on every implementation: the fixtures ``predictions``, ``keys`` and
+``deliveries`` (conftest.py) yield each backend in turn. What one backend does on its own (its
+file, its migrations) is tested beside it (test_store_sqlite.py, test_keystore.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from server.predictions.model import (
+    ALL_STATUSES,
+    CANCELLED,
+    ERROR,
+    PROCESSING,
+    STARTING,
+    SUCCESS,
+    WORKER_LOST,
+    CancelOutcome,
+    InFlightLimitExceeded,
+    Lease,
+    ListFilter,
+    Prediction,
+)
+from server.store import DeliveryStore, PredictionStore
+from server.store.deliveries import DELIVERED, FAILED, PENDING, SIGNING_SECRET_PREFIX
+from server.store.keys import KeyInfo, hash_key, key_id_from_hash
+
+
+def pred(
+    pid: str, *, owner: str = "key-a", model: str = "flux-dev", created_at: float = 1000.0, **kw
+) -> Prediction:
+    kw.setdefault("input", {"prompt": pid})
+    return Prediction(id=pid, owner=owner, model=model, created_at=created_at, **kw)
+
+
+def add(store: PredictionStore, *preds: Prediction) -> None:
+    for p in preds:
+        store.create(p)
+
+
+def running_one(store: PredictionStore, pid: str = "p1", **claim) -> Prediction:
+    add(store, pred(pid))
+    claimed = store.claim_next("w0", **claim)
+    assert claimed is not None and claimed.id == pid
+    return claimed
+
+
+# -- the queue -------------------------------------------------------------------------------------
+
+
+def test_claim_next_takes_the_oldest_first_and_ties_in_insertion_order(predictions):
+    add(
+        predictions,
+        pred("late", created_at=30.0),
+        pred("tie-1", created_at=10.0),
+        pred("tie-2", created_at=10.0),
+    )
+    add(predictions, pred("early", created_at=5.0))
+    order = [predictions.claim_next("w").id for _ in range(4)]
+    assert order == ["early", "tie-1", "tie-2", "late"]
+    assert predictions.claim_next("w") is None
+
+
+def test_claim_next_marks_the_row_processing_for_the_worker(predictions):
+    add(predictions, pred("p1"))
+    claimed = predictions.claim_next("gpu-0")
+    assert claimed.status == PROCESSING
+    assert claimed.worker_id == "gpu-0"
+    assert claimed.attempts == 1
+    assert claimed.started_at is not None and claimed.started_at >= claimed.created_at
+    assert predictions.get("p1") == claimed
+
+
+def test_params_are_kept_as_resolved_at_create(predictions):
+    resolved = {"prompt": "p1", "num_inference_steps": 28, "guidance": 3.5, "seed": None}
+    add(predictions, pred("p1", params=resolved), pred("old-row"))
+    assert predictions.get("p1").params == resolved
+    assert predictions.get("old-row").params == {}
+    assert predictions.claim_next("w").params == resolved
+
+
+def test_create_sets_created_at_when_missing(predictions):
+    p = pred("p1", created_at=0.0)
+    predictions.create(p)
+    assert p.created_at > 0
+    assert predictions.get("p1").created_at == p.created_at
+
+
+def test_prediction_round_trips_every_field(predictions):
+    p = pred(
+        "p1",
+        input={"prompt": "un chat é", "seed": 4, "guidance": "3.5"},
+        webhook_url="https://example.com/hook",
+        webhook_secret="s3cret",
+        extra={"api": "eachlabs", "events": ["completed"]},
+    )
+    predictions.create(p)
+    assert predictions.get("p1") == p
+    assert predictions.get("missing") is None
+
+
+# -- terminal states are sticky --------------------------------------------------------------------
+
+
+def test_finish_moves_to_terminal_appending_logs_and_merging_extra(predictions):
+    add(predictions, pred("p1", logs="Using seed: 7\n", extra={"api": "eachlabs"}))
+    predictions.claim_next("w")
+    assert predictions.finish(
+        "p1", SUCCESS, output=["out-0.webp"], predict_time=1.5, logs="done\n", extra={"seed": 7}
+    )
+    row = predictions.get("p1")
+    assert row.status == SUCCESS
+    assert row.output == ["out-0.webp"]
+    assert row.predict_time == 1.5
+    assert row.logs == "Using seed: 7\ndone\n"
+    assert row.extra == {"api": "eachlabs", "seed": 7}
+    assert row.completed_at is not None
+
+
+def test_finish_twice_keeps_the_first_result(predictions):
+    running_one(predictions)
+    assert predictions.finish("p1", SUCCESS, output=["out-0.png"])
+    first = predictions.get("p1")
+    assert not predictions.finish("p1", ERROR, error="late failure", logs="late\n", extra={"x": 1})
+    assert predictions.get("p1") == first
+
+
+def test_finish_refuses_a_non_terminal_status(predictions):
+    running_one(predictions)
+    with pytest.raises(ValueError):
+        predictions.finish("p1", STARTING)
+    assert predictions.get("p1").status == PROCESSING
+
+
+def test_finish_of_a_missing_prediction_returns_false(predictions):
+    assert not predictions.finish("nope", SUCCESS)
+
+
+def test_cancel_after_success_leaves_it_unchanged(predictions):
+    running_one(predictions)
+    predictions.finish("p1", SUCCESS, output=["out-0.webp"])
+    before = predictions.get("p1")
+    assert predictions.request_cancel("p1") is CancelOutcome.ALREADY_FINISHED
+    assert predictions.get("p1") == before
+
+
+def test_append_logs_after_terminal_is_a_no_op(predictions):
+    running_one(predictions)
+    predictions.append_logs("p1", "step 1/28\n")
+    predictions.finish("p1", ERROR, error="boom")
+    predictions.append_logs("p1", "step 2/28\n")
+    assert predictions.get("p1").logs == "step 1/28\n"
+
+
+def test_requeue_of_a_terminal_prediction_is_refused(predictions):
+    running_one(predictions)
+    predictions.finish("p1", SUCCESS)
+    assert not predictions.requeue("p1", "again")
+    assert predictions.get("p1").status == SUCCESS
+
+
+# -- in-flight limit -------------------------------------------------------------------------------
+
+
+def test_in_flight_limit_refusal_inserts_nothing(predictions):
+    add(predictions, pred("a1"), pred("a2"))
+    predictions.claim_next("w")  # one processing, one starting: both count
+    with pytest.raises(InFlightLimitExceeded) as refused:
+        predictions.create(pred("a3"), max_in_flight=2)
+    assert (refused.value.in_flight, refused.value.limit) == (2, 2)
+    assert predictions.get("a3") is None
+    assert predictions.counts_by_status()[STARTING] == 1
+
+
+def test_in_flight_limit_counts_only_the_owner_and_only_in_flight(predictions):
+    add(predictions, pred("a1"), pred("b1", owner="key-b"), pred("b2", owner="key-b"))
+    predictions.request_cancel("a1")  # terminal: no longer in flight
+    predictions.create(pred("a2"), max_in_flight=1)
+    assert predictions.in_flight("key-a") == 1
+    assert predictions.in_flight("key-b") == 2
+    assert predictions.in_flight("key-z") == 0
+
+
+# -- cancel ----------------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_queued_prediction_cancels_it_and_it_never_runs(predictions):
+    add(predictions, pred("p1"))
+    assert predictions.request_cancel("p1") is CancelOutcome.CANCELLED
+    row = predictions.get("p1")
+    assert row.status == CANCELLED
+    assert row.completed_at is not None
+    assert "Cancel" in row.logs
+    assert predictions.claim_next("w") is None
+
+
+def test_cancel_of_a_running_prediction_only_sets_the_flag(predictions):
+    running_one(predictions)
+    assert predictions.request_cancel("p1") is CancelOutcome.REQUESTED
+    row = predictions.get("p1")
+    assert (row.status, row.cancel_requested) == (PROCESSING, True)
+    assert predictions.finish("p1", CANCELLED)  # the worker ends it
+
+
+def test_cancel_of_a_finished_prediction_says_already_finished(predictions):
+    running_one(predictions)
+    predictions.finish("p1", ERROR, error="boom")
+    assert predictions.request_cancel("p1") is CancelOutcome.ALREADY_FINISHED
+    assert predictions.get("p1").status == ERROR
+
+
+def test_cancel_of_an_unknown_prediction_says_not_found(predictions):
+    assert predictions.request_cancel("nope") is CancelOutcome.NOT_FOUND
+
+
+# -- requeue ---------------------------------------------------------------------------------------
+
+
+def test_requeue_puts_it_back_at_the_head_of_the_queue(predictions):
+    add(predictions, pred("first", created_at=1.0), pred("second", created_at=2.0))
+    predictions.claim_next("w")
+    assert predictions.requeue("first", "Requeued after the worker was lost.")
+    row = predictions.get("first")
+    assert (row.status, row.worker_id, row.started_at, row.created_at) == (STARTING, None, None, 1.0)
+    assert row.logs.endswith("Requeued after the worker was lost.\n")
+    again = predictions.claim_next("w2")
+    assert (again.id, again.attempts) == ("first", 2)
+
+
+def test_requeue_of_a_job_its_worker_never_got_gives_the_attempt_back(predictions):
+    add(predictions, pred("first"))
+    predictions.claim_next("w")
+    assert predictions.requeue("first", "Requeued: its worker stopped before it started.", never_ran=True)
+    assert predictions.get("first").attempts == 0
+    assert predictions.claim_next("w2").attempts == 1
+
+
+def test_requeue_of_a_queued_prediction_is_refused(predictions):
+    add(predictions, pred("p1"))
+    assert not predictions.requeue("p1", "no")
+    assert not predictions.requeue("missing", "no")
+
+
+def test_requeue_of_a_cancel_requested_prediction_cancels_it(predictions):
+    running_one(predictions)
+    predictions.request_cancel("p1")
+    assert predictions.requeue("p1", "worker lost")
+    assert predictions.get("p1").status == CANCELLED
+    assert predictions.claim_next("w") is None
+
+
+def test_running_lists_processing_rows_optionally_per_worker(predictions):
+    add(predictions, pred("p1", created_at=1.0), pred("p2", created_at=2.0), pred("p3", created_at=3.0))
+    predictions.claim_next("w1")
+    predictions.claim_next("w2")
+    assert [p.id for p in predictions.running()] == ["p1", "p2"]
+    assert [p.id for p in predictions.running("w2")] == ["p2"]
+    assert predictions.running("w9") == []
+
+
+# -- leases, recovery and fencing ------------------------------------------------------------------
+
+
+def test_claim_sets_a_lease_held_by_the_worker_for_its_attempt(predictions):
+    before = time.time()
+    claimed = running_one(predictions, lease_s=60)
+    assert claimed.lease == Lease("p1", "w0", 1)
+    assert before + 60 <= claimed.lease_expires_at <= time.time() + 60
+    assert predictions.get("p1").lease_expires_at == claimed.lease_expires_at
+
+
+def test_a_heartbeat_renews_the_leases_still_held(predictions):
+    claimed = running_one(predictions, lease_s=1)
+    assert predictions.renew_leases([claimed.lease], lease_s=60) == []
+    assert predictions.get("p1").lease_expires_at >= time.time() + 59
+    assert predictions.recover_expired(1) == []
+
+
+def test_a_heartbeat_reports_a_lease_taken_and_leaves_the_new_holders_alone(predictions):
+    lost = running_one(predictions, lease_s=0)
+    predictions.recover_expired(2)
+    taken = predictions.claim_next("w1", lease_s=60)
+    assert predictions.renew_leases([lost.lease], lease_s=3600) == ["p1"]
+    assert predictions.get("p1").lease_expires_at == taken.lease_expires_at
+
+
+def test_recovery_leaves_a_live_lease_alone(predictions):
+    running_one(predictions, lease_s=60)
+    assert predictions.recover_expired(1) == []
+    assert predictions.get("p1").status == PROCESSING
+
+
+def test_recovery_ends_an_expired_lease_with_no_attempts_left_in_worker_lost(predictions):
+    running_one(predictions, lease_s=0)
+    add(predictions, pred("queued", created_at=2000.0))
+    assert predictions.recover_expired(1) == [("p1", "failed")]
+    row = predictions.get("p1")
+    assert (row.status, row.error) == (ERROR, WORKER_LOST)
+    assert row.logs.endswith("Worker lost: the process running this prediction died.\n")
+    assert predictions.get("queued").status == STARTING
+
+
+def test_recovery_requeues_an_expired_lease_with_attempts_left_then_ends_it(predictions):
+    running_one(predictions, lease_s=0)
+    assert predictions.recover_expired(2) == [("p1", "requeued")]
+    row = predictions.get("p1")
+    assert (row.status, row.worker_id, row.lease_expires_at) == (STARTING, None, None)
+    assert row.logs.endswith("Requeued after the worker was lost (attempt 1).\n")
+    assert predictions.claim_next("w", lease_s=0).attempts == 2
+    assert predictions.recover_expired(2) == [("p1", "failed")]
+    assert predictions.get("p1").status == ERROR
+
+
+def test_recovery_of_a_host_takes_its_live_leases_and_no_other_hosts(predictions):
+    add(
+        predictions,
+        pred("mine", created_at=1.0),
+        pred("theirs", created_at=2.0),
+        pred("alike", created_at=3.0),
+    )
+    for worker_id in ("host-a:10:w0.1", "host-b:10:w0.1", "host-ab:10:w0.1"):
+        predictions.claim_next(worker_id, lease_s=60)
+    assert predictions.recover_expired(1, host_id="host-a") == [("mine", "failed")]
+    assert [p.id for p in predictions.running()] == ["theirs", "alike"]
+
+
+def test_recovery_skips_the_jobs_the_caller_still_holds(predictions):
+    running_one(predictions, lease_s=0)
+    assert predictions.recover_expired(1, skip={"p1"}) == []
+    assert predictions.get("p1").status == PROCESSING
+
+
+def test_a_worker_whose_lease_was_taken_can_record_nothing(predictions):
+    old = running_one(predictions, lease_s=0)
+    predictions.recover_expired(2)
+    current = predictions.claim_next("w1", lease_s=60)
+    predictions.append_logs("p1", "step 1/4\n", lease=current.lease)
+    before = predictions.get("p1")
+
+    assert not predictions.finish("p1", SUCCESS, output=["out-0.webp"], logs="late\n", lease=old.lease)
+    predictions.append_logs("p1", "step 3/4 from the old worker\n", lease=old.lease)
+    assert not predictions.requeue("p1", "the old worker's exit", lease=old.lease)
+    assert predictions.get("p1") == before
+
+    assert predictions.finish("p1", SUCCESS, output=["out-0.webp"], lease=current.lease)
+    assert predictions.get("p1").status == SUCCESS
+
+
+# -- listing and counts ----------------------------------------------------------------------------
+
+
+def test_list_returns_the_owners_predictions_newest_first_with_the_total(predictions):
+    add(
+        predictions, pred("old", created_at=1.0), pred("tie-a", created_at=5.0), pred("tie-b", created_at=5.0)
+    )
+    add(predictions, pred("other", owner="key-b", created_at=9.0))
+    items, total = predictions.list(ListFilter(owner="key-a"))
+    assert [p.id for p in items] == ["tie-b", "tie-a", "old"]
+    assert total == 3
+
+
+def test_list_pages_with_limit_and_offset(predictions):
+    add(predictions, *(pred(f"p{i}", created_at=float(i + 1)) for i in range(5)))
+    items, total = predictions.list(ListFilter(owner="key-a", limit=2, offset=1))
+    assert [p.id for p in items] == ["p3", "p2"]
+    assert total == 5
+    items, total = predictions.list(ListFilter(owner="key-a", limit=2, offset=10))
+    assert (items, total) == ([], 5)
+
+
+def test_list_filters_by_status_model_and_dates(predictions):
+    add(
+        predictions,
+        pred("a", created_at=10.0),
+        pred("b", created_at=20.0, model="flux-schnell"),
+        pred("c", created_at=30.0),
+        pred("d", created_at=40.0),
+    )
+    predictions.request_cancel("c")
+    assert [p.id for p in predictions.list(ListFilter(owner="key-a", status=CANCELLED))[0]] == ["c"]
+    assert [p.id for p in predictions.list(ListFilter(owner="key-a", model="flux-schnell"))[0]] == ["b"]
+    items, total = predictions.list(ListFilter(owner="key-a", created_from=20.0, created_to=30.0))
+    assert ([p.id for p in items], total) == (["c", "b"], 2)  # both ends inclusive
+    items, total = predictions.list(
+        ListFilter(owner="key-a", status=STARTING, model="flux-dev", created_from=15.0)
+    )
+    assert ([p.id for p in items], total) == (["d"], 1)
+
+
+def test_counts_by_status_reports_every_status_including_zeros(predictions):
+    assert predictions.counts_by_status() == dict.fromkeys(ALL_STATUSES, 0)
+    add(predictions, pred("p1", created_at=1.0), pred("p2", created_at=2.0), pred("p3", created_at=3.0))
+    predictions.claim_next("w")
+    predictions.request_cancel("p3")
+    assert predictions.counts_by_status() == {STARTING: 1, PROCESSING: 1, SUCCESS: 0, ERROR: 0, CANCELLED: 1}
+
+
+# -- retention and webhooks ------------------------------------------------------------------------
+
+
+def test_finished_before_and_mark_data_removed(predictions, monkeypatch):
+    add(predictions, pred("old"), pred("new"), pred("queued"))
+    monkeypatch.setattr(time, "time", lambda: 100.0)
+    predictions.request_cancel("old")
+    monkeypatch.setattr(time, "time", lambda: 200.0)
+    predictions.request_cancel("new")
+    monkeypatch.undo()
+
+    assert [p.id for p in predictions.finished_before(150.0)] == ["old"]
+    assert [p.id for p in predictions.finished_before(250.0)] == ["old", "new"]
+    assert [p.id for p in predictions.finished_before(250.0, limit=1)] == ["old"]
+    predictions.mark_data_removed("old")
+    assert predictions.get("old").data_removed
+    assert [p.id for p in predictions.finished_before(250.0)] == ["new"]
+
+
+def test_ended_with_webhook_since_lists_recent_ends_that_have_a_webhook(predictions, monkeypatch):
+    add(
+        predictions,
+        pred("old", created_at=1.0, webhook_url="http://hook"),
+        pred("hooked", created_at=2.0, webhook_url="http://hook"),
+        pred("plain", created_at=3.0),
+        pred("queued", created_at=4.0, webhook_url="http://hook"),
+    )
+    for _ in range(3):
+        predictions.claim_next("w")
+    with monkeypatch.context() as past:
+        past.setattr(time, "time", lambda: 10.0)
+        predictions.finish("old", SUCCESS, output=[])
+    predictions.finish("hooked", ERROR, error="boom")
+    predictions.finish("plain", SUCCESS, output=[])
+    assert predictions.ended_with_webhook_since(100.0) == ["hooked"]
+    assert predictions.ended_with_webhook_since(0.0) == ["old", "hooked"]
+
+
+# -- the key store ---------------------------------------------------------------------------------
+
+
+def test_create_returns_a_prefixed_unguessable_key(keys):
+    key = keys.create("alice")
+    assert key.startswith("fsk_")
+    assert len(key) >= 40
+    assert keys.create("bob") != key
+
+
+def test_list_shows_created_keys_with_their_dates(keys, clock):
+    keys.create("alice")
+    clock.now += 5
+    keys.create("bob")
+    listed = keys.list()
+    assert [k.name for k in listed] == ["alice", "bob"]
+    assert listed[0].created_at == 1_700_000_000.0
+    assert listed[0].last_used_at is None and listed[0].revoked_at is None
+    assert all(len(k.key_id) == 32 for k in listed)
+
+
+def test_lookup_finds_an_active_key_by_its_hash(keys):
+    key = keys.create("alice")
+    info = keys.lookup(hash_key(key))
+    assert isinstance(info, KeyInfo)
+    assert info.name == "alice"
+    assert info.key_id == key_id_from_hash(hash_key(key))
+
+
+def test_lookup_of_an_unknown_hash_is_none(keys):
+    keys.create("alice")
+    assert keys.lookup(hash_key("fsk_not-a-key")) is None
+
+
+def test_revoke_stops_lookup_and_records_the_time(keys, clock):
+    key = keys.create("alice")
+    clock.now += 10
+    assert keys.revoke("alice") is True
+    assert keys.lookup(hash_key(key)) is None
+    [info] = keys.list()
+    assert info.revoked and info.revoked_at == clock.now
+
+
+def test_revoke_of_an_unknown_name_is_false(keys):
+    assert keys.revoke("nobody") is False
+
+
+def test_revoke_twice_is_false_the_second_time(keys):
+    keys.create("alice")
+    assert keys.revoke("alice") is True
+    assert keys.revoke("alice") is False
+
+
+def test_duplicate_active_name_is_refused(keys):
+    keys.create("alice")
+    with pytest.raises(ValueError, match="already exists"):
+        keys.create("alice")
+    assert len(keys.list()) == 1
+
+
+def test_a_revoked_name_can_be_given_to_a_new_key(keys):
+    old = keys.create("ci")
+    keys.revoke("ci")
+    new = keys.create("ci")
+    assert keys.lookup(hash_key(old)) is None
+    assert keys.lookup(hash_key(new)).name == "ci"
+    assert [k.revoked for k in keys.list()] == [True, False]
+
+
+@pytest.mark.parametrize("name", ["", "   ", "has space", "-leading-dash", "x" * 65, "semi;colon", None])
+def test_invalid_names_are_refused(keys, name):
+    with pytest.raises(ValueError):
+        keys.create(name)
+
+
+@pytest.mark.parametrize("name", ["anonymous", "config-1", "Config-2"])
+def test_names_the_keyring_uses_are_reserved(keys, name):
+    with pytest.raises(ValueError, match="reserved"):
+        keys.create(name)
+
+
+def test_touch_records_last_use(keys, clock):
+    key = keys.create("alice")
+    info = keys.lookup(hash_key(key))
+    clock.now += 3
+    keys.touch(info.key_id)
+    assert keys.lookup(hash_key(key)).last_used_at == clock.now
+
+
+def test_touch_writes_at_most_once_a_minute_per_key(keys, clock):
+    key = keys.create("alice")
+    key_id = keys.lookup(hash_key(key)).key_id
+    keys.touch(key_id)
+    first = clock.now
+    clock.now += 30
+    keys.touch(key_id)
+    assert keys.lookup(hash_key(key)).last_used_at == first
+    clock.now += 31
+    keys.touch(key_id)
+    assert keys.lookup(hash_key(key)).last_used_at == clock.now
+
+
+def test_touch_throttle_is_per_key(keys, clock):
+    a = keys.create("alice")
+    b = keys.create("bob")
+    keys.touch(keys.lookup(hash_key(a)).key_id)
+    clock.now += 1
+    keys.touch(keys.lookup(hash_key(b)).key_id)
+    assert keys.lookup(hash_key(b)).last_used_at == clock.now
+
+
+def test_has_keys_stays_true_after_every_key_is_revoked(keys):
+    assert keys.has_keys() is False
+    keys.create("alice")
+    keys.revoke("alice")
+    assert keys.has_keys() is True
+
+
+# -- the delivery store ----------------------------------------------------------------------------
+
+
+def enqueue(store: DeliveryStore, prediction_id: str = "p1", event: str = "completed", now: float = 100.0):
+    return store.enqueue(
+        prediction_id, event, "replicate", "https://example.com/hook", {"id": prediction_id}, now=now
+    )
+
+
+def test_a_delivery_is_enqueued_once_per_prediction_and_event(deliveries):
+    first = enqueue(deliveries)
+    assert first is not None
+    assert enqueue(deliveries) is None
+    assert enqueue(deliveries, event="finished") is not None
+    [row, _other] = deliveries.for_prediction("p1")
+    assert (row.id, row.state, row.attempts, row.payload) == (first, PENDING, 0, {"id": "p1"})
+    assert deliveries.with_deliveries(["p1", "p2"]) == {"p1"}
+
+
+def test_a_claimed_delivery_is_hidden_until_its_lease_passes(deliveries):
+    delivery_id = enqueue(deliveries)
+    assert [d.id for d in deliveries.claim_due(60, now=100.0)] == [delivery_id]
+    assert deliveries.claim_due(60, now=150.0) == []
+    assert [d.id for d in deliveries.claim_due(60, now=161.0)] == [delivery_id]
+
+
+def test_a_released_delivery_is_due_again_with_its_attempts_unchanged(deliveries):
+    delivery_id = enqueue(deliveries)
+    deliveries.claim_due(60, now=100.0)
+    deliveries.release(delivery_id, now=110.0)
+    [again] = deliveries.claim_due(60, now=110.0)
+    assert (again.id, again.attempts) == (delivery_id, 0)
+
+
+def test_recorded_attempts_end_or_reschedule_a_delivery(deliveries):
+    done, retried = enqueue(deliveries, "p1"), enqueue(deliveries, "p2")
+    deliveries.claim_due(60, now=100.0)
+    deliveries.record_attempt(done, 1, DELIVERED, now=101.0)
+    deliveries.record_attempt(retried, 1, PENDING, next_attempt_at=200.0, error="HTTP 500", now=101.0)
+    assert deliveries.next_due_at() == 200.0
+    assert deliveries.claim_due(60, now=199.0) == []
+    [row] = deliveries.claim_due(60, now=200.0)
+    assert (row.id, row.attempts, row.last_error) == (retried, 1, "HTTP 500")
+    deliveries.record_attempt(retried, 2, FAILED, error="HTTP 500", now=201.0)
+    assert deliveries.next_due_at() is None
+    assert deliveries.get(done).state == DELIVERED
+
+
+def test_prune_deletes_only_ended_deliveries_last_touched_before_the_time(deliveries):
+    done, pending = enqueue(deliveries, "p1"), enqueue(deliveries, "p2")
+    deliveries.record_attempt(done, 1, DELIVERED, now=101.0)
+    assert deliveries.prune(finished_before=1000.0) == 1
+    assert deliveries.get(done) is None
+    assert deliveries.get(pending) is not None
+
+
+def test_each_owner_has_one_signing_secret_until_it_is_rotated(deliveries):
+    alice = deliveries.signing_secret("alice")
+    assert alice.startswith(SIGNING_SECRET_PREFIX)
+    assert deliveries.signing_secret("alice") == alice
+    assert deliveries.signing_secret("bob") != alice
+    rotated = deliveries.rotate_signing_secret("alice")
+    assert rotated != alice
+    assert deliveries.signing_secret("alice") == rotated
