@@ -100,7 +100,11 @@ class S3Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> S3Server:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
