@@ -29,12 +29,12 @@ COPY pyproject.toml README.md ./
 RUN pip install --upgrade pip \
  && pip install "torch>=2.5" \
  && mkdir -p server pipelines && touch server/__init__.py pipelines/__init__.py \
- && pip install ".[quant]" \
+ && pip install ".[quant,cluster]" \
  && pip uninstall -y fluxserve
 COPY server ./server
 COPY pipelines ./pipelines
 COPY configs ./configs
-RUN pip install --no-deps ".[quant]"
+RUN pip install --no-deps ".[quant,cluster]"
 
 RUN useradd --create-home --uid 10001 fluxserve \
  && mkdir -p /data /models \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up fluxserve in ./.venv. Usage: scripts/setup.sh [--dev]
-#   --dev   also the test tools (pytest, ruff, schemathesis, playwright, the replicate client)
+#   --dev   also the test tools (pytest, ruff, schemathesis, playwright, the replicate client, moto)
+#           and the clients of the optional services (psycopg, boto3, redis: the `cluster` extra)
 # PyTorch: a CUDA build where an NVIDIA driver is present, else the CPU build. Set
 # FLUXSERVE_TORCH to choose yourself (e.g. FLUXSERVE_TORCH="torch==2.7.1").
 set -euo pipefail

@@ -23,6 +23,7 @@ from server.api.middleware.body_limit import BodySizeLimitMiddleware
 from server.api.middleware.hostguard import HostGuardMiddleware, HostPolicy
 from server.config import Settings
 from server.datalock import ServerLock
+from server.outputs.base import OutputStorageError
 from server.services import AppState, build_state
 from server.store import PredictionStore
 from server.store.health import describe
@@ -54,11 +55,17 @@ async def _retention_loop(state: AppState) -> None:
         cutoff = time.time() - hours * 3600
         try:
             expired = await _finish_in_thread(state.store.finished_before, cutoff)
+            removed = 0
             for pred in expired:
-                await _finish_in_thread(state.outputs.delete, pred.id)
+                try:
+                    await _finish_in_thread(state.outputs.delete, pred.id)
+                except OutputStorageError as exc:  # the bucket cannot be reached: the next sweep
+                    log.warning("retention: could not remove outputs now (%s); trying again later", exc)
+                    break
                 await _finish_in_thread(state.store.mark_data_removed, pred.id)
-            if expired:
-                log.info("retention: removed the outputs of %d predictions", len(expired))
+                removed += 1
+            if removed:
+                log.info("retention: removed the outputs of %d predictions", removed)
         except Exception:  # noqa: BLE001 - retry on the next sweep
             log.exception("retention sweep failed")
         await asyncio.sleep(min(RETENTION_SWEEP_S, max(1.0, hours * 3600 / 10)))
@@ -89,7 +96,7 @@ def _checkpoint_at_stop(store: PredictionStore) -> None:
 def _check_store(state: AppState) -> str | None:
     """A warning when the output storage holds images of predictions the store does not know:
     the database was replaced, restored from an older backup, or lost its -wal file."""
-    outputs_place = getattr(state.outputs, "root", state.settings.outputs_path)
+    outputs_place = getattr(state.outputs, "root", None) or repr(state.outputs)
     try:
         ids = state.outputs.stored_ids()
         missing = state.store.unknown_ids(ids)

@@ -13,8 +13,17 @@ import ssl
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -90,7 +99,75 @@ class WorkerSettings(_Section):
     )
 
 
+def _check_http_url(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an http:// or https:// URL with a host, not {value!r}")
+    return value
+
+
+class S3OutputSettings(_Section):
+    bucket: str | None = Field(None, description="The bucket (required with `outputs.backend: s3`).")
+    prefix: str = Field(
+        "", description="Key prefix inside the bucket: objects are `<prefix>/<id>/out-0.webp`."
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, R2, Ceph...); default: AWS S3 of `region`."
+    )
+    region: str | None = Field(None, description="Region; default: boto3's (AWS_REGION, ~/.aws/config).")
+    access_key_id: str | None = Field(
+        None,
+        description="Access key; default: boto3's credential chain "
+        "(AWS_ACCESS_KEY_ID, ~/.aws, an instance role).",
+    )
+    secret_access_key: SecretStr | None = Field(
+        None,
+        description="Secret of `access_key_id` (best given as FLUXSERVE_OUTPUTS__S3__SECRET_ACCESS_KEY).",
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="`path` for endpoints without per-bucket host names (MinIO, most self-hosted)."
+    )
+    public_base_url: str | None = Field(
+        None,
+        description="Public bucket or CDN: output URLs are `<public_base_url>/<key>` (no signing). "
+        "Unset: presigned URLs.",
+    )
+    url_expiry_s: int = Field(
+        3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Lifetime of a presigned URL. A fresh one is made on every read of a prediction, so it "
+        "only has to outlive a download (and a webhook's retries); a leaked one stops working after this.",
+    )
+
+    @field_validator("endpoint_url", "public_base_url")
+    @classmethod
+    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_http_url(value, info.field_name or "URL")
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, value: str | None) -> str | None:
+        # S3's bucket naming rules, loosely: the usual mistake is a URL or a path here.
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]", value):
+            raise ValueError(f"{value!r} is not a bucket name (3-63 of a-z 0-9 . - _, no URL, no slash)")
+        return value
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> S3OutputSettings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together: give both or neither")
+        return self
+
+
 class OutputSettings(_Section):
+    backend: Literal["local", "s3"] = Field(
+        "local",
+        description="`local`: a folder served by the API; `s3`: an S3-compatible bucket (`outputs.s3`).",
+    )
+    s3: S3OutputSettings = Field(default_factory=S3OutputSettings)
     dir: str | None = Field(None, description="Where images are written (default: <data_dir>/outputs).")
     retention_hours: float = Field(
         0, description="Delete output files after this many hours (0: keep forever)."
@@ -106,6 +183,12 @@ class OutputSettings(_Section):
         "sees that prediction's "
         "inputs and images. Off, or with require_owner_key on, /p/{id} answers 404.",
     )
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> OutputSettings:
+        if self.backend == "s3" and not self.s3.bucket:
+            raise ValueError("outputs.s3.bucket is required with outputs.backend: s3")
+        return self
 
 
 class InputImageSettings(_Section):
@@ -328,6 +411,11 @@ class Settings(BaseSettings):
         return (
             Path(self.outputs.dir).expanduser().resolve() if self.outputs.dir else self.data_path / "outputs"
         )
+
+    @property
+    def local_outputs_path(self) -> Path | None:
+        """The outputs folder on this host, or None when the outputs live in a bucket."""
+        return self.outputs_path if self.outputs.backend == "local" else None
 
     @property
     def base_url(self) -> str:

@@ -23,8 +23,8 @@ from server.auth.ratelimit import RequestRateLimiter
 from server.config import Settings
 from server.datalock import ServerLock
 from server.metrics import ServerMetrics
+from server.outputs import open_output_storage
 from server.outputs.base import OutputStorage
-from server.outputs.local import LocalOutputStorage
 from server.predictions.errors import ModelUnavailable, NotAccepting, ShuttingDown
 from server.predictions.feed import Change, ChangeFeed, ChangeKind, InProcessChangeFeed
 from server.predictions.models import ModelRegistry
@@ -117,7 +117,7 @@ def build_state(
     backend = open_backend(settings.resolved_store_url, predictions=store)
     store = backend.predictions
     feed = InProcessChangeFeed()
-    outputs = LocalOutputStorage(settings.outputs_path)
+    outputs = open_output_storage(settings)
     models = ModelRegistry.from_specs([settings.model])
     render = RenderContext(settings.base_url, outputs, models)
     metrics = ServerMetrics()
@@ -156,5 +156,5 @@ def build_state(
         metrics=metrics,
         webhooks=webhooks,
         supervisor=supervisor,
-        lock=lock or ServerLock(settings.data_path, settings.db_path, settings.outputs_path),
+        lock=lock or ServerLock(settings.data_path, settings.db_path, settings.local_outputs_path),
     )

@@ -1,5 +1,5 @@
 """Shared fixtures: the tiny random FLUX pipeline (written and loaded once per session through the
-real loading code) and tiny safety checkers.
+real loading code), tiny safety checkers, and the test services (PostgreSQL, Redis, S3).
 
 Nothing heavy is imported at module level, so test modules that never ask for these fixtures do
 not pay for torch or diffusers.
@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import pytest
+
+from tests.services.base import ServiceUnavailable
+from tests.services.postgres import PostgresServer
+from tests.services.redis import RedisServer
+from tests.services.s3 import S3Server
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,3 +77,53 @@ def safety_dirs(tmp_path_factory: pytest.TempPathFactory) -> SafetyDirs:
         flag_all=write_tiny_safety_checker(root / "flag-all", flag_everything=True),
         flag_none=write_tiny_safety_checker(root / "flag-none", flag_everything=False),
     )
+
+
+# -- Test services ----------------------------------------------------------------------------
+# PostgreSQL, Redis and an S3-compatible server (moto), started by the tests themselves on free
+# loopback ports (harnesses in tests/services/), one of each per session, on first use. A suite
+# that needs one FAILS when it cannot start, saying what to install: it never skips, so a machine
+# without the service cannot pass by running nothing. `.ci/run` installs the system packages,
+# `scripts/setup.sh --dev` the Python ones.
+
+T = TypeVar("T")
+
+
+def _started(start: Callable[[], T], what: str) -> T:
+    try:
+        return start()
+    except ServiceUnavailable as exc:
+        pytest.fail(f"{what} is needed by these tests and could not start: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        yield _started(server.start, "PostgreSQL")
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        yield _started(server.start, "Redis")
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    try:
+        yield _started(server.start, "An S3-compatible server (moto)")
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    return s3_server.new_bucket()

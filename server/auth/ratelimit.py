@@ -5,9 +5,13 @@ between several API hosts (the ``redis`` package must then be installed). The st
 moving window where the storage supports it (memory, Redis, MongoDB), else a sliding window
 counter, else a fixed window.
 
-If the storage fails (Redis down), requests are let through and a warning is logged: a broken
-limiter must not take the API down with it. The in-flight limit (predictions starting or
-processing) is enforced by the store, not here.
+If the storage fails (Redis down or not answering), requests are let through (fail open): a
+broken limiter must not take the API down with it, and the in-flight limit (predictions
+starting or processing), which the store enforces, still bounds what one key can run. One
+warning is logged when it starts failing and one line when it works again. Calls to Redis time
+out after ``REDIS_TIMEOUT_S`` (a ``socket_timeout`` in the URI's query overrides it), and after a
+failure the storage is left alone for ``RETRY_STORAGE_AFTER_S``: the limiter runs on the event
+loop, and a Redis that accepts connections but never answers would otherwise hold every request.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ log = logging.getLogger("server.ratelimit")  # the name it had before the move: 
 
 WINDOW_S = 60
 NAMESPACE = "fluxserve-requests"
+REDIS_TIMEOUT_S = 0.5  # Redis answers in a millisecond; slower than this, it is as good as down
+RETRY_STORAGE_AFTER_S = 5.0  # after a storage failure, requests pass unchecked this long
 
 
 class InlinePruningMemoryStorage(MemoryStorage):
@@ -66,8 +72,13 @@ class InlinePruningMemoryStorage(MemoryStorage):
 
 
 def _storage(storage_uri: str) -> Storage:
-    if urlsplit(storage_uri).scheme == "memory" and hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry"):
+    scheme = urlsplit(storage_uri).scheme
+    if scheme == "memory" and hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry"):
         return InlinePruningMemoryStorage(storage_uri, wrap_exceptions=True)
+    if scheme.startswith(("redis", "valkey")):
+        # Options given in the URI's query win over these (redis-py reads the URL last).
+        timeouts = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
+        return storage_from_string(storage_uri, wrap_exceptions=True, **timeouts)
     return storage_from_string(storage_uri, wrap_exceptions=True)
 
 
@@ -94,6 +105,8 @@ class RequestRateLimiter:
         else:
             self._limiter = FixedWindowRateLimiter(storage)
         self._item = RateLimitItemPerMinute(self.per_minute, namespace=NAMESPACE)
+        self._storage_failing = False
+        self._retry_storage_at = 0.0  # time.monotonic(); while failing, not asked again before this
 
     def __repr__(self) -> str:
         # Only the scheme: a storage URI may carry a password.
@@ -107,14 +120,27 @@ class RequestRateLimiter:
         """Count one request for ``key_id`` and say whether it may go on."""
         if self._limiter is None:
             return RateDecision(allowed=True, retry_after_s=0, remaining=0, limit=0)
+        let_through = RateDecision(
+            allowed=True, retry_after_s=0, remaining=self.per_minute, limit=self.per_minute
+        )
+        if self._storage_failing and time.monotonic() < self._retry_storage_at:
+            return let_through
         try:
             allowed = self._limiter.hit(self._item, key_id)
             stats = self._limiter.get_window_stats(self._item, key_id)
         except StorageError as exc:
-            log.warning("rate limit storage %s failed, request let through: %s", self._scheme, exc)
-            return RateDecision(
-                allowed=True, retry_after_s=0, remaining=self.per_minute, limit=self.per_minute
-            )
+            if not self._storage_failing:
+                log.warning(
+                    "rate limit storage %s failed, requests let through unlimited until it answers: %s",
+                    self._scheme,
+                    exc,
+                )
+            self._storage_failing = True
+            self._retry_storage_at = time.monotonic() + RETRY_STORAGE_AFTER_S
+            return let_through
+        if self._storage_failing:
+            self._storage_failing = False
+            log.warning("rate limit storage %s answers again, limits apply", self._scheme)
         remaining = max(0, int(stats.remaining))
         if allowed:
             return RateDecision(allowed=True, retry_after_s=0, remaining=remaining, limit=self.per_minute)

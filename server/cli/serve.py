@@ -23,6 +23,7 @@ import uvicorn
 from server.api.middleware.hostguard import is_loopback_name as is_loopback_host  # one rule for bind and Host
 from server.config import ConfigError, Settings, load_settings
 from server.datalock import ServerBusy, ServerLock
+from server.outputs import OutputStorageError, open_output_storage
 from server.store import PredictionStore, open_store
 from server.store.carryover import carry_over_keys
 from server.store.sqlite.db import DatabaseUnusable
@@ -88,6 +89,14 @@ def _open_checked_store(settings: Settings) -> PredictionStore:
     return store
 
 
+def _check_output_storage(settings: Settings) -> None:
+    """A bucket that is missing or refuses these credentials stops the start, in one line."""
+    try:
+        open_output_storage(settings).check()
+    except OutputStorageError as exc:
+        raise StartError(f"outputs.backend {settings.outputs.backend}: {exc}") from None
+
+
 def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]:
     """Take the server's locks, check the port, open the checked store and carry stored keys
     over; StartError, ServerBusy or DatabaseUnusable otherwise (nothing held)."""
@@ -95,12 +104,13 @@ def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]
         db_path = settings.db_path
     except ValueError as exc:
         raise StartError(f"store_url: {exc}") from None
-    lock = ServerLock(settings.data_path, db_path, settings.outputs_path)
+    lock = ServerLock(settings.data_path, db_path, settings.local_outputs_path)
     lock.acquire()  # first: a second server must not even open the first one's database
     store: PredictionStore | None = None
     try:
         _check_port(host, settings.port)
         store = _open_checked_store(settings)
+        _check_output_storage(settings)
         carried = carry_over_keys(settings)
         if carried:
             log.warning("%s", carried)

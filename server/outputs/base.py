@@ -46,3 +46,8 @@ class OutputStorage(abc.ABC):
     @abc.abstractmethod
     def stored_ids(self) -> list[str]:
         """The ids of the predictions that have files here (checked against the store at start)."""
+
+    def check(self) -> None:
+        """At start: raise OutputStorageError, in one line, when the storage cannot be used
+        (a bucket that does not exist, credentials refused). Nothing to check by default."""
+        return None
