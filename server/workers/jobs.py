@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.inputs import InvalidInputs, parse_inputs
-from server.outputs.local import LocalOutputStorage, OutputStorageError, output_name
+from server.outputs.base import OutputStorage, OutputStorageError
+from server.outputs.local import output_name
 from server.predictions.feed import wait_event
 from server.predictions.model import CANCELLED, ERROR, SUCCESS, WORKER_LOST, Lease, Prediction
 from server.store.base import PredictionStore
@@ -77,7 +78,7 @@ class Jobs:
         self,
         settings,
         store: PredictionStore,
-        outputs: LocalOutputStorage,
+        outputs: OutputStorage,
         slots: Sequence[WorkerSlot],
         *,
         notify: Callable[[str], None],

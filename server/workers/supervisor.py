@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from server.outputs.local import LocalOutputStorage
+from server.outputs.base import OutputStorage
 from server.predictions.model import Prediction
 from server.store import PredictionStore
 from server.store.health import StoreHealth
@@ -79,7 +79,7 @@ class Supervisor:
         self,
         settings,
         store: PredictionStore,
-        outputs: LocalOutputStorage,
+        outputs: OutputStorage,
         notify: Callable[[str], None],
         on_finished: Callable[[Prediction], None] | None = None,
         observe_predict_time: Callable[[float], None] | None = None,

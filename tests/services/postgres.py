@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.services.base import ServiceUnavailable, accepts_connections, free_port, log_tail
+from tests.services.base import Service, ServiceUnavailable, accepts_connections, free_port, log_tail
 
 INSTALL_HINT = "install it: apt-get install -y postgresql (.ci/run does this as root)"
 RUN_AS_WHEN_ROOT = "postgres"
@@ -37,7 +37,7 @@ def find_bin_dir() -> Path | None:
     return max(candidates, key=version, default=None)
 
 
-class PostgresServer:
+class PostgresServer(Service):
     """``start()``, ``dsn``, ``restart(mode="fast")``, ``stop()``; ``new_database()`` for a fresh
     database per test."""
 
@@ -145,16 +145,6 @@ class PostgresServer:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.dsn_for(name)
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         who = f" as {RUN_AS_WHEN_ROOT}" if self.as_root else f" as {getpass.getuser()}"

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.services.base import ServiceUnavailable, free_port, stop_process, wait_until
+from tests.services.base import Service, ServiceUnavailable, free_port, stop_process, wait_until
 
 INSTALL_HINT = "install it: apt-get install -y redis-server (.ci/run does this as root)"
 
@@ -28,7 +28,7 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(Service):
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fluxserve-test-redis-"))
@@ -70,13 +70,3 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

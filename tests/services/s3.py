@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tests.services.base import ServiceUnavailable, free_port, stop_process, wait_until
+from tests.services.base import Service, ServiceUnavailable, free_port, stop_process, wait_until
 
 INSTALL_HINT = 'install it: pip install "moto[server]" (scripts/setup.sh --dev does)'
 REGION = "us-east-1"
@@ -32,7 +32,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-class S3Server:
+class S3Server(Service):
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fluxserve-test-s3-"))
@@ -98,13 +98,3 @@ class S3Server:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> S3Server:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
