@@ -1,31 +1,9 @@
 """Replicate-compatible routes: the same predictions, in Replicate's shapes (CONTRACT.md section 4).
 
-What the official clients call (read from replicate-python 1.0.x):
-
-- ``client.run("black-forest-labs/flux-dev", input=...)``: POST
-  ``/v1/models/black-forest-labs/flux-dev/predictions`` with ``Prefer: wait``, then GET
-  ``/v1/predictions/{id}`` until a terminal status, then GET each output URL (with its key);
-- ``client.predictions.create(version=..., input=...)``: POST ``/v1/predictions``;
-  ``.cancel()``: POST ``/v1/predictions/{id}/cancel``; ``.list()``: GET ``/v1/predictions`` and the
-  ``next`` URLs; ``client.models.get(...)`` and ``client.webhooks.default.secret()``.
-
-Decisions:
-
-- **The models** are the registry's, each by its ``owner/name`` (``black-forest-labs/flux-dev``).
-  ``version`` on ``POST /v1/predictions`` may be ``owner/name`` or ``owner/name:<id>`` naming one,
-  or any other string (a Replicate version id, say): a bare string selects the model whose version
-  id it is, else the default model, and is echoed back as the prediction's ``version``.
-- **Prefer: wait** (bare ``wait`` = 60 s, ``wait=n`` clamped to 1..60) holds the create until the end
-  or n seconds: 201 when it ended in time, else 202. A 202 says ``"status": "starting"`` even if a
-  worker has picked the prediction up, as Replicate does: the official client treats any other
-  status in a blocking create's answer as final and would return no output. Without the header a
-  create answers 201 at once.
-- **Errors** use Replicate's body ``{"detail", "status", "title"}``; invalid input is 422 with
-  ``invalid_fields`` (``[{"type", "field", "description"}]``), unknown top-level body fields too.
-- **Cancel** answers 200 with the prediction as it now is; cancelling a finished one changes
-  nothing (no error).
-- **List** is newest first, 100 per page, with ``next``/``previous`` cursor URLs; the cursor pins the
-  newest creation time seen on the first page, so predictions made meanwhile do not shift pages.
+Thin HTTP over the PredictionService: each route parses Replicate's body, calls the service and
+renders Replicate's prediction object; domain errors become Replicate's ``{"detail", "status",
+"title"}`` bodies in one place (``render_error``). What the official clients call, and the
+decisions on models, ``Prefer: wait``, errors, cancel and list cursors: docs/replicate.md.
 """
 
 from __future__ import annotations
