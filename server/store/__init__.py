@@ -2,8 +2,13 @@
 
 Three interfaces, each with its rules in its docstring: the prediction store (``base.py``), the
 webhook delivery store (``deliveries.py``) and the key store (``keys.py``). ``open_backend``
-opens all three on the url a config names; callers type against the interfaces. This build has
-one implementation, SQLite (``sqlite/``), every table in one database file.
+opens all three on the url a config names, with the change feed that goes with them; callers
+type against the interfaces. Two implementations:
+
+- SQLite (``sqlite/``, the default): every table in one database file, one server at a time,
+  the change feed in process;
+- PostgreSQL (``postgres/``, ``postgresql://...``): one database shared by API replicas and
+  worker hosts, the change feed over LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from server.predictions.feed import ChangeFeed, InProcessChangeFeed
 from server.store.base import PredictionStore
 from server.store.deliveries import DeliveryStore
 from server.store.keys import KeyStore
@@ -34,6 +40,12 @@ __all__ = [
 ]
 
 _SQLITE_PREFIX = "sqlite:///"
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_postgres(url: str) -> bool:
+    """Whether a store url names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    return "://" in url and urlsplit(url.strip()).scheme.lower() in POSTGRES_SCHEMES
 
 
 def sqlite_file(url: str) -> tuple[Path, str]:
@@ -43,17 +55,24 @@ def sqlite_file(url: str) -> tuple[Path, str]:
       SQLAlchemy spelling), optionally ``?synchronous=NORMAL``; ``~`` is the user's home, a
       relative path is taken from the working directory. Every part of the server (predictions,
       keys, deliveries, the lock) reads the file's path from here, so they all name one file;
-    - ``redis://``, ``rediss://``: not available in this build (ValueError).
+    - ``redis://``, ``rediss://``: not available in this build (ValueError);
+    - ``postgresql://``: not a file (ValueError; see ``is_postgres``).
     """
     url = url.strip()
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme in ("redis", "rediss"):
-        raise ValueError(f"Redis support is not available in this build (store url {url!r})")
+        raise ValueError(
+            f"Redis cannot hold the predictions (store url {url!r}): use sqlite:///path or postgresql://..."
+        )
+    if scheme in POSTGRES_SCHEMES:
+        raise ValueError(f"store url {url!r} names a PostgreSQL database, not a SQLite file")
     if not scheme:
         path, synchronous = url, "FULL"
     else:
         if scheme != "sqlite" or not url.startswith(_SQLITE_PREFIX):
-            raise ValueError(f"unsupported store url {url!r}: use a file path or sqlite:///path")
+            raise ValueError(
+                f"unsupported store url {url!r}: use a file path, sqlite:///path or postgresql://..."
+            )
         path, _, query = url[len(_SQLITE_PREFIX) :].partition("?")
         options = {k: v[-1] for k, v in parse_qs(query).items()}
         unknown = set(options) - {"synchronous"}
@@ -69,28 +88,36 @@ def sqlite_file(url: str) -> tuple[Path, str]:
 
 
 def open_store(url: str) -> PredictionStore:
-    """Open the prediction store a config names (see ``sqlite_file`` for the urls understood)."""
+    """Open the prediction store a config names (see ``sqlite_file`` and ``is_postgres``)."""
+    if is_postgres(url):
+        return open_backend(url).predictions
     path, synchronous = sqlite_file(url)
     return SQLitePredictionStore(path, synchronous=synchronous)
 
 
 def open_key_store(url: str) -> KeyStore:
     """Open the key store of ``store_url`` (the same database as the predictions)."""
+    if is_postgres(url):
+        return open_backend(url).keys
     return SQLiteKeyStore(sqlite_file(url)[0])
 
 
 def open_delivery_store(url: str) -> DeliveryStore:
     """Open the webhook delivery store of ``store_url`` (the same database as the predictions)."""
+    if is_postgres(url):
+        return open_backend(url).deliveries
     return SQLiteDeliveryStore(sqlite_file(url)[0])
 
 
 @dataclass
 class Backend:
-    """Every store the server uses, opened on one ``store_url``."""
+    """Every store the server uses, opened on one ``store_url``, and the change feed that tells
+    every process sharing them what changed."""
 
     predictions: PredictionStore
     deliveries: DeliveryStore
     keys: KeyStore
+    feed: ChangeFeed
 
     def close(self) -> None:
         for store in (self.keys, self.deliveries, self.predictions):
@@ -100,10 +127,14 @@ class Backend:
 def open_backend(url: str, *, predictions: PredictionStore | None = None) -> Backend:
     """Open the stores ``url`` names. ``predictions``: a prediction store the caller opened (and
     checked) already, on that url, to use instead of opening another."""
+    if is_postgres(url):
+        from server.store.postgres import open_postgres  # psycopg: only when configured
+
+        return open_postgres(url, predictions=predictions)
     opened = predictions is None
     predictions = predictions or open_store(url)
     try:
-        return Backend(predictions, open_delivery_store(url), open_key_store(url))
+        return Backend(predictions, open_delivery_store(url), open_key_store(url), InProcessChangeFeed())
     except BaseException:
         if opened:
             with contextlib.suppress(Exception):

@@ -1,0 +1,44 @@
+"""The PostgreSQL backend: predictions, webhook deliveries and API keys in one database that
+several API replicas and worker hosts share (psycopg 3, psycopg_pool), and a change feed over
+LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from server.store.postgres.db import PostgresDatabase
+from server.store.postgres.deliveries import PostgresDeliveryStore
+from server.store.postgres.feed import PostgresChangeFeed, new_origin
+from server.store.postgres.keys import PostgresKeyStore
+from server.store.postgres.store import PostgresPredictionStore
+
+if TYPE_CHECKING:
+    from server.store import Backend
+    from server.store.base import PredictionStore
+
+
+def open_postgres(url: str, *, predictions: PredictionStore | None = None) -> Backend:
+    """The three stores on one connection pool (the prediction store's: closing it closes the
+    pool), and the LISTEN/NOTIFY feed; migrations applied first."""
+    from server.store import Backend
+
+    if predictions is not None and not isinstance(predictions, PostgresPredictionStore):
+        raise TypeError(f"a PostgreSQL backend needs a PostgreSQL prediction store, not {predictions!r}")
+    store = predictions or PostgresPredictionStore(PostgresDatabase(url), new_origin())
+    try:
+        deliveries, keys = PostgresDeliveryStore(store.db), PostgresKeyStore(store.db)
+    except BaseException:
+        if predictions is None:
+            store.close()
+        raise
+    return Backend(store, deliveries, keys, feed=PostgresChangeFeed(url, store.origin))
+
+
+__all__ = [
+    "PostgresChangeFeed",
+    "PostgresDatabase",
+    "PostgresDeliveryStore",
+    "PostgresKeyStore",
+    "PostgresPredictionStore",
+    "open_postgres",
+]

@@ -1,0 +1,122 @@
+"""The key store in PostgreSQL: the ``api_keys`` table, beside the predictions.
+
+The rules are the interface's (``server/store/keys.py``); the table is the SQLite one's, so both
+backends answer alike. Every API replica reads the same table: a key created or revoked on one
+host is seen by every other at its next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from server.store.keys import (
+    KEY_PREFIX,
+    TOUCH_INTERVAL_S,
+    KeyInfo,
+    KeyStore,
+    hash_key,
+    key_id_from_hash,
+    validate_name,
+)
+from server.store.postgres.db import PostgresDatabase
+
+log = logging.getLogger("server.keystore")
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """
+        CREATE TABLE IF NOT EXISTS api_keys (
+            seq          BIGSERIAL,                  -- creation order
+            key_hash     TEXT PRIMARY KEY,           -- sha256(key), 64 hex chars
+            key_id       TEXT NOT NULL UNIQUE,       -- first 32 hex chars of key_hash: the owner id
+            name         TEXT NOT NULL,
+            created_at   DOUBLE PRECISION NOT NULL,
+            last_used_at DOUBLE PRECISION,
+            revoked_at   DOUBLE PRECISION
+        )
+        """,
+        "CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL",
+    ],
+}
+
+_COLUMNS = "name, created_at, last_used_at, revoked_at, key_id"
+
+
+def _info(row: dict) -> KeyInfo:
+    return KeyInfo(**row)
+
+
+class PostgresKeyStore(KeyStore):
+    def __init__(self, db: PostgresDatabase, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self._clock = clock
+        self._lock = threading.Lock()  # guards _last_touch
+        self._last_touch: dict[str, float] = {}
+        db.migrate("api_keys", MIGRATIONS)
+
+    def __repr__(self) -> str:
+        return "PostgresKeyStore()"
+
+    def create(self, name: str) -> str:
+        validate_name(name)
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_hash = hash_key(key)
+        try:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO api_keys (key_hash, key_id, name, created_at) VALUES (%s, %s, %s, %s)",
+                    (key_hash, key_id_from_hash(key_hash), name, self._clock()),
+                )
+        except psycopg.errors.UniqueViolation as exc:
+            raise ValueError(f"an active key named {name!r} already exists") from exc
+        return key
+
+    def list(self) -> list[KeyInfo]:
+        with self.db.transaction() as conn:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, seq").fetchall()
+        return [_info(r) for r in rows]
+
+    def active(self, name: str) -> KeyInfo | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE name = %s AND revoked_at IS NULL", (name,)
+            ).fetchone()
+        return _info(row) if row else None
+
+    def revoke(self, name: str) -> bool:
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE name = %s AND revoked_at IS NULL",
+                (self._clock(), name),
+            )
+        return cur.rowcount > 0
+
+    def lookup(self, key_hash: str) -> KeyInfo | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (key_hash,)
+            ).fetchone()
+        return _info(row) if row else None
+
+    def has_keys(self) -> bool:
+        with self.db.transaction() as conn:
+            return conn.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+
+    def touch(self, key_id: str) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._last_touch.get(key_id)
+            if last is not None and now - last < TOUCH_INTERVAL_S:
+                return
+            self._last_touch[key_id] = now
+        try:
+            with self.db.transaction() as conn:
+                conn.execute("UPDATE api_keys SET last_used_at = %s WHERE key_id = %s", (now, key_id))
+        except Exception as exc:  # noqa: BLE001 - best effort: never fail a request for this
+            log.warning("could not record key use for key_id %s: %s", key_id, exc)
