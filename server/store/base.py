@@ -5,7 +5,10 @@ implementation keeps:
 
 - a prediction row holds everything the GET answer needs, and ``params`` (the inputs resolved
   at create, which the worker runs);
-- the queue is FIFO on ``created_at`` (ties broken by insertion order);
+- the queue is fair across keys: ``claim_next`` takes, among each key's oldest queued
+  prediction, the one of the key with the fewest running, then of the key whose last prediction
+  started longest ago (round robin), then the oldest; one key's own predictions run in order of
+  ``created_at`` (ties broken by insertion order), so a single key sees a FIFO queue;
 - ``claim_next`` is atomic: two workers never get the same prediction;
 - terminal states (success, error, cancelled) are sticky: no method changes a terminal row's
   status, output or error again;

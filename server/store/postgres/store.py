@@ -88,6 +88,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS predictions_owner_created "
         "ON predictions (owner, created_at DESC, seq DESC)",
         "CREATE INDEX IF NOT EXISTS predictions_owner_status ON predictions (owner, status)",
+        "CREATE INDEX IF NOT EXISTS predictions_owner_started ON predictions (owner, started_at)",
         "CREATE INDEX IF NOT EXISTS predictions_retention ON predictions (completed_at) "
         "WHERE status IN ('success', 'error', 'cancelled') AND NOT data_removed",
     ],
@@ -103,16 +104,24 @@ _IN_FLIGHT = list(IN_FLIGHT)
 _NOW = "extract(epoch from clock_timestamp())"  # the database's clock, for leases
 _HELD = "status = 'processing' AND worker_id = %(worker)s AND attempts = %(attempt)s"
 
-# The fair claim. ``running`` counts each key's jobs in processing; the candidate is the oldest
-# queued row of the key with the fewest running (ties: oldest first), locked with SKIP LOCKED so
-# a concurrent claimer takes the next candidate instead of waiting. The UPDATE then takes it.
+# The fair claim: among each key's oldest queued job, the one of the key with the fewest jobs
+# running, then of the key whose last job started longest ago (round robin: with one worker, a
+# key's batch of a thousand and another key's single image take turns), then the oldest. One key
+# alone is plain FIFO. The candidate is locked with SKIP LOCKED, so a concurrent claimer takes
+# the next one instead of waiting; the UPDATE then takes it.
 CLAIM_NEXT = f"""
-WITH running AS (
-    SELECT owner, count(*) AS n FROM predictions WHERE status = 'processing' GROUP BY owner
+WITH queued AS (
+    SELECT DISTINCT owner FROM predictions WHERE status = 'starting' AND NOT cancel_requested
+), turns AS (
+    SELECT q.owner,
+           (SELECT count(*) FROM predictions r
+            WHERE r.owner = q.owner AND r.status = 'processing') AS running,
+           coalesce((SELECT max(started_at) FROM predictions s WHERE s.owner = q.owner), 0) AS last_start
+    FROM queued q
 ), candidate AS (
-    SELECT p.id FROM predictions p LEFT JOIN running r ON r.owner = p.owner
+    SELECT p.id FROM predictions p JOIN turns t ON t.owner = p.owner
     WHERE p.status = 'starting' AND NOT p.cancel_requested
-    ORDER BY coalesce(r.n, 0), p.created_at, p.seq
+    ORDER BY t.running, t.last_start, p.created_at, p.seq
     LIMIT 1
     FOR UPDATE OF p SKIP LOCKED
 )

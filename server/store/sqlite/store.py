@@ -45,7 +45,7 @@ from server.store.base import (
 )
 from server.store.sqlite.db import SQLiteDatabase, check_integrity, reporting_unusable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 
 # MIGRATIONS[v] brings a database from version v-1 to v. Append, never edit a shipped entry.
@@ -88,7 +88,28 @@ MIGRATIONS: dict[int, list[str]] = {
         # A running job's lease (unix seconds); NULL on rows from before: expired, recovered at once.
         "ALTER TABLE predictions ADD COLUMN lease_expires_at REAL",
     ],
+    3: [
+        # The fair claim asks when each key last had a job started (see CLAIM_NEXT).
+        "CREATE INDEX IF NOT EXISTS predictions_owner_started ON predictions (owner, started_at)",
+    ],
 }
+
+# The fair claim: among each key's oldest queued job, the one of the key with the fewest jobs
+# running, then of the key whose last job started longest ago (round robin: with one worker, a
+# key's batch of a thousand and another key's single image take turns), then the oldest. One key
+# alone is plain FIFO. The window keeps the sort to one row per key.
+CLAIM_NEXT = """
+WITH heads AS (
+    SELECT id, owner, created_at, seq,
+           row_number() OVER (PARTITION BY owner ORDER BY created_at, seq) AS place
+    FROM predictions WHERE status = 'starting' AND cancel_requested = 0
+)
+SELECT h.id FROM heads h WHERE h.place = 1
+ORDER BY (SELECT count(*) FROM predictions r WHERE r.owner = h.owner AND r.status = 'processing'),
+         coalesce((SELECT max(started_at) FROM predictions s WHERE s.owner = h.owner), 0),
+         h.created_at, h.seq
+LIMIT 1
+"""
 
 _COLUMNS = (
     "id, owner, model, input, status, output, logs, error, created_at, started_at, completed_at, "
@@ -266,11 +287,7 @@ class SQLitePredictionStore(PredictionStore):
 
     def claim_next(self, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Prediction | None:
         with self.transaction() as conn:
-            row = conn.execute(
-                "SELECT id FROM predictions WHERE status = ? AND cancel_requested = 0 "
-                "ORDER BY created_at, seq LIMIT 1",
-                (STARTING,),
-            ).fetchone()
+            row = conn.execute(CLAIM_NEXT).fetchone()
             if row is None:
                 return None
             now = time.time()

@@ -216,11 +216,11 @@ def test_open_store_accepts_a_path_and_a_sqlite_url(tmp_path, monkeypatch):
     relative.close()
 
 
-def test_open_store_with_a_redis_url_says_redis_is_not_available():
-    with pytest.raises(ValueError, match="Redis support is not available"):
+def test_open_store_with_a_redis_url_says_redis_cannot_hold_predictions_and_what_can():
+    with pytest.raises(ValueError, match="Redis cannot hold the predictions.*postgresql://"):
         open_store("redis://localhost:6379/0")
 
 
 def test_open_store_refuses_unknown_schemes():
     with pytest.raises(ValueError, match="unsupported"):
-        open_store("postgres://db/fluxserve")
+        open_store("mysql://db/fluxserve")

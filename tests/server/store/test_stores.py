@@ -63,6 +63,36 @@ def test_claim_next_takes_the_oldest_first_and_ties_in_insertion_order(predictio
     assert predictions.claim_next("w") is None
 
 
+def _run_one_at_a_time(store: PredictionStore) -> list[str]:
+    """One worker: claim, finish, claim... until the queue is empty; the order the jobs ran in."""
+    order = []
+    while (job := store.claim_next("w0")) is not None:
+        order.append(job.id)
+        assert store.finish(job.id, SUCCESS, lease=job.lease)
+    return order
+
+
+def test_a_single_image_does_not_wait_behind_another_keys_batch(predictions):
+    add(predictions, *(pred(f"a{n}", owner="key-a", created_at=float(n)) for n in range(1, 21)))
+    add(predictions, pred("b1", owner="key-b", created_at=100.0))
+    order = _run_one_at_a_time(predictions)
+    assert order.index("b1") < order.index("a3")
+    assert [pid for pid in order if pid.startswith("a")] == [f"a{n}" for n in range(1, 21)]  # FIFO per key
+
+
+def test_keys_take_turns_on_one_worker(predictions):
+    add(predictions, *(pred(f"a{n}", owner="key-a", created_at=float(n)) for n in range(1, 4)))
+    add(predictions, *(pred(f"b{n}", owner="key-b", created_at=10.0 + n) for n in range(1, 4)))
+    assert _run_one_at_a_time(predictions) == ["a1", "b1", "a2", "b2", "a3", "b3"]
+
+
+def test_the_key_with_fewer_jobs_running_goes_next(predictions):
+    add(predictions, *(pred(f"a{n}", owner="key-a", created_at=float(n)) for n in range(1, 21)))
+    assert [predictions.claim_next(f"w{n}").id for n in range(2)] == ["a1", "a2"]  # two workers busy
+    add(predictions, pred("b1", owner="key-b", created_at=100.0))
+    assert predictions.claim_next("w2").id == "b1"
+
+
 def test_claim_next_marks_the_row_processing_for_the_worker(predictions):
     add(predictions, pred("p1"))
     claimed = predictions.claim_next("gpu-0")
