@@ -128,8 +128,12 @@ def open_backend(url: str, *, predictions: PredictionStore | None = None) -> Bac
     """Open the stores ``url`` names. ``predictions``: a prediction store the caller opened (and
     checked) already, on that url, to use instead of opening another."""
     if is_postgres(url):
-        from server.store.postgres import open_postgres  # psycopg: only when configured
-
+        try:
+            from server.store.postgres import open_postgres  # psycopg: only when configured
+        except ImportError as exc:
+            raise ValueError(
+                f"a PostgreSQL store needs psycopg ({exc.name} is missing): pip install 'fluxserve[postgres]'"
+            ) from None
         return open_postgres(url, predictions=predictions)
     opened = predictions is None
     predictions = predictions or open_store(url)
