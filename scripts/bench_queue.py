@@ -30,7 +30,7 @@ on, or ``--postgres-url``) and each worker count (``--workers``, default 1, 2, 4
    the request. ``--cancel-samples`` in all. Target: p99 < 0.5 s.
 
 Percentiles are nearest-rank: with under 100 samples p99 is the largest. Prints the machine and a summary;
-``--json FILE`` writes every figure.
+``--json FILE`` writes every figure. A default run takes about 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
