@@ -146,9 +146,45 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
         load_settings(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+CONFIGS = ROOT / "configs"
+SHIPPED_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("compose."))
+COMPOSE_FILES = sorted(p.name for p in (ROOT / "configs").glob("compose.*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_every_shipped_config_loads(name):
     load_settings(ROOT / "configs" / name)
+
+
+def test_the_cluster_config_takes_its_secrets_from_the_environment(monkeypatch):
+    url = "postgresql://fluxserve:secret@db.internal:5432/fluxserve"
+    monkeypatch.setenv("FLUXSERVE_STORE_URL", url)
+    monkeypatch.setenv("FLUXSERVE_OUTPUTS__S3__ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("FLUXSERVE_OUTPUTS__S3__SECRET_ACCESS_KEY", "secret")
+
+    s = load_settings(ROOT / "configs" / "cluster.yaml")
+
+    assert s.store_url == url
+    assert (s.outputs.backend, s.outputs.s3.access_key_id) == ("s3", "id")
+    assert s.limits.storage_uri.startswith("redis://")
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_a_compose_file_runs_the_roles_on_a_shipped_config(name):
+    """Parsed only: `docker compose config` is not run in the tests."""
+    import yaml
+
+    services = yaml.safe_load((ROOT / "configs" / name).read_text())["services"]
+    roles = {n: s for n, s in services.items() if s.get("command", [None])[0] == "fluxserve"}
+    apis = [s for s in roles.values() if s["command"][1] == "serve"]
+    workers = [s for s in roles.values() if s["command"][1] == "worker"]
+
+    assert apis and all("--no-workers" in s["command"] for s in apis)
+    assert workers and all(s["deploy"]["resources"]["reservations"]["devices"] for s in workers)
+    for service in roles.values():
+        config = service["command"][service["command"].index("--config") + 1]
+        mounted = next(v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == config)
+        assert mounted.removeprefix("./") in SHIPPED_CONFIGS
 
 
 @pytest.mark.parametrize(
