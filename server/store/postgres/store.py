@@ -52,8 +52,8 @@ from server.store.base import (
 )
 from server.store.hosts import HostReport
 from server.store.postgres.db import PostgresDatabase, is_outage
-from server.store.postgres.hosts import PostgresHosts
 from server.store.postgres.feed import CHANNEL, payload
+from server.store.postgres.hosts import PostgresHosts
 
 # MIGRATIONS[v] brings the tables from version v-1 to v. Append, never edit a shipped entry.
 MIGRATIONS: dict[int, list[str]] = {
