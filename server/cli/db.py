@@ -1,4 +1,5 @@
-"""`fluxserve backup` and `fluxserve db check`: the database file, read while the server may run."""
+"""`fluxserve backup` and `fluxserve db check`: the SQLite database file, read while the server may
+run. A PostgreSQL store has its own tools (pg_dump, pg_amcheck): these say so and exit."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ def _settings(config: str | None) -> Settings:
     from server.config import load_settings
 
     settings = load_settings(config)
+    if settings.shared_store:
+        raise SystemExit(
+            f"error: this command reads a SQLite database file; the store is PostgreSQL "
+            f"({settings.store_name}): use pg_dump to back it up and pg_amcheck to check it"
+        )
     try:
         settings.db_path  # noqa: B018 - raises for a store_url that names no file
     except ValueError as exc:
