@@ -338,7 +338,8 @@ class Settings(BaseSettings):
     store_url: str | None = Field(
         None,
         description="Default: sqlite:///<data_dir>/fluxserve.db. Predictions, stored API keys and webhook "
-        "deliveries all live in this one file.",
+        "deliveries all live in this one file (or database). postgresql://user:password@host:5432/db: "
+        "one database that API replicas and worker hosts share (README, Several hosts).",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

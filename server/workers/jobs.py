@@ -97,8 +97,6 @@ class Jobs:
         self.lease_s: float = settings.workers.lease_s
         self.model_defaults = settings.model.defaults
         self.accepting = True
-        self.dispatch_poll_s = SHARED_POLL_S if store.shared else FALLBACK_DISPATCH_S
-        self.cancel_poll_s = SHARED_POLL_S if store.shared else CANCEL_POLL_S
         self._notify = notify
         self._on_finished = on_finished
         self._observe = observe_predict_time
@@ -107,6 +105,16 @@ class Jobs:
         self.store_health = StoreHealth(on_recovered=self._retry_now.set)
         self._pending: dict[str, PendingEnd] = {}  # ends the store has not taken yet, by prediction id
         self._tasks: list[asyncio.Task] = []
+
+    @property
+    def dispatch_poll_s(self) -> float:
+        """Dispatch runs at least this often, woken or not."""
+        return SHARED_POLL_S if self.store.shared else FALLBACK_DISPATCH_S
+
+    @property
+    def cancel_poll_s(self) -> float:
+        """Running jobs' cancel flags are re-read this often."""
+        return SHARED_POLL_S if self.store.shared else CANCEL_POLL_S
 
     # -- lifecycle ------------------------------------------------------------------------
     async def recover_at_start(self) -> None:
