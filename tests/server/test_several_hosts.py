@@ -190,3 +190,15 @@ def test_a_killed_worker_host_s_job_is_retried_when_its_lease_expires(cluster: C
     while victim.settings.workers.host_id in [h["host_id"] for h in a.health()["hosts"]]:
         assert time.monotonic() < deadline, a.health()
         time.sleep(0.2)
+
+
+def test_a_worker_host_stopped_with_sigterm_exits_cleanly_and_leaves_the_health_answer(cluster: Cluster):
+    a = cluster.apis[0]
+    leaving = next(w for w in cluster.workers if w.proc.poll() is None)
+    assert leaving.stop(timeout=30) == 0
+    hosts = [h["host_id"] for h in a.health()["hosts"]]
+    deadline = time.monotonic() + 3  # forgotten at its stop: seen by the API's next read (1 s)
+    while leaving.settings.workers.host_id in hosts:
+        assert time.monotonic() < deadline, hosts
+        time.sleep(0.1)
+        hosts = [h["host_id"] for h in a.health()["hosts"]]
