@@ -57,5 +57,6 @@ def test_backup_and_db_check_say_they_are_for_sqlite(tmp_path):
         assert done.returncode == 1
         assert errors(done) == [
             "error: this command reads a SQLite database file; the store is PostgreSQL "
-            "(postgresql://flux@127.0.0.1:5432/fluxserve): use pg_dump to back it up and pg_amcheck to check it"
+            "(postgresql://flux@127.0.0.1:5432/fluxserve): use pg_dump to back it up and pg_amcheck "
+            "to check it"
         ]
