@@ -15,6 +15,7 @@ The processes are started once for the module (loading the tiny model takes seco
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import psycopg
 import pytest
 
 from tests.server.helpers import FAST_MODEL, KEY_A, KEY_B, LiveServer
+from tests.server.webhooks.test_webhooks import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +83,7 @@ def cluster(
         "model": FAST_MODEL,
         "outputs": {"dir": str(root / "outputs")},  # one folder every host writes and serves
         "workers": {"lease_s": LEASE_S, "max_attempts": 2, "shutdown_grace_s": 5},
+        "input_images": {"allowed_hosts": ["127.0.0.1"]},  # webhooks to the test's receiver
     }
 
     def server(name: str, role: str, **workers: Any) -> LiveServer:
@@ -131,6 +134,31 @@ def test_a_hundred_predictions_through_two_apis_each_end_once_and_are_served_by_
         urls = body["output"] if isinstance(body["output"], list) else [body["output"]]
         for url in urls:
             assert _fetch_output_through(a, url) == _fetch_output_through(b, url)
+
+
+def test_each_end_s_webhook_is_queued_once_and_sent_once_whichever_replica_hears_it(cluster: Cluster):
+    a, b = cluster.apis
+    receiver = Receiver()
+    try:
+        made = [
+            (api, key, api.create(key, webhook_url=receiver.url)) for api, key in ((a, KEY_A), (b, KEY_B))
+        ]
+        made += [
+            (api, key, api.create(key, webhook_url=receiver.url)) for api, key in ((a, KEY_A), (b, KEY_B))
+        ]
+        for api, key, pid in made:
+            assert api.wait_for_end(key, pid, timeout=120)["status"] == "success"
+        receiver.wait_for(len(made), timeout=30)
+        time.sleep(2)  # a second delivery, if any, would arrive meanwhile
+        sent = sorted(json.loads(r["raw"])["exec_id"] for r in receiver.requests)
+    finally:
+        receiver.close()
+    ids = sorted(pid for _, _, pid in made)
+    assert sent == ids
+    rows = cluster.rows(
+        "SELECT prediction_id, state FROM webhook_deliveries WHERE prediction_id = ANY(%s)", ids
+    )
+    assert sorted(rows) == [(pid, "delivered") for pid in ids]
 
 
 def test_a_cancel_through_one_api_stops_a_job_on_another_host(cluster: Cluster):
