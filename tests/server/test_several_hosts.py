@@ -173,6 +173,19 @@ def test_a_cancel_through_one_api_stops_a_job_on_another_host(cluster: Cluster):
     assert time.monotonic() - asked < 3.0  # one denoising step, plus the hops between hosts
 
 
+def _create_once_back(api: LiveServer, key: str, timeout: float = 60) -> str:
+    """Create as a client would: 503 (with Retry-After) until the API's connection pool has
+    reconnected (psycopg_pool's backoff grows with the outage), then 200. Nothing else."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = api.post_create(key)
+        if r.status_code == 200:
+            return r.json()["predictionID"]
+        assert r.status_code == 503 and r.headers["Retry-After"], r.text
+        assert time.monotonic() < deadline, f"still 503 {timeout} s after the database came back"
+        time.sleep(0.5)
+
+
 def test_postgres_restarting_loses_nothing_and_every_process_recovers(cluster: Cluster, postgres_server):
     a, b = cluster.apis
     running = [a.create(KEY_A, {"num_inference_steps": "12"}) for _ in range(3)]
@@ -190,7 +203,7 @@ def test_postgres_restarting_loses_nothing_and_every_process_recovers(cluster: C
         assert a.http.get(f"/v1/prediction/{running[0]}", headers=a.headers(KEY_A)).status_code == 503
     finally:
         postgres_server.start()
-    after = [api.create(key) for api, key in ((a, KEY_A), (b, KEY_B))]
+    after = [_create_once_back(api, key) for api, key in ((a, KEY_A), (b, KEY_B))]
     for pid, api, key in zip(after, (a, b), (KEY_A, KEY_B), strict=True):
         assert api.wait_for_end(key, pid, timeout=120)["status"] == "success"
     cluster.wait_hosts_ready(3)
