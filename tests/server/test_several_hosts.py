@@ -243,3 +243,14 @@ def test_a_worker_host_stopped_with_sigterm_exits_cleanly_and_leaves_the_health_
         assert time.monotonic() < deadline, hosts
         time.sleep(0.1)
         hosts = [h["host_id"] for h in a.health()["hosts"]]
+
+
+def test_serve_runs_api_and_workers_in_one_process_on_postgres(
+    postgres_server, tmp_path: Path, tiny_model_dir: Path
+):
+    with LiveServer(
+        tmp_path / "one-box", tiny_model_dir, store_url=postgres_server.new_database(), model=FAST_MODEL
+    ) as server:
+        health = server.start()
+        assert [w["state"] for w in health["workers"]] == ["ready"]
+        assert server.run(KEY_A)["status"] == "success"
