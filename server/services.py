@@ -1,13 +1,15 @@
 """Building the server's parts from Settings, and joining them through the change feed.
 
-One place picks the implementations (the SQLite store, the local output folder, the in-process
-feed) and makes the subscriptions that replace direct calls between parts:
+One place picks the implementations (the backend ``store_url`` names with its change feed, the
+output storage) and makes the subscriptions that replace direct calls between parts:
 
 - ``created`` wakes the worker supervisor; ``cancel requested`` reaches the job that runs it;
 - ``changed`` and ``ended`` drive the webhooks (an end is re-read from the store: the
   notification is a hint).
 
-The API reads the parts through ``AppState`` (``server.api.deps.app_state``).
+The API reads the parts through ``AppState`` (``server.api.deps.app_state``). Three roles: the
+app with its workers (`serve`), the app alone on a shared store (`serve --no-workers`: readiness
+from the worker hosts' heartbeats), and ``WorkerHost`` (`fluxserve worker`: no HTTP).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from server.predictions.errors import ModelUnavailable, NotAccepting, ShuttingDo
 from server.predictions.feed import Change, ChangeFeed, ChangeKind
 from server.predictions.models import ModelRegistry
 from server.predictions.service import PredictionService, Readiness
-from server.store import Backend, PredictionStore, is_postgres, open_backend
+from server.store import Backend, PredictionStore, open_backend
 from server.webhooks.dispatcher import WebhookDispatcher
 from server.workers.hosts import HostHeartbeat, HostsReadiness
 from server.workers.supervisor import SETUP_FAILED, Supervisor
@@ -118,7 +120,7 @@ def server_lock(settings: Settings) -> ServerLock:
     and worker hosts share the database and maybe an outputs mount on purpose, but the data
     folder's lock still keeps two worker hosts from running under one host id (a host settles
     its own host id's jobs at start, which must never be another live process's)."""
-    if is_postgres(settings.resolved_store_url):
+    if settings.shared_store:
         return ServerLock(settings.data_path, None)
     return ServerLock(settings.data_path, settings.db_path, settings.local_outputs_path)
 
