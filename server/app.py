@@ -106,14 +106,14 @@ def _check_store(state: AppState) -> str | None:
         log.warning(
             "could not compare the outputs folder %s with the database %s (%s); starting without that check",
             outputs_place,
-            state.settings.db_path,
+            state.settings.store_name,
             describe(exc),
         )
         return None
     if not missing:
         return None
     return (
-        f"the database {state.settings.db_path} has no record of {len(missing)} of the {len(ids)} "
+        f"the database {state.settings.store_name} has no record of {len(missing)} of the {len(ids)} "
         f"predictions whose images are in {outputs_place} (e.g. {missing[0]}); their clients get 404. "
         "The database was replaced, restored from an older backup, or lost its -wal file: "
         "stop the server and restore the latest backup (README, Operations) unless that was intended"
@@ -139,7 +139,7 @@ def create_app(
     lock: ServerLock | None = None,
 ) -> FastAPI:
     """``lock``: the server's locks, when the caller took them already (`fluxserve serve`)."""
-    state = build_state(settings, store, lock)
+    state = build_state(settings, store, lock, run_workers=start_workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -166,9 +166,14 @@ def create_app(
             # they have stopped, and hands what it was told to the webhooks before they stop.
             await state.feed.start()
             stack.push_async_callback(state.feed.stop)
+            await state.readiness.start()
+            stack.push_async_callback(state.readiness.stop)
             if start_workers:
                 stack.push_async_callback(_stop_workers, state)
                 await state.supervisor.start()
+                if state.heartbeat is not None:  # a store other hosts share: they read its reports
+                    await state.heartbeat.start()
+                    stack.push_async_callback(state.heartbeat.stop)
             if settings.outputs.retention_hours > 0:
                 state.background.append(asyncio.create_task(_retention_loop(state)))
             state.background.append(asyncio.create_task(_checkpoint_loop(state)))

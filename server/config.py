@@ -85,6 +85,11 @@ class WorkerSettings(_Section):
         "once it expires (the host died or lost the store) any host sharing the store settles the "
         "prediction like a lost worker's (requeued or ended per max_attempts).",
     )
+    host_id: str | None = Field(
+        None,
+        description="This worker host's name in leases and in /health-check's hosts (default: the "
+        "machine's host name). Two worker hosts on one machine need one each, and a data_dir each.",
+    )
     load_timeout_s: float = Field(1800, description="Model load longer than this is a setup failure.")
     shutdown_grace_s: float = Field(
         60, description="On SIGTERM, how long a running prediction may take to finish."
@@ -333,7 +338,8 @@ class Settings(BaseSettings):
     store_url: str | None = Field(
         None,
         description="Default: sqlite:///<data_dir>/fluxserve.db. Predictions, stored API keys and webhook "
-        "deliveries all live in this one file.",
+        "deliveries all live in this one file (or database). postgresql://user:password@host:5432/db: "
+        "one database that API replicas and worker hosts share (README, Several hosts).",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -405,6 +411,20 @@ class Settings(BaseSettings):
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.db_path}"
+
+    @property
+    def shared_store(self) -> bool:
+        """The store is a PostgreSQL database that API replicas and worker hosts share."""
+        from server.store import is_postgres
+
+        return is_postgres(self.resolved_store_url)
+
+    @property
+    def store_name(self) -> str:
+        """The store, for messages: the SQLite file, or the database's url without its password."""
+        from server.store import display_store_url
+
+        return display_store_url(self.resolved_store_url) if self.shared_store else str(self.db_path)
 
     @property
     def outputs_path(self) -> Path:

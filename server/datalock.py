@@ -8,6 +8,9 @@ folder each server has. The data-folder lock keeps two servers out of one data f
 outputs lock (``.fluxserve.lock`` in the outputs folder) out of one outputs folder wherever
 ``outputs.dir`` puts it: each would report the other's images as missing from its database. The
 kernel drops a lock when its process dies, so a killed server never leaves a stale one behind.
+
+On a shared PostgreSQL store only the data-folder lock is taken, by processes that run workers
+(``server.services.server_lock``): it keeps two worker hosts from running under one host id.
 """
 
 from __future__ import annotations

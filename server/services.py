@@ -1,18 +1,21 @@
 """Building the server's parts from Settings, and joining them through the change feed.
 
-One place picks the implementations (the SQLite store, the local output folder, the in-process
-feed) and makes the subscriptions that replace direct calls between parts:
+One place picks the implementations (the backend ``store_url`` names with its change feed, the
+output storage) and makes the subscriptions that replace direct calls between parts:
 
 - ``created`` wakes the worker supervisor; ``cancel requested`` reaches the job that runs it;
 - ``changed`` and ``ended`` drive the webhooks (an end is re-read from the store: the
   notification is a hint).
 
-The API reads the parts through ``AppState`` (``server.api.deps.app_state``).
+The API reads the parts through ``AppState`` (``server.api.deps.app_state``). Three roles: the
+app with its workers (`serve`), the app alone on a shared store (`serve --no-workers`: readiness
+from the worker hosts' heartbeats), and ``WorkerHost`` (`fluxserve worker`: no HTTP).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,11 +29,12 @@ from server.metrics import ServerMetrics
 from server.outputs import open_output_storage
 from server.outputs.base import OutputStorage
 from server.predictions.errors import ModelUnavailable, NotAccepting, ShuttingDown
-from server.predictions.feed import Change, ChangeFeed, ChangeKind, InProcessChangeFeed
+from server.predictions.feed import Change, ChangeFeed, ChangeKind
 from server.predictions.models import ModelRegistry
 from server.predictions.service import PredictionService, Readiness
-from server.store import PredictionStore, open_backend
+from server.store import Backend, PredictionStore, open_backend
 from server.webhooks.dispatcher import WebhookDispatcher
+from server.workers.hosts import HostHeartbeat, HostsReadiness
 from server.workers.supervisor import SETUP_FAILED, Supervisor
 
 
@@ -53,6 +57,7 @@ class AppState:
     webhooks: WebhookDispatcher
     supervisor: Supervisor  # this process's workers (started only when the app runs workers)
     lock: ServerLock
+    heartbeat: HostHeartbeat | None = None  # this process's workers' reports, on a shared store
     started_at: float = field(default_factory=time.time)
     background: list[asyncio.Task] = field(default_factory=list)
     store_warning: str | None = None  # set at start when the store misses predictions (app._check_store)
@@ -109,14 +114,31 @@ def subscribe_webhooks(feed: ChangeFeed, store: PredictionStore, webhooks: Webho
     feed.subscribe([ChangeKind.ENDED], ended)
 
 
+def server_lock(settings: Settings) -> ServerLock:
+    """The locks a server holds. On SQLite: its data folder, its database file and its outputs
+    folder (one server each). On a shared store (PostgreSQL) only the data folder: API replicas
+    and worker hosts share the database and maybe an outputs mount on purpose, but the data
+    folder's lock still keeps two worker hosts from running under one host id (a host settles
+    its own host id's jobs at start, which must never be another live process's)."""
+    if settings.shared_store:
+        return ServerLock(settings.data_path, None)
+    return ServerLock(settings.data_path, settings.db_path, settings.local_outputs_path)
+
+
 def build_state(
-    settings: Settings, store: PredictionStore | None = None, lock: ServerLock | None = None
+    settings: Settings,
+    store: PredictionStore | None = None,
+    lock: ServerLock | None = None,
+    *,
+    run_workers: bool = True,
 ) -> AppState:
-    """Every part, built and joined; nothing started (the app's lifespan starts them)."""
+    """Every part, built and joined; nothing started (the app's lifespan starts them).
+    ``run_workers``: this process runs workers; without, on a shared store, readiness comes from
+    the worker hosts' reports."""
     settings.data_path.mkdir(parents=True, exist_ok=True)
     backend = open_backend(settings.resolved_store_url, predictions=store)
     store = backend.predictions
-    feed = InProcessChangeFeed()
+    feed = backend.feed
     outputs = open_output_storage(settings)
     models = ModelRegistry.from_specs([settings.model])
     render = RenderContext(settings.base_url, outputs, models)
@@ -132,7 +154,14 @@ def build_state(
     )
     subscribe_workers(feed, supervisor)
     subscribe_webhooks(feed, store, webhooks)
-    readiness = SupervisorReadiness(supervisor)
+    readiness: Readiness
+    heartbeat = None
+    if store.shared and not run_workers:
+        readiness = HostsReadiness(store, models.default.slug, lambda: supervisor.accepting)
+    else:
+        readiness = SupervisorReadiness(supervisor)
+    if store.shared and run_workers:
+        heartbeat = HostHeartbeat(store, supervisor, [e.slug for e in models.entries])
     predictions = PredictionService(
         store,
         feed,
@@ -156,5 +185,49 @@ def build_state(
         metrics=metrics,
         webhooks=webhooks,
         supervisor=supervisor,
-        lock=lock or ServerLock(settings.data_path, settings.db_path, settings.local_outputs_path),
+        lock=lock or server_lock(settings),
+        heartbeat=heartbeat,
     )
+
+
+@dataclass
+class WorkerHost:
+    """A worker host without HTTP (`fluxserve worker`): the supervisor and its jobs, the change
+    feed (creates wake it, cancels reach its jobs) and the heartbeat API replicas read. Ends reach
+    the API replicas through the store's notifications; they queue the webhooks."""
+
+    settings: Settings
+    backend: Backend
+    outputs: OutputStorage
+    supervisor: Supervisor
+    heartbeat: HostHeartbeat
+
+    async def start(self) -> None:
+        await self.backend.feed.start()
+        await self.supervisor.start()
+        await self.heartbeat.start()
+
+    async def drain(self, grace_s: float) -> None:
+        """Take no new job; let the running ones finish within ``grace_s``."""
+        self.supervisor.accepting = False
+        with contextlib.suppress(Exception):  # API replicas see it draining at once
+            await self.heartbeat.beat()
+        await self.supervisor.drain(grace_s)
+
+    async def stop(self) -> None:
+        try:
+            await self.heartbeat.stop()
+            await self.supervisor.stop()
+            await self.backend.feed.stop()
+        finally:
+            self.backend.close()
+
+
+def build_worker_host(settings: Settings, backend: Backend) -> WorkerHost:
+    """A worker host's parts on an opened (shared) backend; nothing started."""
+    outputs = open_output_storage(settings)
+    models = ModelRegistry.from_specs([settings.model])
+    supervisor = Supervisor(settings, backend.predictions, outputs, notify=backend.feed.changed)
+    subscribe_workers(backend.feed, supervisor)
+    heartbeat = HostHeartbeat(backend.predictions, supervisor, [e.slug for e in models.entries])
+    return WorkerHost(settings, backend, outputs, supervisor, heartbeat)

@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
 
+from server.predictions.errors import StoreUnreachable
+
 log = logging.getLogger("fluxserve.api")
 
 
@@ -91,5 +93,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        state = getattr(request.app.state, "fluxserve", None)
+        if state is not None and state.store.is_unreachable(exc):
+            # A shared database restarting: the client retries; nothing it was told is lost.
+            state.readiness.store_failed(exc)
+            return error_response(
+                503,
+                "The prediction database cannot be reached; try again shortly",
+                headers={"Retry-After": str(StoreUnreachable.RETRY_AFTER_S)},
+            )
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "Internal server error")

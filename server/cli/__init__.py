@@ -1,4 +1,4 @@
-"""The `fluxserve` command line: serve, generate, tiny-model, keys, backup, db, client.
+"""The `fluxserve` command line: serve, worker, generate, tiny-model, keys, backup, db, client.
 
 Each subcommand imports what it needs when it runs, so `fluxserve --help` stays fast and the
 server's commands never load torch in the API process.
@@ -17,11 +17,33 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--ssl-certfile", default=None, help="PEM certificate: serve HTTPS (setting tls.certfile)")
     p.add_argument("--ssl-keyfile", default=None, help="PEM private key of the certificate (tls.keyfile)")
+    p.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="an API replica only: no worker processes; predictions queue for the worker hosts "
+        "(`fluxserve worker`) sharing its PostgreSQL store_url",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from server.cli.serve import cmd_serve
 
         return cmd_serve(args)
+
+    p.set_defaults(func=run)
+
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run a worker host (GPU workers, no HTTP) for the API replicas sharing its PostgreSQL store_url",
+    )
+    p.add_argument("--config", default=None, help="YAML config file (see configs/)")
+    p.add_argument("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (setting workers.gpus)")
+
+    def run(args: argparse.Namespace) -> int:
+        from server.cli.worker import cmd_worker
+
+        return cmd_worker(args)
 
     p.set_defaults(func=run)
 
@@ -47,11 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    """Subcommands defined next to the code they drive (serve, keys, backup, db, client)."""
+    """Subcommands defined next to the code they drive (serve, worker, keys, backup, db, client)."""
     from server.cli.db import _add_backup, _add_db
     from server.cli.keys import _add_keys
 
-    return [_add_serve, _add_keys, _add_backup, _add_db, _add_client]
+    return [_add_serve, _add_worker, _add_keys, _add_backup, _add_db, _add_client]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""`fluxserve backup` and `fluxserve db check`: the database file, read while the server may run."""
+"""`fluxserve backup` and `fluxserve db check`: the SQLite database file, read while the server may
+run. A PostgreSQL store has its own tools (pg_dump, pg_amcheck): these say so and exit."""
 
 from __future__ import annotations
 
@@ -11,14 +12,28 @@ if TYPE_CHECKING:  # imported late at run time: `fluxserve --help` stays quick
 
 
 def _settings(config: str | None) -> Settings:
-    """The settings, with a store_url that names a database file (one line otherwise)."""
+    """The settings, with a store_url that names a database file or a PostgreSQL database (one
+    line otherwise)."""
     from server.config import load_settings
 
     settings = load_settings(config)
+    if settings.shared_store:
+        return settings
     try:
         settings.db_path  # noqa: B018 - raises for a store_url that names no file
     except ValueError as exc:
         raise SystemExit(f"error: store_url: {exc}") from None
+    return settings
+
+
+def _sqlite_settings(config: str | None) -> Settings:
+    """The settings, with a store_url that names a SQLite file: a PostgreSQL store has its own tools."""
+    settings = _settings(config)
+    if settings.shared_store:
+        raise SystemExit(
+            f"error: this command reads a SQLite database file; the store is PostgreSQL "
+            f"({settings.store_name}): use pg_dump to back it up and pg_amcheck to check it"
+        )
     return settings
 
 
@@ -36,7 +51,7 @@ def _add_backup(sub: argparse._SubParsersAction) -> None:
 
         from server.store.sqlite.tools import backup
 
-        source = _settings(args.config).db_path
+        source = _sqlite_settings(args.config).db_path
         target = Path(args.path).expanduser().resolve()
         try:
             count = backup(source, target)
@@ -58,7 +73,7 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from server.store.sqlite.tools import check
 
-        report = check(_settings(args.config).db_path)
+        report = check(_sqlite_settings(args.config).db_path)
         print("\n".join(report.lines))
         return 0 if report.ok else 1
 

@@ -21,6 +21,8 @@ def _key_settings(config: str | None):
     from server.store.carryover import carry_over_keys
 
     settings = _settings(config)
+    if settings.shared_store:
+        return settings  # the keys live in the PostgreSQL database; nothing to make or carry
     settings.db_path.parent.mkdir(parents=True, exist_ok=True)
     carried = carry_over_keys(settings)
     if carried:

@@ -24,6 +24,7 @@ from server.api.middleware.hostguard import is_loopback_name as is_loopback_host
 from server.config import ConfigError, Settings, load_settings
 from server.datalock import ServerBusy, ServerLock
 from server.outputs import OutputStorageError, open_output_storage
+from server.services import server_lock
 from server.store import PredictionStore, open_store
 from server.store.carryover import carry_over_keys
 from server.store.sqlite.db import DatabaseUnusable
@@ -44,7 +45,7 @@ class GracefulServer(uvicorn.Server):
             return
         self._draining = True
         state = self._app.state.fluxserve
-        state.supervisor.accepting = False
+        state.supervisor.accepting = False  # an API replica's readiness follows it too
         grace = state.settings.workers.shutdown_grace_s
         log.warning("shutting down: no new predictions; waiting up to %g s for the running one", grace)
         loop = asyncio.get_event_loop()
@@ -75,18 +76,50 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _open_checked_store(settings: Settings) -> PredictionStore:
-    """Open the store and read every page of it once (PRAGMA quick_check, about a second per
-    GB): a damaged file stops the start here, not half-way through restart recovery."""
+    """Open the store. A SQLite file is read once in full (PRAGMA quick_check, about a second per
+    GB): a damaged file stops the start here, not half-way through restart recovery. A
+    PostgreSQL database that cannot be reached stops it in one line naming it."""
+    if settings.shared_store:
+        _reach_database(settings)
     try:
         store = open_store(settings.resolved_store_url)
     except ValueError as exc:
         raise StartError(f"store_url: {exc}") from None
+    except Exception as exc:
+        if settings.shared_store and is_database_unreachable(exc):
+            raise StartError(unreachable_message(settings, exc)) from None
+        raise
+    if settings.shared_store:
+        return store  # PostgreSQL keeps its own pages whole; pg_amcheck is its check
     try:
         store.check_integrity(quick=True)
     except BaseException:
         store.close()
         raise
     return store
+
+
+def _reach_database(settings: Settings) -> None:
+    """One connection first, so a database that cannot be reached is named with its reason in one
+    line (the pool would retry for its whole timeout, then say less)."""
+    import psycopg  # only with a postgresql:// store_url
+
+    try:
+        psycopg.connect(settings.resolved_store_url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        raise StartError(unreachable_message(settings, exc)) from None
+
+
+def is_database_unreachable(exc: BaseException) -> bool:
+    from server.store.postgres.db import is_outage  # psycopg: only with a postgresql:// store_url
+
+    return is_outage(exc)
+
+
+def unreachable_message(settings: Settings, exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = "; ".join(lines[:2]) or type(exc).__name__
+    return f"cannot reach the database {settings.store_name}: {first}"
 
 
 def _check_output_storage(settings: Settings) -> None:
@@ -97,23 +130,31 @@ def _check_output_storage(settings: Settings) -> None:
         raise StartError(f"outputs.backend {settings.outputs.backend}: {exc}") from None
 
 
-def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]:
-    """Take the server's locks, check the port, open the checked store and carry stored keys
-    over; StartError, ServerBusy or DatabaseUnusable otherwise (nothing held)."""
-    try:
-        db_path = settings.db_path
-    except ValueError as exc:
-        raise StartError(f"store_url: {exc}") from None
-    lock = ServerLock(settings.data_path, db_path, settings.local_outputs_path)
-    lock.acquire()  # first: a second server must not even open the first one's database
+def prepare(
+    settings: Settings, host: str | None, *, runs_workers: bool = True
+) -> tuple[ServerLock, PredictionStore]:
+    """Take the server's locks, check the port (``host`` None: no HTTP), open the checked store
+    and carry stored keys over (SQLite); StartError, ServerBusy or DatabaseUnusable otherwise
+    (nothing held). On a shared store only the data folder is locked (see ``server_lock``), and
+    only by a process that runs workers: API replicas settle no jobs and may share a folder."""
+    if not settings.shared_store:
+        try:
+            settings.db_path  # noqa: B018 - raises for a store_url that names no file
+        except ValueError as exc:
+            raise StartError(f"store_url: {exc}") from None
+    lock = server_lock(settings)
+    if runs_workers:
+        lock.acquire()  # first: a second server must not even open the first one's database
     store: PredictionStore | None = None
     try:
-        _check_port(host, settings.port)
+        if host is not None:
+            _check_port(host, settings.port)
         store = _open_checked_store(settings)
         _check_output_storage(settings)
-        carried = carry_over_keys(settings)
-        if carried:
-            log.warning("%s", carried)
+        if not settings.shared_store:  # keys of older versions' data folder files (SQLite only)
+            carried = carry_over_keys(settings)
+            if carried:
+                log.warning("%s", carried)
         return lock, store
     except BaseException:
         if store is not None:
@@ -122,15 +163,21 @@ def prepare(settings: Settings, host: str) -> tuple[ServerLock, PredictionStore]
         raise
 
 
-def run_server(settings: Settings) -> int:
+def run_server(settings: Settings, *, workers: bool = True) -> int:
+    """``workers`` False: an API replica only (`serve --no-workers`), on a shared store."""
     from server.app import create_app
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        lock, store = prepare(settings, settings.host)
-        app = create_app(settings, store=store, lock=lock)
+        if not workers and not settings.shared_store:
+            raise StartError(
+                "--no-workers needs a store that worker hosts share (store_url: postgresql://...); "
+                "with SQLite set workers.count: 0 for a server that runs nothing"
+            )
+        lock, store = prepare(settings, settings.host, runs_workers=workers)
+        app = create_app(settings, store=store, lock=lock, start_workers=workers)
     except (StartError, ServerBusy, DatabaseUnusable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -180,4 +227,4 @@ def cmd_serve(args) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_server(settings)
+    return run_server(settings, workers=not getattr(args, "no_workers", False))

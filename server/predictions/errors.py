@@ -56,6 +56,20 @@ class ShuttingDown(NotAccepting):
         super().__init__("Server is shutting down; not accepting predictions", retry_after_s=30)
 
 
+class StoreUnreachable(NotAccepting):
+    """The shared database cannot be reached (restarting, network): nothing was made; the same
+    request succeeds once it is back."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The prediction database cannot be reached; try again shortly",
+            "nothing was stored; every accepted prediction is kept",
+            retry_after_s=self.RETRY_AFTER_S,
+        )
+
+
 class CreateFailed(PredictionError):
     """The store did not take the new prediction (disk full, database locked too long): nothing
     was made, and the same request may succeed later."""

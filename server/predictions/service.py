@@ -32,6 +32,7 @@ from server.predictions.errors import (
     InvalidInput,
     NotAccepting,
     NotFound,
+    StoreUnreachable,
 )
 from server.predictions.feed import ChangeFeed
 from server.predictions.model import CancelOutcome, ListFilter, Prediction
@@ -56,6 +57,7 @@ class PredictionRecords(Protocol):
     def list(self, flt: ListFilter) -> tuple[list[Prediction], int]: ...
     def request_cancel(self, prediction_id: str) -> CancelOutcome: ...
     def is_outage(self, exc: BaseException) -> bool: ...
+    def is_unreachable(self, exc: BaseException) -> bool: ...
 
 
 class Readiness(abc.ABC):
@@ -82,6 +84,12 @@ class Readiness(abc.ABC):
     @abc.abstractmethod
     def store_working(self) -> None:
         """A request's write went through: the store works (again)."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Begin following what it reports on (called by the app's start-up)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Stop following (the app's shut-down)."""
 
 
 @dataclass
@@ -169,6 +177,8 @@ class PredictionService:
             if not self.store.is_outage(exc):
                 log.exception("could not store a new prediction")
             self.readiness.store_failed(exc)  # an outage is logged once, when it begins
+            if self.store.is_unreachable(exc):
+                raise StoreUnreachable() from None
             raise CreateFailed("the prediction could not be stored; try again") from None
         self.readiness.store_working()
         self.feed.created(prediction.id)

@@ -28,6 +28,8 @@ from server.store.sqlite.store import SQLitePredictionStore
 
 __all__ = [
     "Backend",
+    "display_store_url",
+    "is_postgres",
     "DeliveryStore",
     "KeyStore",
     "PredictionStore",
@@ -46,6 +48,15 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 def is_postgres(url: str) -> bool:
     """Whether a store url names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
     return "://" in url and urlsplit(url.strip()).scheme.lower() in POSTGRES_SCHEMES
+
+
+def display_store_url(url: str) -> str:
+    """A PostgreSQL url without its password (for messages and logs)."""
+    parts = urlsplit(url.strip())
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
 def sqlite_file(url: str) -> tuple[Path, str]:

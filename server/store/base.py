@@ -39,6 +39,7 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 from server.predictions.model import CancelOutcome, Lease, ListFilter, Prediction
+from server.store.hosts import HostReport
 
 DEFAULT_LEASE_S = 30.0
 # What recovery writes on a prediction whose worker was lost (the same whoever recovers it).
@@ -49,6 +50,10 @@ REQUEUED, FAILED = "requeued", "failed"
 
 class PredictionStore(abc.ABC):
     """Abstract store. See the module docstring for the rules."""
+
+    # Several processes (API replicas, worker hosts) share this store: their pollers use short
+    # backstops, since a change may come from another host and its notification may be lost.
+    shared: bool = False
 
     @abc.abstractmethod
     def create(self, prediction: Prediction, max_in_flight: int | None = None) -> None:
@@ -156,11 +161,30 @@ class PredictionStore(abc.ABC):
         Their ``webhook_signer`` stays ``old_owner`` (recorded now on rows made without one)."""
         raise NotImplementedError(f"{type(self).__name__} cannot hand predictions to another owner")
 
+    # -- worker hosts (see hosts.py) ------------------------------------------------------------
+    def record_host(self, report: HostReport) -> None:
+        """Write a worker host's heartbeat: its report, seen now (the store's clock)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no worker hosts")
+
+    def hosts(self, seen_within_s: float) -> list[HostReport]:
+        """The hosts seen within the last ``seen_within_s`` seconds, by host id."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no worker hosts")
+
+    def forget_host(self, host_id: str) -> None:
+        """Remove a host's report (it stopped cleanly)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no worker hosts")
+
     def is_outage(self, exc: BaseException) -> bool:
         """Whether an exception from this store means it cannot be used right now (disk full,
         file unreadable, locked too long), so the same call may succeed later. Anything else is a
         bug or bad data, which no retry mends."""
         return isinstance(exc, OSError)
+
+    def is_unreachable(self, exc: BaseException) -> bool:
+        """Whether an exception means the store's server cannot be reached right now (a shared
+        database restarting): the API answers 503 and the client tries again. A local file's
+        failure (disk full) is not this: it stays the server's own fault."""
+        return False
 
     def probe_write(self) -> bool:
         """Make one harmless write and say whether the store took it (raises when it does not).

@@ -44,6 +44,9 @@ log = logging.getLogger("fluxserve.supervisor")  # the name these lines always h
 
 CANCEL_POLL_S = 0.5  # how often running jobs' cancel flags are re-read (cancels made by other API hosts)
 FALLBACK_DISPATCH_S = 1.0  # dispatch runs at least this often even without a wake-up
+# On a store several hosts share, a create or a cancel usually comes from another process and its
+# notification may be lost (a listener reconnecting): both backstops are short.
+SHARED_POLL_S = 0.25
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0  # ends the store refused: retried after this, doubling up to that
 
 WorkerEnd = JobSucceeded | JobFailed | JobCancelled
@@ -90,7 +93,7 @@ class Jobs:
         self.store = store
         self.outputs = outputs
         self.slots = slots
-        self.host_id = host_id or default_host_id()
+        self.host_id = host_id or getattr(settings.workers, "host_id", None) or default_host_id()
         self.lease_s: float = settings.workers.lease_s
         self.model_defaults = settings.model.defaults
         self.accepting = True
@@ -102,6 +105,16 @@ class Jobs:
         self.store_health = StoreHealth(on_recovered=self._retry_now.set)
         self._pending: dict[str, PendingEnd] = {}  # ends the store has not taken yet, by prediction id
         self._tasks: list[asyncio.Task] = []
+
+    @property
+    def dispatch_poll_s(self) -> float:
+        """Dispatch runs at least this often, woken or not."""
+        return SHARED_POLL_S if self.store.shared else FALLBACK_DISPATCH_S
+
+    @property
+    def cancel_poll_s(self) -> float:
+        """Running jobs' cancel flags are re-read this often."""
+        return SHARED_POLL_S if self.store.shared else CANCEL_POLL_S
 
     # -- lifecycle ------------------------------------------------------------------------
     async def recover_at_start(self) -> None:
@@ -148,7 +161,7 @@ class Jobs:
 
     async def run_dispatch(self) -> None:
         while True:
-            await wait_event(self._wake, FALLBACK_DISPATCH_S)
+            await wait_event(self._wake, self.dispatch_poll_s)
             self._wake.clear()
             if not self.accepting:
                 continue
@@ -352,9 +365,9 @@ class Jobs:
                     slot.conn.send(CancelJob(prediction_id))
 
     async def run_cancel_poll(self) -> None:
-        """Cancel flags set by other API processes reach the worker within CANCEL_POLL_S."""
+        """Cancel flags set by other API processes reach the worker within ``cancel_poll_s``."""
         while True:
-            await asyncio.sleep(CANCEL_POLL_S)
+            await asyncio.sleep(self.cancel_poll_s)
             try:
                 await self.forward_cancels()
             except Exception as exc:  # noqa: BLE001 - a store hiccup must not end cancel polling for good

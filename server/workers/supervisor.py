@@ -348,7 +348,7 @@ class Supervisor:
         store = self.store_health.info()
         if self.jobs.pending_ends:
             store["unrecorded_ends"] = self.jobs.pending_ends
-        details: dict[str, Any] = {"workers": [self._slot_info(s) for s in self.slots], "store": store}
+        details: dict[str, Any] = {"workers": [self.slot_info(s) for s in self.slots], "store": store}
         if not self.accepting:
             return SHUTTING_DOWN, details
         if states and all(s == W_FAILED for s in states):
@@ -366,7 +366,7 @@ class Supervisor:
         return STARTING, details
 
     @staticmethod
-    def _slot_info(slot: WorkerSlot) -> dict[str, Any]:
+    def slot_info(slot: WorkerSlot) -> dict[str, Any]:
         info: dict[str, Any] = {"index": slot.index, "state": slot.state}
         if slot.gpu is not None:
             info["gpu"] = slot.gpu

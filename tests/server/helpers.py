@@ -397,7 +397,10 @@ def running_server(
 
 
 class LiveServer(Harness):
-    """One `fluxserve serve` subprocess on a free loopback port with its own data folder."""
+    """One `fluxserve serve` subprocess on a free loopback port with its own data folder.
+
+    ``role``: "serve" (API and workers), "api" (`serve --no-workers`: an API replica) or
+    "worker" (`fluxserve worker`: a worker host, no HTTP; ``start`` only launches it)."""
 
     END_TIMEOUT = 90
     HEALTH_TIMEOUT = 120
@@ -412,11 +415,13 @@ class LiveServer(Harness):
         api_keys: Iterable[str] | None = None,
         port: int | None = None,
         tls: tuple[str, str] | None = None,
+        role: str = "serve",
         **overrides: Any,
     ) -> None:
         """``tls=(certfile, keyfile)``: serve HTTPS (``--ssl-certfile``/``--ssl-keyfile``); the
         client trusts that certificate."""
         self.tls = tls
+        self.role = role
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.weights = str(weights)
@@ -458,9 +463,20 @@ class LiveServer(Harness):
     def start(
         self, wait: str | tuple[str, ...] | None = "READY", timeout: float = 120
     ) -> dict[str, Any] | None:
-        """Run the server; wait until /health-check says ``wait`` (None: until it answers at all)."""
+        """Run the server; wait until /health-check says ``wait`` (None: until it answers at all).
+        A worker host has no /health-check: it is only launched."""
         self.launch()
+        if self.role == "worker":
+            return None
         return self.wait_started(wait, timeout)
+
+    def command(self) -> list[str]:
+        if self.role == "worker":
+            return [FLUXSERVE, "worker", "--config", str(self.config_path)]
+        flags = {"serve": [], "api": ["--no-workers"]}[self.role]
+        return [FLUXSERVE, "serve", *flags, "--config", str(self.config_path), "--port", str(self.port)] + (
+            ["--ssl-certfile", self.tls[0], "--ssl-keyfile", self.tls[1]] if self.tls else []
+        )
 
     def launch(self) -> None:
         """Start the process and return at once (``wait_started`` waits): lets a test start
@@ -475,8 +491,7 @@ class LiveServer(Harness):
         self._log_file.write(f"\n===== start on port {self.port} at {time.time():.3f} =====\n".encode())
         self._log_file.flush()
         self.proc = subprocess.Popen(
-            [FLUXSERVE, "serve", "--config", str(self.config_path), "--port", str(self.port)]
-            + (["--ssl-certfile", self.tls[0], "--ssl-keyfile", self.tls[1]] if self.tls else []),
+            self.command(),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -50,8 +50,10 @@ from server.store.base import (
     REQUEUED,
     PredictionStore,
 )
+from server.store.hosts import HostReport
 from server.store.postgres.db import PostgresDatabase, is_outage
 from server.store.postgres.feed import CHANNEL, payload
+from server.store.postgres.hosts import PostgresHosts
 
 # MIGRATIONS[v] brings the tables from version v-1 to v. Append, never edit a shipped entry.
 MIGRATIONS: dict[int, list[str]] = {
@@ -162,6 +164,21 @@ class PostgresPredictionStore(PredictionStore):
         self.db = db
         self.origin = origin
         db.migrate("predictions", MIGRATIONS)
+        self._hosts = PostgresHosts(db)
+
+    shared = True  # API replicas and worker hosts share this database
+
+    def record_host(self, report: HostReport) -> None:
+        self._hosts.record(report)
+
+    def hosts(self, seen_within_s: float) -> list[HostReport]:
+        return self._hosts.seen_within(seen_within_s)
+
+    def forget_host(self, host_id: str) -> None:
+        self._hosts.forget(host_id)
+
+    def is_unreachable(self, exc: BaseException) -> bool:
+        return is_outage(exc)
 
     def _notify(self, conn: psycopg.Connection, kind: ChangeKind, prediction_id: str) -> None:
         """Tell every listener, when this transaction commits."""

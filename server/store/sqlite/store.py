@@ -43,9 +43,10 @@ from server.store.base import (
     REQUEUED,
     PredictionStore,
 )
+from server.store.hosts import HostReport
 from server.store.sqlite.db import SQLiteDatabase, check_integrity, reporting_unusable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 
 # MIGRATIONS[v] brings a database from version v-1 to v. Append, never edit a shipped entry.
@@ -91,6 +92,11 @@ MIGRATIONS: dict[int, list[str]] = {
     3: [
         # The fair claim asks when each key last had a job started (see CLAIM_NEXT).
         "CREATE INDEX IF NOT EXISTS predictions_owner_started ON predictions (owner, started_at)",
+    ],
+    4: [
+        # Worker hosts' heartbeats (see store/hosts.py): report is JSON, seen_at unix seconds.
+        "CREATE TABLE IF NOT EXISTS worker_hosts (host_id TEXT PRIMARY KEY, report TEXT NOT NULL, "
+        "seen_at REAL NOT NULL)",
     ],
 }
 
@@ -529,3 +535,28 @@ class SQLitePredictionStore(PredictionStore):
 
     def mark_data_removed(self, prediction_id: str) -> None:
         self.connection().execute("UPDATE predictions SET data_removed = 1 WHERE id = ?", (prediction_id,))
+
+    # -- worker hosts -----------------------------------------------------------------------------
+    def record_host(self, report: HostReport) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO worker_hosts (host_id, report, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (host_id) DO UPDATE SET report = excluded.report, seen_at = excluded.seen_at",
+                (report.host_id, _to_json(report.to_json()), time.time()),
+            )
+
+    def hosts(self, seen_within_s: float) -> list[HostReport]:
+        now = time.time()
+        rows = (
+            self.connection()
+            .execute(
+                "SELECT host_id, report, seen_at FROM worker_hosts WHERE seen_at >= ? ORDER BY host_id",
+                (now - seen_within_s,),
+            )
+            .fetchall()
+        )
+        return [HostReport.from_json(r[0], json.loads(r[1]), now - r[2]) for r in rows]
+
+    def forget_host(self, host_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM worker_hosts WHERE host_id = ?", (host_id,))

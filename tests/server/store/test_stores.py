@@ -25,6 +25,7 @@ from server.predictions.model import (
 )
 from server.store import DeliveryStore, PredictionStore
 from server.store.deliveries import DELIVERED, FAILED, PENDING, SIGNING_SECRET_PREFIX
+from server.store.hosts import HostReport
 from server.store.keys import KeyInfo, hash_key, key_id_from_hash
 
 
@@ -647,3 +648,33 @@ def test_each_owner_has_one_signing_secret_until_it_is_rotated(deliveries):
     rotated = deliveries.rotate_signing_secret("alice")
     assert rotated != alice
     assert deliveries.signing_secret("alice") == rotated
+
+
+# -- worker hosts' heartbeats ------------------------------------------------------------------
+def test_a_recorded_host_is_listed_with_its_report(predictions):
+    slots = [{"index": 0, "state": "ready", "gpu": "0"}, {"index": 1, "state": "busy"}]
+    predictions.record_host(HostReport("gpu-a", slots=slots, models=["flux-dev"]))
+    [host] = predictions.hosts(seen_within_s=10)
+    assert (host.host_id, host.slots, host.models, host.accepting) == ("gpu-a", slots, ["flux-dev"], True)
+    assert 0 <= host.seen_s_ago < 5
+
+
+def test_a_heartbeat_replaces_the_hosts_previous_report(predictions):
+    predictions.record_host(HostReport("gpu-a", slots=[{"index": 0, "state": "starting"}]))
+    predictions.record_host(HostReport("gpu-a", slots=[{"index": 0, "state": "ready"}], accepting=False))
+    [host] = predictions.hosts(seen_within_s=10)
+    assert host.slots == [{"index": 0, "state": "ready"}] and host.accepting is False
+
+
+def test_hosts_not_seen_lately_are_left_out(predictions):
+    predictions.record_host(HostReport("gpu-a"))
+    time.sleep(0.3)
+    predictions.record_host(HostReport("gpu-b"))
+    assert [h.host_id for h in predictions.hosts(seen_within_s=0.2)] == ["gpu-b"]
+
+
+def test_a_forgotten_host_is_no_longer_listed(predictions):
+    predictions.record_host(HostReport("gpu-a"))
+    predictions.record_host(HostReport("gpu-b"))
+    predictions.forget_host("gpu-a")
+    assert [h.host_id for h in predictions.hosts(seen_within_s=10)] == ["gpu-b"]
