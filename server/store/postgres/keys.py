@@ -7,9 +7,7 @@ host is seen by every other at its next request.
 
 from __future__ import annotations
 
-import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 
@@ -17,7 +15,6 @@ import psycopg
 
 from server.store.keys import (
     KEY_PREFIX,
-    TOUCH_INTERVAL_S,
     KeyInfo,
     KeyStore,
     hash_key,
@@ -25,8 +22,6 @@ from server.store.keys import (
     validate_name,
 )
 from server.store.postgres.db import PostgresDatabase
-
-log = logging.getLogger("server.keystore")
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -55,9 +50,7 @@ def _info(row: dict) -> KeyInfo:
 class PostgresKeyStore(KeyStore):
     def __init__(self, db: PostgresDatabase, *, clock: Callable[[], float] = time.time) -> None:
         self.db = db
-        self._clock = clock
-        self._lock = threading.Lock()  # guards _last_touch
-        self._last_touch: dict[str, float] = {}
+        super().__init__(clock=clock)
         db.migrate("api_keys", MIGRATIONS)
 
     def __repr__(self) -> str:
@@ -108,15 +101,6 @@ class PostgresKeyStore(KeyStore):
         with self.db.transaction() as conn:
             return conn.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
 
-    def touch(self, key_id: str) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._last_touch.get(key_id)
-            if last is not None and now - last < TOUCH_INTERVAL_S:
-                return
-            self._last_touch[key_id] = now
-        try:
-            with self.db.transaction() as conn:
-                conn.execute("UPDATE api_keys SET last_used_at = %s WHERE key_id = %s", (now, key_id))
-        except Exception as exc:  # noqa: BLE001 - best effort: never fail a request for this
-            log.warning("could not record key use for key_id %s: %s", key_id, exc)
+    def _record_use(self, key_id: str, when: float) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE api_keys SET last_used_at = %s WHERE key_id = %s", (when, key_id))

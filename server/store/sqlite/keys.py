@@ -7,17 +7,14 @@ prediction store. The rules, for operators: docs/security.md.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 
 from server.store.keys import (
     KEY_PREFIX,
-    TOUCH_INTERVAL_S,
     KeyInfo,
     KeyStore,
     hash_key,
@@ -25,8 +22,6 @@ from server.store.keys import (
     validate_name,
 )
 from server.store.sqlite.db import SQLiteDatabase
-
-log = logging.getLogger("server.keystore")  # the name it had before the move: log filters keep working
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -50,9 +45,7 @@ class SQLiteKeyStore(KeyStore):
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
         self._db = SQLiteDatabase(path, busy_timeout_ms=BUSY_TIMEOUT_MS, schema=_SCHEMA)
         self.path = self._db.path
-        self._clock = clock
-        self._lock = threading.Lock()  # guards _last_touch
-        self._last_touch: dict[str, float] = {}
+        super().__init__(clock=clock)
 
     def __repr__(self) -> str:
         return f"SQLiteKeyStore(path={self.path!r})"
@@ -121,19 +114,6 @@ class SQLiteKeyStore(KeyStore):
         """True once any key has been created, even if every key is revoked since."""
         return self._db.connection().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
 
-    def touch(self, key_id: str) -> None:
-        """Record that ``key_id`` was used now; writes at most once a minute per key.
-
-        Best effort: a busy database skips the write rather than fail the request.
-        """
-        now = self._clock()
-        with self._lock:
-            last = self._last_touch.get(key_id)
-            if last is not None and now - last < TOUCH_INTERVAL_S:
-                return
-            self._last_touch[key_id] = now
-        try:
-            with self._db.transaction() as conn:
-                conn.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (now, key_id))
-        except sqlite3.OperationalError as exc:
-            log.warning("could not record key use for key_id %s: %s", key_id, exc)
+    def _record_use(self, key_id: str, when: float) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (when, key_id))
