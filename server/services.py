@@ -194,16 +194,20 @@ def build_state(
 class WorkerHost:
     """A worker host without HTTP (`fluxserve worker`): the supervisor and its jobs, the change
     feed (creates wake it, cancels reach its jobs) and the heartbeat API replicas read. Ends reach
-    the API replicas through the store's notifications; they queue the webhooks."""
+    the API replicas through the store's notifications; they queue the durable webhooks. The
+    best-effort ones (Replicate's start and logs) follow progress, which only this host sees: it
+    sends those itself."""
 
     settings: Settings
     backend: Backend
     outputs: OutputStorage
     supervisor: Supervisor
     heartbeat: HostHeartbeat
+    webhooks: WebhookDispatcher  # Replicate's start/logs events of the jobs run here
 
     async def start(self) -> None:
         await self.backend.feed.start()
+        await self.webhooks.start(durable=False)
         await self.supervisor.start()
         await self.heartbeat.start()
 
@@ -218,6 +222,7 @@ class WorkerHost:
         try:
             await self.heartbeat.stop()
             await self.supervisor.stop()
+            await self.webhooks.stop()
             await self.backend.feed.stop()
         finally:
             self.backend.close()
@@ -229,5 +234,12 @@ def build_worker_host(settings: Settings, backend: Backend) -> WorkerHost:
     models = ModelRegistry.from_specs([settings.model])
     supervisor = Supervisor(settings, backend.predictions, outputs, notify=backend.feed.changed)
     subscribe_workers(backend.feed, supervisor)
+    webhooks = WebhookDispatcher(
+        settings,
+        backend.predictions,
+        backend.deliveries,
+        render=RenderContext(settings.base_url, outputs, models),
+    )
+    backend.feed.subscribe([ChangeKind.CHANGED], lambda change: webhooks.on_change(change.prediction_id))
     heartbeat = HostHeartbeat(backend.predictions, supervisor, [e.slug for e in models.entries])
-    return WorkerHost(settings, backend, outputs, supervisor, heartbeat)
+    return WorkerHost(settings, backend, outputs, supervisor, heartbeat, webhooks)

@@ -170,11 +170,16 @@ class WebhookDispatcher:
         return self.deliveries.rotate_signing_secret(owner)
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, *, durable: bool = True) -> None:
+        """``durable=False``: only the best-effort events (Replicate's ``start`` and ``logs``) of
+        the predictions this process runs; the durable deliveries are an API replica's work (a
+        worker host without HTTP)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._send_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._stopping = False
+        if not durable:
+            return
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.deliveries.prune, time.time() - KEEP_FINISHED_S)
         try:

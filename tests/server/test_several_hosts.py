@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from tests.server.helpers import FAST_MODEL, KEY_A, KEY_B, LiveServer
+from tests.server.helpers import FAST, FAST_MODEL, KEY_A, KEY_B, LiveServer
 from tests.server.webhooks.test_webhooks import Receiver
 
 pytestmark = pytest.mark.slow
@@ -114,8 +114,8 @@ def _fetch_output_through(api: LiveServer, url: str) -> bytes:
 
 
 def test_api_replica_health_lists_the_worker_hosts(cluster: Cluster):
-    body = cluster.apis[1].health()
-    assert body["status"] == "READY"
+    # Each replica reads the heartbeats on its own: B may see the hosts a moment after A did.
+    body = cluster.apis[1].wait_started("READY", timeout=15)
     assert sorted(h["host_id"] for h in body["hosts"]) == ["gpu-0", "gpu-1", "gpu-2"]
     assert all(h["models"] == [body["model"]] and h["seen_s_ago"] < 5 for h in body["hosts"])
 
@@ -159,6 +159,31 @@ def test_each_end_s_webhook_is_queued_once_and_sent_once_whichever_replica_hears
         "SELECT prediction_id, state FROM webhook_deliveries WHERE prediction_id = ANY(%s)", ids
     )
     assert sorted(rows) == [(pid, "delivered") for pid in ids]
+
+
+def test_replicate_start_events_come_from_the_worker_host_and_completed_once(cluster: Cluster):
+    a = cluster.apis[0]
+    receiver = Receiver()
+    try:
+        r = a.http.post(
+            "/v1/predictions",
+            json={
+                "version": "black-forest-labs/flux-dev",
+                "input": {"prompt": "a lighthouse at dawn", **FAST},
+                "webhook": receiver.url,
+                "webhook_events_filter": ["start", "completed"],
+            },
+            headers={"Authorization": f"Bearer {KEY_A}"},
+        )
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+        assert a.wait_for_end(KEY_A, pid, timeout=120)["status"] == "success"
+        receiver.wait_for(2, timeout=30)
+        time.sleep(1)  # a duplicate, if any, would arrive meanwhile
+        statuses = [json.loads(req["raw"])["status"] for req in receiver.requests]
+    finally:
+        receiver.close()
+    assert statuses == ["processing", "succeeded"]  # start (from the worker host), then completed
 
 
 def test_a_cancel_through_one_api_stops_a_job_on_another_host(cluster: Cluster):
