@@ -14,6 +14,7 @@ type against the interfaces. Two implementations:
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -98,10 +99,21 @@ def sqlite_file(url: str) -> tuple[Path, str]:
     return Path(path).expanduser().resolve(), synchronous
 
 
+def _postgres():
+    """The PostgreSQL backend's package (psycopg is imported only when a config names it)."""
+    try:
+        postgres = importlib.import_module("server.store.postgres")
+    except ImportError as exc:
+        raise ValueError(
+            f"a PostgreSQL store needs psycopg ({exc.name} is missing): pip install 'fluxserve[postgres]'"
+        ) from None
+    return postgres
+
+
 def open_store(url: str) -> PredictionStore:
     """Open the prediction store a config names (see ``sqlite_file`` and ``is_postgres``)."""
     if is_postgres(url):
-        return open_backend(url).predictions
+        return _postgres().open_postgres_store(url)
     path, synchronous = sqlite_file(url)
     return SQLitePredictionStore(path, synchronous=synchronous)
 
@@ -109,14 +121,14 @@ def open_store(url: str) -> PredictionStore:
 def open_key_store(url: str) -> KeyStore:
     """Open the key store of ``store_url`` (the same database as the predictions)."""
     if is_postgres(url):
-        return open_backend(url).keys
+        return _postgres().open_postgres_keys(url)
     return SQLiteKeyStore(sqlite_file(url)[0])
 
 
 def open_delivery_store(url: str) -> DeliveryStore:
     """Open the webhook delivery store of ``store_url`` (the same database as the predictions)."""
     if is_postgres(url):
-        return open_backend(url).deliveries
+        return _postgres().open_postgres_deliveries(url)
     return SQLiteDeliveryStore(sqlite_file(url)[0])
 
 
@@ -139,13 +151,7 @@ def open_backend(url: str, *, predictions: PredictionStore | None = None) -> Bac
     """Open the stores ``url`` names. ``predictions``: a prediction store the caller opened (and
     checked) already, on that url, to use instead of opening another."""
     if is_postgres(url):
-        try:
-            from server.store.postgres import open_postgres  # psycopg: only when configured
-        except ImportError as exc:
-            raise ValueError(
-                f"a PostgreSQL store needs psycopg ({exc.name} is missing): pip install 'fluxserve[postgres]'"
-            ) from None
-        return open_postgres(url, predictions=predictions)
+        return _postgres().open_postgres(url, predictions=predictions)
     opened = predictions is None
     predictions = predictions or open_store(url)
     try:

@@ -24,7 +24,7 @@ def open_postgres(url: str, *, predictions: PredictionStore | None = None) -> Ba
 
     if predictions is not None and not isinstance(predictions, PostgresPredictionStore):
         raise TypeError(f"a PostgreSQL backend needs a PostgreSQL prediction store, not {predictions!r}")
-    store = predictions or PostgresPredictionStore(PostgresDatabase(url), new_origin())
+    store = predictions or open_postgres_store(url)
     try:
         deliveries, keys = PostgresDeliveryStore(store.db), PostgresKeyStore(store.db)
     except BaseException:
@@ -34,6 +34,21 @@ def open_postgres(url: str, *, predictions: PredictionStore | None = None) -> Ba
     return Backend(store, deliveries, keys, feed=PostgresChangeFeed(url, store.origin))
 
 
+def open_postgres_store(url: str) -> PostgresPredictionStore:
+    """The prediction store alone, on a pool of its own (closed with it)."""
+    return PostgresPredictionStore(PostgresDatabase(url), new_origin())
+
+
+def open_postgres_keys(url: str) -> PostgresKeyStore:
+    """The key store alone (the ``keys`` commands), on a pool of its own that its close() closes."""
+    return PostgresKeyStore(PostgresDatabase(url), owns_db=True)
+
+
+def open_postgres_deliveries(url: str) -> PostgresDeliveryStore:
+    """The delivery store alone, on a pool of its own that its close() closes."""
+    return PostgresDeliveryStore(PostgresDatabase(url), owns_db=True)
+
+
 __all__ = [
     "PostgresChangeFeed",
     "PostgresDatabase",
@@ -41,4 +56,7 @@ __all__ = [
     "PostgresKeyStore",
     "PostgresPredictionStore",
     "open_postgres",
+    "open_postgres_deliveries",
+    "open_postgres_keys",
+    "open_postgres_store",
 ]

@@ -75,9 +75,16 @@ def _delivery(row: dict[str, Any]) -> Delivery:
 
 
 class PostgresDeliveryStore(DeliveryStore):
-    def __init__(self, db: PostgresDatabase) -> None:
+    def __init__(self, db: PostgresDatabase, *, owns_db: bool = False) -> None:
+        """``owns_db``: the pool is this store's alone, closed by ``close()`` (a backend's stores share
+        the prediction store's pool, which that store closes)."""
         self.db = db
+        self.owns_db = owns_db
         db.migrate("webhook_deliveries", MIGRATIONS)
+
+    def close(self) -> None:
+        if self.owns_db:
+            self.db.close()
 
     def __repr__(self) -> str:
         return "PostgresDeliveryStore()"

@@ -48,10 +48,19 @@ def _info(row: dict) -> KeyInfo:
 
 
 class PostgresKeyStore(KeyStore):
-    def __init__(self, db: PostgresDatabase, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, db: PostgresDatabase, *, clock: Callable[[], float] = time.time, owns_db: bool = False
+    ) -> None:
+        """``owns_db``: the pool is this store's alone, closed by ``close()`` (a backend's stores share
+        the prediction store's pool, which that store closes)."""
         self.db = db
+        self.owns_db = owns_db
         super().__init__(clock=clock)
         db.migrate("api_keys", MIGRATIONS)
+
+    def close(self) -> None:
+        if self.owns_db:
+            self.db.close()
 
     def __repr__(self) -> str:
         return "PostgresKeyStore()"
