@@ -81,6 +81,13 @@ class Prediction:
             return None
         return Lease(self.id, self.worker_id, self.attempts)
 
+    def allows(self, lease: Lease | None) -> bool:
+        """Whether a write under ``lease`` may change this prediction: always without a lease,
+        else only while that worker holds it for that attempt (fencing)."""
+        return lease is None or (
+            self.status == PROCESSING and self.worker_id == lease.worker_id and self.attempts == lease.attempt
+        )
+
     @property
     def webhook_signer(self) -> str:
         """Whose secret signs this prediction's webhooks: its owner when it was made, which a

@@ -134,15 +134,6 @@ RETURNING {", ".join("predictions." + c.strip() for c in _COLUMNS.split(","))}
 """
 
 
-def _holds(current: Prediction, lease: Lease | None) -> bool:
-    """Whether a write under ``lease`` may change the row (always, without a lease)."""
-    return lease is None or (
-        current.status == PROCESSING
-        and current.worker_id == lease.worker_id
-        and current.attempts == lease.attempt
-    )
-
-
 def _to_prediction(row: dict[str, Any]) -> Prediction:
     return Prediction(**row)
 
@@ -358,7 +349,7 @@ class PostgresPredictionStore(PredictionStore):
                 f"SELECT {_COLUMNS} FROM predictions WHERE id = %s FOR UPDATE", (prediction_id,)
             ).fetchone()
             current = _to_prediction(row) if row else None
-            if current is None or current.status != PROCESSING or not _holds(current, lease):
+            if current is None or current.status != PROCESSING or not current.allows(lease):
                 return False
             self._requeue(conn, current, note, never_ran=never_ran)
             return True

@@ -131,15 +131,6 @@ _IN_FLIGHT_SQL = "(" + ", ".join(f"'{s}'" for s in IN_FLIGHT) + ")"
 _HELD_SQL = "status = ? AND worker_id = ? AND attempts = ?"
 
 
-def _holds(current: Prediction, lease: Lease | None) -> bool:
-    """Whether a write under ``lease`` may change the row (always, without a lease)."""
-    return lease is None or (
-        current.status == PROCESSING
-        and current.worker_id == lease.worker_id
-        and current.attempts == lease.attempt
-    )
-
-
 def _to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -334,7 +325,7 @@ class SQLitePredictionStore(PredictionStore):
             raise ValueError(f"finish() needs a terminal status {TERMINAL}, not {status!r}")
         with self.transaction() as conn:
             current = self._get(conn, prediction_id)
-            if current is None or current.terminal or not _holds(current, lease):
+            if current is None or current.terminal or not current.allows(lease):
                 return False
             self._finish(conn, current, status, output, error, predict_time, logs, extra)
             return True
@@ -394,7 +385,7 @@ class SQLitePredictionStore(PredictionStore):
         whose cancel was requested while it ran is cancelled instead: it must not run again."""
         with self.transaction() as conn:
             current = self._get(conn, prediction_id)
-            if current is None or current.status != PROCESSING or not _holds(current, lease):
+            if current is None or current.status != PROCESSING or not current.allows(lease):
                 return False
             self._requeue(conn, current, note, never_ran=never_ran)
             return True
