@@ -17,6 +17,7 @@ import abc
 import hashlib
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -79,10 +80,19 @@ class KeyInfo:
 class KeyStore(abc.ABC):
     """Abstract key store. See the module docstring for the rules."""
 
-    @abc.abstractmethod
     def create(self, name: str) -> str:
         """Make a new key named ``name`` and return it: the only time the key is seen.
         ValueError for an invalid or reserved name, or one an active key has."""
+        validate_name(name)
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_hash = hash_key(key)
+        if not self._insert_key(key_hash, key_id_from_hash(key_hash), name, self._clock()):
+            raise ValueError(f"an active key named {name!r} already exists")
+        return key
+
+    @abc.abstractmethod
+    def _insert_key(self, key_hash: str, key_id: str, name: str, created_at: float) -> bool:
+        """Store a new key's row; False, storing nothing, when an active key has that name."""
 
     @abc.abstractmethod
     def list(self) -> list[KeyInfo]:

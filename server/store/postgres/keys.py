@@ -7,19 +7,14 @@ host is seen by every other at its next request.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 
 import psycopg
 
 from server.store.keys import (
-    KEY_PREFIX,
     KeyInfo,
     KeyStore,
-    hash_key,
-    key_id_from_hash,
-    validate_name,
 )
 from server.store.postgres.db import PostgresDatabase
 
@@ -65,19 +60,16 @@ class PostgresKeyStore(KeyStore):
     def __repr__(self) -> str:
         return "PostgresKeyStore()"
 
-    def create(self, name: str) -> str:
-        validate_name(name)
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        key_hash = hash_key(key)
+    def _insert_key(self, key_hash: str, key_id: str, name: str, created_at: float) -> bool:
         try:
             with self.db.transaction() as conn:
                 conn.execute(
                     "INSERT INTO api_keys (key_hash, key_id, name, created_at) VALUES (%s, %s, %s, %s)",
-                    (key_hash, key_id_from_hash(key_hash), name, self._clock()),
+                    (key_hash, key_id, name, created_at),
                 )
-        except psycopg.errors.UniqueViolation as exc:
-            raise ValueError(f"an active key named {name!r} already exists") from exc
-        return key
+        except psycopg.errors.UniqueViolation:  # the active name's unique index
+            return False
+        return True
 
     def list(self) -> list[KeyInfo]:
         with self.db.transaction() as conn:

@@ -8,18 +8,13 @@ prediction store. The rules, for operators: docs/security.md.
 from __future__ import annotations
 
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
 
 from server.store.keys import (
-    KEY_PREFIX,
     KeyInfo,
     KeyStore,
-    hash_key,
-    key_id_from_hash,
-    validate_name,
 )
 from server.store.sqlite.db import SQLiteDatabase
 
@@ -56,20 +51,16 @@ class SQLiteKeyStore(KeyStore):
 
     # -- keys ------------------------------------------------------------------------------
 
-    def create(self, name: str) -> str:
-        """Make a new key named ``name`` and return it. This is the only time the key is seen."""
-        validate_name(name)
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        key_hash = hash_key(key)
+    def _insert_key(self, key_hash: str, key_id: str, name: str, created_at: float) -> bool:
         try:
             with self._db.transaction() as conn:
                 conn.execute(
                     "INSERT INTO api_keys (key_hash, key_id, name, created_at) VALUES (?, ?, ?, ?)",
-                    (key_hash, key_id_from_hash(key_hash), name, self._clock()),
+                    (key_hash, key_id, name, created_at),
                 )
-        except sqlite3.IntegrityError as exc:
-            raise ValueError(f"an active key named {name!r} already exists") from exc
-        return key
+        except sqlite3.IntegrityError:  # the active name's unique index
+            return False
+        return True
 
     def list(self) -> list[KeyInfo]:
         """Every key ever created, revoked ones included, oldest first."""
