@@ -10,7 +10,15 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 AspectRatio = Literal["1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21"]
 OutputFormat = Literal["webp", "jpg", "png"]
@@ -57,6 +65,7 @@ def img2img_size(width: int, height: int) -> tuple[int, int]:
     return round16(w), round16(h)
 
 
+_NULLABLE = ("image", "seed", "lora_weights", "extra_lora")  # null is a value here, not "the default"
 _BOOL_STRINGS = {"true": True, "false": False, "1": True, "0": False}
 
 
@@ -66,8 +75,8 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
-class FluxInputs(BaseModel):
-    """Validated flux-dev inputs. Unknown fields are ignored (hosted clients send extra ones)."""
+class _FluxCommonInputs(BaseModel):
+    """The inputs every FLUX model takes. Unknown fields are ignored (hosted clients send extra ones)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -78,7 +87,6 @@ class FluxInputs(BaseModel):
     prompt_strength: float = Field(0.8, ge=0, le=1, description="img2img: 1.0 destroys the source fully.")
     num_outputs: int = Field(1, ge=1, le=4, description="Images per prediction.")
     num_inference_steps: int = Field(28, ge=1, le=50, description="Denoising steps.")
-    guidance: float = Field(3.5, ge=0, le=10, description="Distilled guidance scale.")
     seed: int | None = Field(
         None,
         ge=0,
@@ -96,7 +104,7 @@ class FluxInputs(BaseModel):
     @classmethod
     def _null_means_default(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None or k in ("image", "seed")}
+            return {k: v for k, v in data.items() if v is not None or k in _NULLABLE}
         return data
 
     @field_validator("prompt", mode="before")
@@ -140,7 +148,10 @@ class FluxInputs(BaseModel):
                 raise ValueError("megapixels must be 1 or 0.25") from None
         return v
 
-    @field_validator("prompt_strength", "guidance", mode="before")
+    # check_fields=False: guidance and the LoRA scales are fields of some subclasses only.
+    @field_validator(
+        "prompt_strength", "guidance", "lora_scale", "extra_lora_scale", mode="before", check_fields=False
+    )
     @classmethod
     def _float_like(cls, v: Any, info: Any) -> Any:
         return _number(info.field_name, v, integer=False)
@@ -172,6 +183,72 @@ class FluxInputs(BaseModel):
     def size(self) -> tuple[int, int]:
         """Text-to-image output size (img2img sizes come from the source image)."""
         return output_size(self.aspect_ratio, self.megapixels)
+
+    @property
+    def adapters(self) -> list[tuple[str, float]]:
+        """The LoRA adapters asked for, as (source, scale); none for models without LoRA inputs."""
+        return []
+
+
+class FluxInputs(_FluxCommonInputs):
+    """Validated flux-dev inputs."""
+
+    guidance: float = Field(3.5, ge=0, le=10, description="Distilled guidance scale.")
+
+
+class FluxSchnellInputs(_FluxCommonInputs):
+    """flux-schnell: the timestep-distilled model runs in 1 to 4 steps and takes no guidance."""
+
+    num_inference_steps: int = Field(4, ge=1, le=4, description="Denoising steps (schnell: at most 4).")
+
+    @property
+    def guidance(self) -> float:
+        # FLUX.1-schnell has no guidance embedding; diffusers ignores the value for it.
+        return 0.0
+
+
+class FluxLoraInputs(FluxInputs):
+    """flux-dev-lora: the flux-dev inputs plus up to two LoRA adapters (sources: pipelines/loras)."""
+
+    lora_weights: str | None = Field(
+        None,
+        description="The main LoRA: an adapter name from the server's folder, an https:// URL of a "
+        ".safetensors file, huggingface.co/<owner>/<repo>[/<file>.safetensors], <owner>/<repo>, "
+        "or a CivitAI model or download URL.",
+        max_length=2048,
+    )
+    lora_scale: float = Field(1.0, ge=-1, le=3, description="Strength of the main LoRA.")
+    extra_lora: str | None = Field(
+        None, description="A second LoRA, combined with the first (same forms).", max_length=2048
+    )
+    extra_lora_scale: float = Field(1.0, ge=-1, le=3, description="Strength of the second LoRA.")
+
+    @field_validator("lora_weights", "extra_lora", mode="before")
+    @classmethod
+    def _adapter_source(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        from pipelines.loras.sources import AdapterSourceError, parse_adapter_source
+
+        allow_http = bool((info.context or {}).get("allow_http_adapters", False))
+        try:
+            parse_adapter_source(v, allow_http=allow_http)
+        except AdapterSourceError as exc:
+            raise ValueError(str(exc)) from None
+        return v.strip()
+
+    @property
+    def adapters(self) -> list[tuple[str, float]]:
+        pairs = [(self.lora_weights, self.lora_scale), (self.extra_lora, self.extra_lora_scale)]
+        return [(source, scale) for source, scale in pairs if source]
+
+
+# Each model family's inputs, by the name a model entry gives its input schema.
+INPUT_SCHEMAS: dict[str, type[_FluxCommonInputs]] = {
+    "flux-dev": FluxInputs,
+    "flux-dev-lora": FluxLoraInputs,
+    "flux-schnell": FluxSchnellInputs,
+}
 
 
 def _number(name: str, value: Any, *, integer: bool) -> int | float:
@@ -207,17 +284,25 @@ class InvalidInputs(ValueError):
         self.details = details
 
 
-def parse_inputs(raw: Any, defaults: dict[str, Any] | None = None) -> FluxInputs:
-    """Validate a client's ``input`` object; model-specific defaults fill fields left out or null."""
+def parse_inputs(
+    raw: Any,
+    defaults: dict[str, Any] | None = None,
+    schema: type[_FluxCommonInputs] = FluxInputs,
+    *,
+    allow_http_adapters: bool = False,
+) -> _FluxCommonInputs:
+    """Validate a client's ``input`` object against ``schema`` (flux-dev's by default);
+    model-specific defaults fill fields left out or null. ``allow_http_adapters``: LoRA sources
+    may be plain http:// URLs (the operator allows it)."""
     if not isinstance(raw, dict):
         raise InvalidInputs({"input": "must be a JSON object"})
     merged = dict(defaults or {})
     merged.update({k: v for k, v in raw.items() if v is not None})
-    for nullable in ("image", "seed"):
+    for nullable in _NULLABLE:
         if raw.get(nullable, "absent") is None:
             merged[nullable] = None
     try:
-        return FluxInputs.model_validate(merged)
+        return schema.model_validate(merged, context={"allow_http_adapters": allow_http_adapters})
     except ValidationError as exc:
         raise InvalidInputs(describe_validation_error(exc)) from None
 
