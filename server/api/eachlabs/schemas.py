@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.inputs import FluxInputs
+from pipelines.inputs import FluxInputs, FluxLoraInputs, FluxSchnellInputs
 
 Status = Literal["starting", "processing", "success", "error", "cancelled"]
 
@@ -31,10 +31,14 @@ class CreateRequest(BaseModel):
         },
     )
 
-    model: str = Field(description="Model slug: `flux-dev`.")
+    model: str = Field(
+        description="Model slug: `flux-dev`, `black-forest-labs-flux-dev-lora`, `flux-schnell` "
+        "(those configured; `GET /v1/models` lists them)."
+    )
     version: str | None = Field(None, description="Accepted and ignored.")
-    input: FluxInputs = Field(
-        description="flux-dev inputs; numbers may be numeric strings, null means default."
+    input: FluxInputs | FluxLoraInputs | FluxSchnellInputs = Field(
+        description="The model's inputs (flux-dev's; flux-dev-lora's add the LoRA fields; flux-schnell "
+        "takes at most 4 steps and no guidance); numbers may be numeric strings, null means default."
     )
     webhook_url: str | None = Field(None, description="POSTed once the prediction ends (success or error).")
     webhook_secret: str | None = Field(None, description="Sent back verbatim in `X-Webhook-Secret`.")

@@ -2,8 +2,9 @@
 
 Plain HTML, CSS and JavaScript from ``server/api/playground/static`` (no framework, no CDN: it works offline).
 
-- ``/`` renders the form server-side from ``FluxInputs.model_json_schema()`` (with this model's
-  configured defaults), so the form never drifts from what the API validates. The script then
+- ``/`` renders the form server-side from the model's input schema (with its configured
+  defaults), so the form never drifts from what the API validates. ``/?model=<slug>`` picks one of
+  several configured models (flux-dev-lora adds the LoRA fields). The script then
   talks to the public API with the key the user typed (kept in localStorage, sent as X-API-Key).
 - ``/p/{id}`` is a capability URL: prediction ids are uuid4 (122 random bits), like the output
   URLs that are already served without a key, so anyone holding the link sees that prediction's
@@ -32,11 +33,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
-from pipelines.inputs import ASPECT_RATIO_SIZES, FluxInputs
+from pipelines.inputs import ASPECT_RATIO_SIZES
+from pipelines.loras.sources import redact_url
 from server.api.deps import app_state
 from server.api.eachlabs.render import echo_input
 from server.outputs.local import ID_PATTERN
 from server.predictions.model import Prediction
+from server.predictions.models import ModelEntry
 from server.services import AppState
 
 router = APIRouter(include_in_schema=False)
@@ -75,14 +78,22 @@ LABELS = {
     "output_quality": "Output quality",
     "disable_safety_checker": "Disable safety checker",
     "go_fast": "Go fast",
+    "lora_weights": "LoRA",
+    "lora_scale": "LoRA strength",
+    "extra_lora": "Second LoRA",
+    "extra_lora_scale": "Second LoRA strength",
 }
+LORA_FIELDS = ("lora_weights", "lora_scale", "extra_lora", "extra_lora_scale")
+LORA_PLACEHOLDER = "my-style · https://…/style.safetensors · owner/repo · civitai.com/models/…"
 SLIDERS = {
     "prompt_strength",
     "num_inference_steps",
     "guidance",
     "output_quality",
+    "lora_scale",
+    "extra_lora_scale",
 }  # bounded: a slider beside the box
-STEPS = {"prompt_strength": "0.01", "guidance": "0.1"}
+STEPS = {"prompt_strength": "0.01", "guidance": "0.1", "lora_scale": "0.05", "extra_lora_scale": "0.05"}
 
 
 def security_headers(csp: str, cache: str = "no-cache") -> dict[str, str]:
@@ -185,6 +196,8 @@ def field_facts(name: str, prop: dict[str, Any], default: Any) -> list[str]:
     elif name == "image":
         facts.append("Default: none (text to image)")
         facts.append("PNG, JPEG or WEBP")
+    elif name in LORA_FIELDS:
+        facts.append("Default: none")
     return facts
 
 
@@ -304,31 +317,62 @@ def render_field(name: str, prop: dict[str, Any], default: Any) -> str:
         else:
             control = f'<div class="number-row">{control}</div>'
         return _wrap(name, prop, default, control)
-    # A free-text field the schema may grow one day.
-    control = f'<input type="text" id="{fid}" name="{name}" value="{esc(default or "")}" {described}>'
-    return _wrap(name, prop, default, control)
+    # Free text: a LoRA source (empty means none), or a field the schema may grow one day.
+    placeholder = f' placeholder="{esc(LORA_PLACEHOLDER)}"' if name in LORA_FIELDS else ""
+    nullable_attr = ' data-nullable="1"' if nullable else ""
+    control = (
+        f'<input type="text" id="{fid}" name="{name}" value="{esc(default or "")}" autocomplete="off" '
+        f'spellcheck="false"{placeholder}{nullable_attr} {described}>'
+    )
+    return _wrap(name, prop, default, control, extra_class="wide" if name in LORA_FIELDS else "")
 
 
-def effective_defaults(model_defaults: dict[str, Any]) -> dict[str, Any]:
-    schema = FluxInputs.model_json_schema()
+def effective_defaults(model: ModelEntry) -> dict[str, Any]:
+    """The model's input defaults: its schema's, overridden by the configured ones."""
+    schema = model.input_schema()
     defaults = {name: prop.get("default") for name, prop in schema["properties"].items()}
-    for name, value in (model_defaults or {}).items():
+    for name, value in (model.defaults or {}).items():
         if name in defaults and value is not None:
             defaults[name] = value
     return defaults
 
 
-def render_form(model_defaults: dict[str, Any] | None = None) -> str:
-    schema = FluxInputs.model_json_schema()
-    defaults = effective_defaults(model_defaults or {})
-    props = schema["properties"]
-    main = [render_field(n, props[n], defaults.get(n)) for n in ("prompt", "image") if n in props]
-    rest = [render_field(n, p, defaults.get(n)) for n, p in props.items() if n not in ("prompt", "image")]
+def render_form(model: ModelEntry) -> str:
+    """The create form of one model: prompt and image first, its LoRA fields (if it takes any)
+    in their own group, then the settings."""
+    props = model.input_schema()["properties"]
+    defaults = effective_defaults(model)
+    first = ("prompt", "image")
+    main = [render_field(n, props[n], defaults.get(n)) for n in first if n in props]
+    loras = [render_field(n, props[n], defaults.get(n)) for n in LORA_FIELDS if n in props]
+    rest = [render_field(n, p, defaults.get(n)) for n, p in props.items() if n not in first + LORA_FIELDS]
+    lora_group = (
+        '<fieldset class="settings loras"><legend>LoRA adapters</legend>'
+        '<div class="fields grid-fields">' + "".join(loras) + "</div></fieldset>"
+        if loras
+        else ""
+    )
     return (
-        '<div class="fields main-fields">' + "".join(main) + "</div>"
+        '<div class="fields main-fields">' + "".join(main) + "</div>" + lora_group + ""
         '<fieldset class="settings"><legend>Settings</legend>'
         '<p class="size-note" id="size-note" aria-live="polite"></p>'
         '<div class="fields grid-fields">' + "".join(rest) + "</div></fieldset>"
+    )
+
+
+def render_model_picker(models: list[ModelEntry], current: ModelEntry) -> str:
+    """A model menu when the server has several (each loads the page for that model's form)."""
+    if len(models) < 2:
+        return ""
+    options = "".join(
+        f'<option value="{esc(m.slug)}"{" selected" if m.slug == current.slug else ""}>'
+        f"{esc(m.display_name)} ({esc(m.slug)})</option>"
+        for m in models
+    )
+    return (
+        '<div class="field model-field"><label for="model-select">Model</label>'
+        f'<select id="model-select" name="model-select" form="">{options}</select>'
+        '<p class="help">Each model has its own inputs and defaults.</p></div>'
     )
 
 
@@ -343,7 +387,7 @@ def _page(body: str, status: int = 200, csp: str = PLAYGROUND_CSP, cache: str = 
 async def playground(request: Request) -> HTMLResponse:
     state = app_state(request)
     settings = state.settings
-    model = state.models.default
+    model = state.models.by_slug(request.query_params.get("model")) or state.models.default
     is_open = await asyncio.to_thread(lambda: state.keyring.open)
     root = ""
     page = _template("playground.html").substitute(
@@ -356,7 +400,8 @@ async def playground(request: Request) -> HTMLResponse:
         share="1" if share_enabled(settings) else "0",
         owner_images="1" if settings.outputs.require_owner_key else "0",
         max_image_bytes=esc(settings.input_images.max_bytes),
-        form=render_form(model.defaults),
+        form=render_form(model),
+        model_picker=render_model_picker(state.models.entries, model),
     )
     return _page(page)
 
@@ -392,13 +437,18 @@ def _when(ts: float | None) -> str:
 
 def _input_value(name: str, value: Any) -> str:
     if value is None or value == "":
-        empty = {"seed": "random", "image": "none (text to image)"}.get(name, "default")
+        empty = {"seed": "random", "image": "none (text to image)"}.get(
+            name, "none" if name in LORA_FIELDS else "default"
+        )
         return f'<span class="muted">{empty}</span>'
     if name == "image" and isinstance(value, str):
         if value.startswith("data:"):
             head = value.split(",", 1)[0].removeprefix("data:").split(";", 1)[0] or "image"
             return f'<span class="muted">an uploaded image ({esc(head)})</span>'
         return f"<code class=wrap>{esc(value[:300])}</code>"
+    if name in ("lora_weights", "extra_lora") and isinstance(value, str):
+        # A signed URL's signature or a token never shows on a shared page.
+        return f"<code class=wrap>{esc(redact_url(value)[:300])}</code>"
     if isinstance(value, bool):
         return "on" if value else "off"
     return esc(value)
@@ -408,16 +458,16 @@ def render_share(root: str, state: AppState, pred: Prediction) -> str:
     echoed = echo_input(pred.input if isinstance(pred.input, dict) else {})
     prompt = echoed.get("prompt") if isinstance(echoed.get("prompt"), str) else ""
     names = [] if pred.data_removed else list(pred.output)
-    props = FluxInputs.model_json_schema()["properties"]
     model = state.models.by_slug(pred.model) or state.models.default
-    defaults = effective_defaults(model.defaults)
+    props = model.input_schema()["properties"]
+    defaults = effective_defaults(model)
 
     rows = []
     for name in props:  # only the schema's fields: whatever else a client put in `input` stays private
         if name == "prompt":
             continue
         shown = echoed.get(name)
-        if shown is None and name not in ("image", "seed"):
+        if shown is None and name not in ("image", "seed", "lora_weights", "extra_lora"):
             shown = defaults.get(name)
         if name == "seed" and shown in (None, 0, "0") and pred.extra.get("seed") is not None:
             cell = f'{esc(pred.extra["seed"])} <span class="muted">(random)</span>'

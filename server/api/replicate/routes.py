@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from pipelines.inputs import FluxInputs
+from pipelines.inputs import FluxInputs, FluxLoraInputs, FluxSchnellInputs
 from server.api.deps import KEY_REQUIRED, MAX_WAIT_S, app_state, authenticate, caller, check_rate, prefer_wait
 from server.api.eachlabs.errors import api_error
 from server.api.eachlabs.routes import decode_json_body
@@ -71,7 +71,10 @@ class ReplicateModelCreate(BaseModel):
         },
     )
 
-    input: FluxInputs = Field(description="flux-dev inputs, as Replicate's model takes them.")
+    input: FluxInputs | FluxLoraInputs | FluxSchnellInputs = Field(
+        description="The model's inputs, as Replicate's model takes them (flux-dev-lora adds the LoRA "
+        "fields; flux-schnell takes at most 4 steps and no guidance)."
+    )
     webhook: str | None = Field(None, description="http(s) URL POSTed the prediction object on each event.")
     webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = Field(
         None, description="Events that call `webhook` (default `output` and `completed`)."
@@ -96,8 +99,8 @@ class ReplicateVersionCreate(ReplicateModelCreate):
 
     version: str = Field(
         max_length=200,
-        description="`black-forest-labs/flux-dev`, `black-forest-labs/flux-dev:<id>`, or any version id "
-        "(this server serves one model).",
+        description="`black-forest-labs/<model>` (flux-dev, flux-dev-lora, flux-schnell: those configured), "
+        "`black-forest-labs/<model>:<id>`, or a version id (an unknown one runs the first model).",
     )
 
 

@@ -90,7 +90,8 @@ def test_replicate_create_documents_its_body_and_the_prefer_header(document, pat
     assert body["content"]["application/json"]["schema"] == {"$ref": REF + model}
     assert sorted(schema["required"]) == required
     assert {"input", "webhook", "webhook_events_filter"} <= set(schema["properties"])
-    assert schema["properties"]["input"]["$ref"] == REF + "FluxInputs"
+    inputs = [branch["$ref"] for branch in schema["properties"]["input"]["anyOf"]]
+    assert inputs == [REF + "FluxInputs", REF + "FluxLoraInputs", REF + "FluxSchnellInputs"]
     events = schema["properties"]["webhook_events_filter"]["anyOf"][0]["items"]["enum"]
     assert events == ["start", "output", "logs", "completed"]
     prefer = [p for p in operation["parameters"] if p["name"] == "Prefer"]
@@ -120,3 +121,21 @@ def test_model_routes_document_owner_and_name_as_the_one_model_served(document):
         operation = next(iter(document["paths"][path].values()))
         enums = {p["name"]: p["schema"]["enum"] for p in operation["parameters"] if p["in"] == "path"}
         assert enums == {"owner": ["black-forest-labs"], "name": ["flux-dev"]}, path
+
+
+def test_each_models_inputs_are_documented_with_their_ranges(document):
+    schemas = document["components"]["schemas"]
+    lora = schemas["FluxLoraInputs"]["properties"]
+    schnell = schemas["FluxSchnellInputs"]["properties"]
+
+    assert lora["lora_scale"]["minimum"] == -1 and lora["lora_scale"]["maximum"] == 3
+    assert lora["extra_lora_scale"]["minimum"] == -1 and lora["extra_lora_scale"]["maximum"] == 3
+    assert {"lora_weights", "extra_lora", "guidance"} <= set(lora)
+    assert schnell["num_inference_steps"]["maximum"] == 4 and schnell["num_inference_steps"]["default"] == 4
+    assert "guidance" not in schnell and "lora_weights" not in schnell
+    eachlabs_input = schemas["CreateRequest"]["properties"]["input"]["anyOf"]
+    assert {branch["$ref"] for branch in eachlabs_input} == {
+        REF + "FluxInputs",
+        REF + "FluxLoraInputs",
+        REF + "FluxSchnellInputs",
+    }

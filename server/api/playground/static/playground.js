@@ -866,9 +866,37 @@
     }
   }
 
+  // -- several models ----------------------------------------------------------------------------
+
+  const CARRY_STORAGE = "fluxserve.carryPrompt";
+
+  /** The model menu loads the page for that model's form; the prompt comes along. */
+  function setupModelPicker() {
+    const picker = $("model-select");
+    let session = null;
+    try {
+      session = window.sessionStorage;
+    } catch (_) {
+      // storage disabled: the prompt is not carried over
+    }
+    const carried = session ? session.getItem(CARRY_STORAGE) : null;
+    if (carried !== null) {
+      session.removeItem(CARRY_STORAGE);
+      if (!els.prompt.value) els.prompt.value = carried;
+    }
+    if (!picker) return;
+    picker.addEventListener("change", () => {
+      if (session) session.setItem(CARRY_STORAGE, els.prompt.value);
+      const target = new URL("./", window.location.href);
+      target.searchParams.set("model", picker.value);
+      window.location.assign(target.href);
+    });
+  }
+
   // -- wiring ----------------------------------------------------------------------------------
 
   function init() {
+    setupModelPicker();
     setupKey();
     setupSliders();
     setupImage();
