@@ -129,8 +129,9 @@ class LoadedAdapters:
         return self._activate_named(requests)
 
     def prepare_for_compile(self) -> None:
-        """Switch to hotswap slots; call before the transformer is compiled (or first run compiled)."""
-        if self._hotswap:
+        """Switch to hotswap slots; call before the transformer is compiled (or first run compiled).
+        A model that cannot take LoRA at all (lora_support_problem) gets no slots."""
+        if self._hotswap or lora_support_problem(self.model.spec):
             return
         from peft.utils.hotswap import prepare_model_for_compiled_hotswap
 

@@ -239,3 +239,24 @@ def test_a_model_that_cannot_take_lora_refuses_before_touching_it(tiny_loras):
 def test_lora_options_need_room_for_two_adapters():
     with pytest.raises(ValueError, match="max_loaded"):
         LoraOptions(max_loaded=1)
+
+
+def test_go_fast_compiling_a_lora_model_prepares_slots_first(tiny_model_dir, tiny_loras, monkeypatch):
+    import pipelines.generate
+    from pipelines.generate import FluxGenerator
+    from pipelines.loading import load_model
+
+    model = load_model(ModelSpec(weights=str(tiny_model_dir), go_fast_compile=True))
+    generator = FluxGenerator(model, LoraOptions())
+    base = image(generator)
+    slots_ready_at_compile = []
+    monkeypatch.setattr(
+        pipelines.generate,
+        "compile_transformer",
+        lambda pipe: slots_ready_at_compile.append(generator.adapters.hotswap),
+    )
+    fast = generator.generate(inputs(go_fast=True)).images[0].data
+    assert slots_ready_at_compile == [True]
+    assert fast == base  # empty slots (scale 0) change nothing
+    assert image(generator, [lora(tiny_loras["diffusers"])]) != base
+    assert image(generator) == base
