@@ -18,3 +18,8 @@ class NSFWContentError(GenerationError):
 
 class OutOfMemory(GenerationError):
     """The pipeline ran out of GPU or host memory; the message suggests what to change."""
+
+
+class AdapterLoadError(GenerationError):
+    """A LoRA adapter could not be applied: not a Flux LoRA, shapes that do not fit, a rank or a module
+    the compiled model's adapter slots cannot hold, or a model that cannot take LoRA at all."""

@@ -10,15 +10,16 @@ from __future__ import annotations
 import gc
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from pipelines.encoding import CONTENT_TYPES, encode_image
-from pipelines.errors import GenerationError, NSFWContentError, OutOfMemory
+from pipelines.errors import AdapterLoadError, GenerationError, NSFWContentError, OutOfMemory
 from pipelines.inputs import FluxInputs, img2img_size
 from pipelines.loading import LoadedModel, compile_transformer
+from pipelines.loras.adapters import LoadedAdapters, LoraOptions, LoraRequest
 from pipelines.safety import ALL_FLAGGED_MESSAGE
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, total steps) across all images
@@ -66,10 +67,16 @@ def pick_seed(requested: int | None) -> int:
 
 
 class FluxGenerator:
-    """Runs predictions on one LoadedModel."""
+    """Runs predictions on one LoadedModel.
 
-    def __init__(self, model: LoadedModel) -> None:
+    ``lora``: how this model holds LoRA adapters; None (the default) when it serves none, and a
+    request naming adapters then fails. With options, a compiled model gets hotswap slots before
+    its first compiled call (see pipelines/loras/adapters.py).
+    """
+
+    def __init__(self, model: LoadedModel, lora: LoraOptions | None = None) -> None:
         self.model = model
+        self.adapters = LoadedAdapters(model, lora) if lora is not None else None
 
     # -- public -------------------------------------------------------------------------
     def generate(
@@ -78,6 +85,8 @@ class FluxGenerator:
         source_image: Image.Image | None = None,
         on_progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        *,
+        loras: Sequence[LoraRequest] = (),
     ) -> GenerationResult:
         import torch
 
@@ -85,6 +94,7 @@ class FluxGenerator:
         seed = pick_seed(inputs.seed)
         warnings: list[str] = list(self.model.warnings)
         warnings += self._go_fast(inputs)
+        lora_load_time = self._activate_loras(loras, warnings)
 
         if source_image is not None:
             width, height = img2img_size(*source_image.size)
@@ -94,6 +104,8 @@ class FluxGenerator:
             width, height = inputs.size
 
         result = GenerationResult([], seed, width, height, inputs.num_outputs, warnings=warnings)
+        if lora_load_time is not None:
+            result.timings["lora_load_time"] = lora_load_time
         try:
             pil_images = self._denoise(
                 inputs, seed, width, height, source_image, on_progress, should_cancel, warnings
@@ -218,6 +230,15 @@ class FluxGenerator:
             )
         return kept
 
+    def _activate_loras(self, loras: Sequence[LoraRequest], warnings: list[str]) -> float | None:
+        """Make exactly ``loras`` active (none: LoRA off); the seconds spent loading files, if any."""
+        if self.adapters is None:
+            if loras:
+                raise AdapterLoadError(f"Model {self.model.spec.name!r} is not set up for LoRA adapters.")
+            return None
+        warnings += self.adapters.activate(list(loras))
+        return self.adapters.last_load_seconds or None
+
     def _go_fast(self, inputs: FluxInputs) -> list[str]:
         spec = self.model.spec
         if not inputs.go_fast:
@@ -225,6 +246,8 @@ class FluxGenerator:
         if self.model.compiled or spec.quantize_transformer in ("fp8", "int8"):
             return []
         if spec.go_fast_compile:
+            if self.adapters is not None:
+                self.adapters.prepare_for_compile()  # slots first: adapters then swap in, no recompile
             compile_transformer(self.model.pipe)
             self.model.compiled = True
             return ["go_fast: compiling the transformer; this first fast run is slower."]
