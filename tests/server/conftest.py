@@ -61,3 +61,11 @@ def file_host() -> Iterator[FileHost]:
     host = FileHost()
     yield host
     host.close()
+
+
+@pytest.fixture
+def other_file_host() -> Iterator[FileHost]:
+    """A second one, on another port: the CDN a redirect points at."""
+    host = FileHost()
+    yield host
+    host.close()

@@ -736,8 +736,8 @@ class Route:
 
 class FileHost:
     """A loopback HTTP server for download tests: ``routes`` maps a path to its Route; every GET is
-    counted per path (``hits``) and its headers kept, names lowercased (``requests``). Adapter sources and redirects
-    use ``url(path)``."""
+    counted per path (``hits``) and its headers kept, names lowercased (``requests``). Adapter
+    sources and redirects use ``url(path)``."""
 
     def __init__(self) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -73,20 +73,15 @@ def test_redirects_are_followed_and_named_in_an_error(file_host):
         download_to(file_host.url("/go"), LOOPBACK, io.BytesIO(), max_bytes=100, what="CivitAI download")
 
 
-def test_headers_go_to_the_first_origin_only(file_host):
-    other = type(file_host)()
-    try:
-        other.routes["/file"] = Route(BODY)
-        file_host.routes["/go"] = Route(status=302, headers={"Location": other.url("/file")})
-        sink = io.BytesIO()
-        download_to(
-            file_host.url("/go"), LOOPBACK, sink, max_bytes=len(BODY), headers={"Authorization": "Bearer t0k"}
-        )
-        assert sink.getvalue() == BODY
-        assert file_host.requests[0][1].get("authorization") == "Bearer t0k"
-        assert "authorization" not in other.requests[0][1]
-    finally:
-        other.close()
+def test_headers_go_to_the_first_origin_only(file_host, other_file_host):
+    other_file_host.routes["/file"] = Route(BODY)
+    file_host.routes["/go"] = Route(status=302, headers={"Location": other_file_host.url("/file")})
+    sink = io.BytesIO()
+    headers = {"Authorization": "Bearer t0k"}
+    download_to(file_host.url("/go"), LOOPBACK, sink, max_bytes=len(BODY), headers=headers)
+    assert sink.getvalue() == BODY
+    assert file_host.requests[0][1].get("authorization") == "Bearer t0k"
+    assert "authorization" not in other_file_host.requests[0][1]
 
 
 def test_https_only_refuses_a_plain_http_url(file_host):
