@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import ModelLoadError
+from pipelines.safetensors_check import NotSafetensors, TruncatedSafetensors, check_safetensors_header
 from pipelines.spec import HF_REPO_ID, ModelSpec
 from pipelines.tiny import is_tiny_model, write_tiny_model
 
@@ -358,21 +359,15 @@ def _load_single_file_transformer(spec: ModelSpec, config_folder: Path, dtype):
 
 def _check_safetensors_header(path: Path) -> None:
     """A truncated download is the usual failure: check that the header's tensors fit the file."""
-    size = path.stat().st_size
     try:
-        with path.open("rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            if header_len <= 0 or 8 + header_len > size:
-                raise ValueError("header length exceeds the file")
-            header = json.loads(fh.read(header_len))
-    except (ValueError, OSError) as exc:
-        raise ModelLoadError(f"transformer_file {path} is not a valid safetensors file ({exc})") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
+        check_safetensors_header(path)
+    except TruncatedSafetensors as exc:
         raise ModelLoadError(
-            f"transformer_file {path} is truncated: {size} bytes on disk, {8 + header_len + end} expected; "
+            f"transformer_file {path} is truncated: {exc.size} bytes on disk, {exc.expected} expected; "
             "download it again"
-        )
+        ) from None
+    except NotSafetensors as exc:
+        raise ModelLoadError(f"transformer_file {path} is not a valid safetensors file ({exc})") from None
 
 
 def _quiet_libraries() -> None:

@@ -32,6 +32,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from pipelines.loras.resolve import AdapterFilesConfig
 from pipelines.spec import ModelSpec
 from server.api.middleware.hostguard import validate_host_pattern
 from server.auth.keyring import parse_static_keys
@@ -252,6 +253,53 @@ class ServerSettings(_Section):
         return v
 
 
+class LoraSettings(_Section):
+    dir: str | None = Field(
+        None,
+        description="The adapter folder: `lora_weights: my-style` loads `<dir>/my-style.safetensors` "
+        "(default: <data_dir>/loras).",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where downloaded adapters (URLs, CivitAI) are kept, shared by the workers of a host "
+        "(default: <data_dir>/lora-cache). Hugging Face files stay in Hugging Face's own cache.",
+    )
+    cache_max_gb: float = Field(
+        20,
+        gt=0,
+        description="Disk budget of cache_dir: the least recently used adapters are deleted beyond it.",
+    )
+    max_download_mb: int = Field(2048, ge=1, description="Largest adapter file downloaded.")
+    download_timeout_s: float = Field(600, gt=0, description="Timeout of one adapter download, overall.")
+    allow_http: bool = Field(
+        False, description="Accept plain http:// adapter URLs (and redirects to them); off: https:// only."
+    )
+    hub_downloads: bool = Field(
+        False,
+        description="Download Hugging Face adapters missing from the local Hugging Face cache "
+        "(HF_TOKEN for private repos). Off: only adapters already in that cache are used.",
+    )
+    civitai_base_url: str = Field(
+        "https://civitai.com", description="CivitAI, or a mirror of its download and model API."
+    )
+    civitai_token: SecretStr | None = Field(
+        None,
+        description="CivitAI API token, sent as a bearer token to civitai_base_url only (best given as "
+        "FLUXSERVE_LORAS__CIVITAI_TOKEN).",
+    )
+    max_loaded: int = Field(
+        4, ge=1, description="Adapters each worker keeps loaded (least recently used unloaded)."
+    )
+    hotswap_max_rank: int = Field(
+        64, ge=1, description="Highest adapter rank that can be swapped into a compiled transformer."
+    )
+
+    @field_validator("civitai_base_url")
+    @classmethod
+    def _check_civitai_url(cls, value: str) -> str:
+        return _check_http_url(value, "civitai_base_url") or value
+
+
 class MetricsSettings(_Section):
     require_key: bool = Field(
         False, description="/metrics needs a valid API key (401 without one); no effect without keys."
@@ -357,6 +405,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    loras: LoraSettings = Field(default_factory=LoraSettings)
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
     @field_validator("api_keys", mode="before")
@@ -446,6 +495,34 @@ class Settings(BaseSettings):
             host = f"[{host}]"
         scheme = "https" if self.tls.enabled else "http"
         return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def lora_dir_path(self) -> Path:
+        return Path(self.loras.dir).expanduser().resolve() if self.loras.dir else self.data_path / "loras"
+
+    @property
+    def lora_cache_path(self) -> Path:
+        if self.loras.cache_dir:
+            return Path(self.loras.cache_dir).expanduser().resolve()
+        return self.data_path / "lora-cache"
+
+    def adapter_files_config(self) -> AdapterFilesConfig:
+        """The plain-data settings a worker resolves adapter sources with (picklable)."""
+        loras = self.loras
+        token = loras.civitai_token.get_secret_value() if loras.civitai_token is not None else None
+        return AdapterFilesConfig(
+            adapter_dir=str(self.lora_dir_path),
+            cache_dir=str(self.lora_cache_path),
+            cache_max_bytes=int(loras.cache_max_gb * 2**30),
+            max_download_bytes=loras.max_download_mb * MiB,
+            download_timeout_s=loras.download_timeout_s,
+            allow_http=loras.allow_http,
+            hub_downloads=loras.hub_downloads,
+            civitai_base_url=loras.civitai_base_url,
+            civitai_token=token,
+            allow_private_addresses=self.input_images.allow_private_addresses,
+            allowed_hosts=tuple(self.input_images.allowed_hosts),
+        )
 
     def model_spec(self) -> ModelSpec:
         """The model spec the workers load (``weights: auto`` builds the tiny model in the one

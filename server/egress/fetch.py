@@ -15,9 +15,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpcore
 import httpx
@@ -27,10 +27,13 @@ from server.egress.allowlist import HostRule, IPAddress, normalize_host, parse_h
 
 __all__ = [
     "AddressPolicy",
+    "DownloadInfo",
     "FetchError",
+    "FetchStatusError",
     "IPAddress",
     "address_problem",
     "check_url",
+    "download_to",
     "fetch_bytes",
     "load_image_source",
     "post_json",
@@ -49,6 +52,14 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 class FetchError(ValueError):
     """A URL could not be fetched or was refused; the message says which and why."""
+
+
+class FetchStatusError(FetchError):
+    """The server answered with an HTTP error status (``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -435,6 +446,69 @@ def _too_large(max_bytes: int) -> FetchError:
     return FetchError(f"image is larger than {format_bytes(max_bytes)}")
 
 
+class _Hops:
+    """Follows a URL's redirects by hand: every hop's host resolved, vetted and pinned, at most
+    ``policy.max_redirects`` hops. ``current`` is the URL being fetched (for messages)."""
+
+    def __init__(self, url: str, policy: AddressPolicy, what: str, *, https_only: bool = False) -> None:
+        self.policy = policy
+        self.what = what
+        self.https_only = https_only
+        self.start = self.current = self._target(_parse_url(url, what))
+
+    def _target(self, url: httpx.URL) -> httpx.URL:
+        if self.https_only and url.scheme != "https":
+            raise FetchError(f"{self.what} refused: only https URLs are allowed ({_safe_url(url)})")
+        return url
+
+    def open(
+        self,
+        client: httpx.Client,
+        backend: _PinnedBackend,
+        deadline: float,
+        headers: Mapping[str, str],
+        origin_headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """The streamed response of the last hop (any status but a redirect); the caller closes it.
+        ``origin_headers`` (credentials) go only to hops on the first URL's scheme, host and port:
+        never to the CDN a redirect points at."""
+        redirects = 0
+        while True:
+            _vet_hop(backend, self.current, self.policy, self.what, deadline)
+            send = dict(headers)
+            if origin_headers and _origin(self.current) == _origin(self.start):
+                send.update(origin_headers)
+            response = client.send(client.build_request("GET", self.current, headers=send), stream=True)
+            if response.status_code not in _REDIRECT_CODES:
+                return response
+            try:
+                location = response.headers.get("location")
+                if not location:
+                    raise FetchError(
+                        f"HTTP {response.status_code} redirect without a Location "
+                        f"from {_safe_url(self.current)}"
+                    )
+                redirects += 1
+                if redirects > self.policy.max_redirects:
+                    raise FetchError(
+                        f"too many redirects (more than {self.policy.max_redirects}) "
+                        f"from {_safe_url(self.start)}"
+                    )
+                try:
+                    target = self.current.join(location)
+                except (httpx.InvalidURL, ValueError) as exc:
+                    raise FetchError(
+                        f"invalid redirect Location from {_safe_url(self.current)}: {exc}"
+                    ) from None
+                self.current = self._target(_parse_url(target, self.what))
+            finally:
+                response.close()
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    return url.scheme, url.host, _port(url)
+
+
 def fetch_bytes(url: str, policy: AddressPolicy) -> bytes:
     """Download ``url`` (http/https) under ``policy``: every hop vetted and pinned, at most
     ``policy.max_redirects`` redirects, at most ``policy.max_bytes`` bytes (Content-Length checked
@@ -443,66 +517,104 @@ def fetch_bytes(url: str, policy: AddressPolicy) -> bytes:
     what = "image URL"
     deadline = time.monotonic() + policy.timeout_s
     backend = _PinnedBackend(policy, what, deadline)
-    current = start = _parse_url(url, what)
-    redirects = 0
+    hops = _Hops(url, policy, what)
     try:
         with _client(backend, policy.timeout_s) as client:
-            while True:
-                _vet_hop(backend, current, policy, what, deadline)
-                request = client.build_request(
-                    "GET", current, headers={"Accept-Encoding": "identity", "Accept": "image/*"}
-                )
-                response = client.send(request, stream=True)
-                try:
-                    if response.status_code in _REDIRECT_CODES:
-                        location = response.headers.get("location")
-                        if not location:
-                            raise FetchError(
-                                f"HTTP {response.status_code} redirect without a Location "
-                                f"from {_safe_url(current)}"
-                            )
-                        redirects += 1
-                        if redirects > policy.max_redirects:
-                            raise FetchError(
-                                f"too many redirects (more than {policy.max_redirects}) "
-                                f"from {_safe_url(start)}"
-                            )
-                        try:
-                            target = current.join(location)
-                        except (httpx.InvalidURL, ValueError) as exc:
-                            raise FetchError(
-                                f"invalid redirect Location from {_safe_url(current)}: {exc}"
-                            ) from None
-                        current = _parse_url(target, what)
-                        continue
-                    if not 200 <= response.status_code < 300:
-                        raise FetchError(f"HTTP {response.status_code} from {_safe_url(current)}")
-                    return _read_capped(response, policy.max_bytes, deadline)
-                finally:
-                    response.close()
+            response = hops.open(
+                client, backend, deadline, {"Accept-Encoding": "identity", "Accept": "image/*"}
+            )
+            try:
+                if not 200 <= response.status_code < 300:
+                    raise FetchError(f"HTTP {response.status_code} from {_safe_url(hops.current)}")
+                chunks: list[bytes] = []
+                _read_capped(response, policy.max_bytes, deadline, chunks.append, _too_large)
+                return b"".join(chunks)
+            finally:
+                response.close()
     except _Timeout:
-        raise FetchError(f"timed out after {policy.timeout_s:g} s fetching {_safe_url(current)}") from None
+        raise FetchError(
+            f"timed out after {policy.timeout_s:g} s fetching {_safe_url(hops.current)}"
+        ) from None
     except httpx.HTTPError as exc:
-        raise _transport_error(exc, current, policy.timeout_s) from None
+        raise _transport_error(exc, hops.current, policy.timeout_s) from None
 
 
-def _read_capped(response: httpx.Response, max_bytes: int, deadline: float) -> bytes:
+@dataclass(frozen=True)
+class DownloadInfo:
+    """What :func:`download_to` fetched: the last hop's URL (no query), its size and content type."""
+
+    url: str
+    size: int
+    content_type: str | None
+
+
+def download_to(
+    url: str,
+    policy: AddressPolicy,
+    sink: BinaryIO,
+    *,
+    max_bytes: int,
+    what: str = "LoRA URL",
+    headers: Mapping[str, str] | None = None,
+    https_only: bool = False,
+) -> DownloadInfo:
+    """Stream ``url`` into ``sink`` under ``policy`` (the same vetting, pinning, redirects and
+    ``policy.timeout_s`` overall deadline as :func:`fetch_bytes`), at most ``max_bytes`` bytes
+    (Content-Length checked first, then the running total). ``headers`` (e.g. ``Authorization``) are
+    sent to the first URL's origin only. ``https_only`` refuses plain http, on every hop. Raises
+    :class:`FetchError` naming ``what``; the sink may then hold part of the body: discard it.
+    """
+    deadline = time.monotonic() + policy.timeout_s
+    backend = _PinnedBackend(policy, what, deadline)
+    hops = _Hops(url, policy, what, https_only=https_only)
+
+    def too_large(cap: int) -> FetchError:
+        return FetchError(f"{what} is larger than {format_bytes(cap)}")
+
+    try:
+        with _client(backend, policy.timeout_s) as client:
+            response = hops.open(client, backend, deadline, {"Accept-Encoding": "identity"}, headers)
+            try:
+                if not 200 <= response.status_code < 300:
+                    at = f" (at {_safe_url(hops.current)})" if hops.current != hops.start else ""
+                    raise FetchStatusError(
+                        f"{what} returned HTTP {response.status_code}{at}", response.status_code
+                    )
+                size = _read_capped(response, max_bytes, deadline, sink.write, too_large)
+                return DownloadInfo(_safe_url(hops.current), size, response.headers.get("content-type"))
+            finally:
+                response.close()
+    except _Timeout:
+        raise FetchError(
+            f"timed out after {policy.timeout_s:g} s fetching {_safe_url(hops.current)}"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise _transport_error(exc, hops.current, policy.timeout_s) from None
+
+
+def _read_capped(
+    response: httpx.Response,
+    max_bytes: int,
+    deadline: float,
+    write: Callable[[bytes], object],
+    too_large: Callable[[int], FetchError],
+) -> int:
+    """Hand the raw body to ``write`` chunk by chunk; the number of bytes read."""
     try:
         length = int(response.headers.get("content-length", ""))
     except ValueError:
         length = None  # absent or malformed: rely on counting
     if length is not None and length > max_bytes:
-        raise _too_large(max_bytes)
-    chunks: list[bytes] = []
+        raise too_large(max_bytes)
     received = 0
     for chunk in response.iter_raw(_CHUNK):
         received += len(chunk)
         if received > max_bytes:
-            raise _too_large(max_bytes)
+            raise too_large(max_bytes)
         if time.monotonic() > deadline:
             raise _Timeout()
-        chunks.append(chunk)
-    return b"".join(chunks)
+        write(chunk)
+    return received
 
 
 def load_image_source(url: str, policy: AddressPolicy, max_data_url_bytes: int) -> bytes:

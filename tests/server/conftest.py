@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.helpers import Server, running_server
+from tests.server.helpers import FileHost, Server, running_server
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,19 @@ def queued_server(make_server) -> Iterator[Server]:
     """A server whose workers never start: every prediction stays queued (status starting)."""
     with make_server(start_workers=False) as server:
         yield server
+
+
+@pytest.fixture
+def file_host() -> Iterator[FileHost]:
+    """A loopback HTTP server answering the routes a test sets (downloads of adapter files)."""
+    host = FileHost()
+    yield host
+    host.close()
+
+
+@pytest.fixture
+def other_file_host() -> Iterator[FileHost]:
+    """A second one, on another port: the CDN a redirect points at."""
+    host = FileHost()
+    yield host
+    host.close()

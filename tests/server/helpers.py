@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -716,3 +718,77 @@ def raw_request(port: int, request: bytes, timeout: float = 10) -> tuple[int, by
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, body
+
+
+@dataclass
+class Route:
+    """One answer of a FileHost. ``length`` overrides the Content-Length sent (None: the body's,
+    -1: none, the body ends when the connection closes); ``send`` cuts the body after that many bytes;
+    ``delay_s`` waits before answering."""
+
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    length: int | None = None
+    send: int | None = None
+    delay_s: float = 0.0
+
+
+class FileHost:
+    """A loopback HTTP server for download tests: ``routes`` maps a path to its Route; every GET is
+    counted per path (``hits``) and its headers kept, names lowercased (``requests``). Adapter
+    sources and redirects use ``url(path)``."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.routes: dict[str, Route] = {}
+        self.hits: dict[str, int] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = urlsplit(self.path).path
+                host.hits[path] = host.hits.get(path, 0) + 1
+                host.requests.append((path, {k.lower(): v for k, v in self.headers.items()}))
+                route = host.routes.get(path, Route(b"not found", status=404))
+                time.sleep(route.delay_s)
+                self.send_response(route.status)
+                for name, value in route.headers.items():
+                    self.send_header(name, value)
+                length = len(route.body) if route.length is None else route.length
+                if length >= 0:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(route.body[: route.send])
+                self.close_connection = True
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def safetensors_bytes(values: int = 4, name: str = "lora.weight") -> bytes:
+    """A small, valid safetensors file (one float32 tensor), written without torch."""
+    data = b"\0" * (4 * values)
+    header = json.dumps({name: {"dtype": "F32", "shape": [values], "data_offsets": [0, len(data)]}}).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data

@@ -351,3 +351,31 @@ def test_the_docker_image_keeps_the_tiny_model_cache_in_a_volume():
 
     assert cache and volumes
     assert any(Path(cache[1]).is_relative_to(v.strip(' "')) for v in volumes[1].split(","))
+
+
+def test_the_adapter_settings_default_under_the_data_folder(tmp_path):
+    config = Settings(data_dir=str(tmp_path)).adapter_files_config()
+    assert (config.adapter_dir, config.cache_dir) == (str(tmp_path / "loras"), str(tmp_path / "lora-cache"))
+    assert (config.cache_max_bytes, config.max_download_bytes) == (20 * 2**30, 2048 * 2**20)
+    assert (config.allow_http, config.hub_downloads, config.civitai_token) == (False, False, None)
+
+
+def test_adapter_downloads_take_the_image_egress_policy_and_the_civitai_token(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("FLUXSERVE_LORAS__CIVITAI_TOKEN", "tok-123")
+    settings = Settings(
+        data_dir=str(tmp_path),
+        input_images={"allow_private_addresses": True, "allowed_hosts": ["10.0.0.0/8"]},
+        loras={"cache_max_gb": 0.5, "max_download_mb": 10},
+    )
+    config = settings.adapter_files_config()
+    assert (config.allow_private_addresses, config.allowed_hosts) == (True, ("10.0.0.0/8",))
+    assert (config.cache_max_bytes, config.max_download_bytes) == (2**29, 10 * 2**20)
+    assert config.civitai_token == "tok-123" and "tok-123" not in repr(config)
+    assert pickle.loads(pickle.dumps(config)) == config  # handed to the worker process
+
+
+def test_a_civitai_base_url_that_is_not_http_is_refused():
+    with pytest.raises(ConfigError, match="loras.civitai_base_url"):
+        load_settings(loras={"civitai_base_url": "civitai.com"})

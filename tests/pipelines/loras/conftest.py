@@ -1,11 +1,14 @@
 """Fixtures for the LoRA tests: tiny LoRA files for the tiny model, and a model of their own (adapters
-change the transformer's modules, so the session's shared tiny model is left alone)."""
+change the transformer's modules, so the session's shared tiny model is left alone); small valid
+safetensors files (written without torch) for the cache and resolver tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from tests.server.helpers import safetensors_bytes
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +47,8 @@ def lora_generator(lora_model):
     from pipelines.loras.adapters import LoraOptions
 
     return FluxGenerator(lora_model, LoraOptions(max_loaded=3))
+
+
+@pytest.fixture
+def adapter_bytes() -> bytes:
+    return safetensors_bytes()
