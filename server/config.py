@@ -288,7 +288,10 @@ class LoraSettings(_Section):
         "FLUXSERVE_LORAS__CIVITAI_TOKEN).",
     )
     max_loaded: int = Field(
-        4, ge=1, description="Adapters each worker keeps loaded (least recently used unloaded)."
+        4,
+        ge=2,
+        description="Adapters each worker keeps loaded (least recently used unloaded; at least 2, "
+        "since one request may name two).",
     )
     hotswap_max_rank: int = Field(
         64, ge=1, description="Highest adapter rank that can be swapped into a compiled transformer."

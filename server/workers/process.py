@@ -7,6 +7,7 @@ messages, the main thread runs jobs and sends events back. The child never touch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -14,7 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.workers import faults
 from server.workers.messages import (
@@ -29,6 +30,9 @@ from server.workers.messages import (
     Shutdown,
     WorkerReady,
 )
+
+if TYPE_CHECKING:
+    from pipelines.loras.resolve import AdapterFiles, AdapterFilesConfig
 
 log = logging.getLogger("fluxserve.worker")
 
@@ -46,6 +50,9 @@ class WorkerConfig:
     allowed_hosts: list[str] = field(default_factory=list)
     progress_interval_s: float = 0.25
     nice: int = 0  # added to the process's nice value at start
+    adapter_files: AdapterFilesConfig | None = None  # where LoRA sources resolve (None: no LoRA)
+    lora_max_loaded: int = 4  # LoRA adapters kept loaded
+    lora_hotswap_max_rank: int = 64  # the rank of a compiled model's adapter slots
     fault_injection: bool = False  # tests only: prompts containing [[fault:...]] cause real faults
     log_level: str = "info"
 
@@ -83,7 +90,10 @@ def worker_main(conn, config: WorkerConfig) -> None:
     """Entry point of the spawned process."""
     if config.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu  # before torch is imported
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if config.adapter_files is None or not config.adapter_files.hub_downloads:
+        # Never reach for the hub. huggingface_hub reads this once, when first imported: with
+        # LoRA hub downloads allowed it stays unset (the weights load with local_files_only anyway).
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # SIGINT goes to the whole process group on Ctrl-C; the supervisor decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s worker %(levelname)s %(message)s")
@@ -94,22 +104,28 @@ def worker_main(conn, config: WorkerConfig) -> None:
     from pipelines.errors import ModelLoadError
     from pipelines.generate import FluxGenerator
     from pipelines.loading import load_model
+    from pipelines.loras.adapters import LoraOptions
     from pipelines.spec import ModelSpec
+    from server.workers.adapter_downloads import adapter_files
 
     # Read commands from the start, the model load included: if the supervisor dies meanwhile,
     # the pipe's EOF ends this process instead of leaving it loading for minutes.
     jobs: queue.Queue[RunJob | None] = queue.Queue()
     control = _JobControl()
     threading.Thread(target=_read_commands, args=(conn, jobs, control), daemon=True, name="commands").start()
+    spec = ModelSpec.model_validate(config.model)
     try:
-        model = load_model(ModelSpec.model_validate(config.model))
+        model = load_model(spec)
     except ModelLoadError as exc:
         conn.send(SetupFailed(str(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - report any load failure instead of dying silently
         conn.send(SetupFailed(f"{type(exc).__name__}: {exc}"))
         return
-    generator = FluxGenerator(model)
+    serves_loras = config.adapter_files is not None and spec.serves_loras
+    lora = LoraOptions(config.lora_max_loaded, config.lora_hotswap_max_rank) if serves_loras else None
+    generator = FluxGenerator(model, lora)
+    files = adapter_files(config.adapter_files) if serves_loras and config.adapter_files else None
     conn.send(
         WorkerReady(
             device=model.device,
@@ -128,7 +144,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
         control.start(job.prediction_id)
         try:
             try:
-                outcome = _run_job(job, generator, config, conn, control)
+                outcome = _run_job(job, generator, files, config, conn, control)
             except Exception as exc:  # noqa: BLE001 - a failure outside generation must end the job, not the worker
                 log.exception("prediction %s failed", job.prediction_id)
                 outcome = JobFailed(job.prediction_id, f"Prediction failed: {type(exc).__name__}: {exc}")
@@ -153,7 +169,9 @@ def _read_commands(conn, jobs: queue.Queue, control: _JobControl) -> None:
             return
 
 
-def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobControl):
+def _run_job(
+    job: RunJob, generator, files: AdapterFiles | None, config: WorkerConfig, conn, control: _JobControl
+):
     """Run one prediction and return the final message; progress goes out as JobLog on the way."""
     from pipelines.errors import GenerationError
     from pipelines.generate import pick_seed
@@ -208,9 +226,12 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
             emit(f"{done}/{total} steps ({100 * done // total}%)")
 
     try:
-        result = generator.generate(
-            inputs, source, on_progress=on_progress, should_cancel=control.cancel.is_set
-        )
+        with contextlib.ExitStack() as held:
+            # Each adapter file stays held (not evicted from the cache) while it is loaded.
+            loras = _adapter_files(inputs.adapters, files, config, held, emit)
+            result = generator.generate(
+                inputs, source, on_progress=on_progress, should_cancel=control.cancel.is_set, loras=loras
+            )
     except GenerationError as exc:
         return JobFailed(pid, str(exc), "".join(logs))
     except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
@@ -236,6 +257,31 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
         "nsfw_dropped": result.nsfw_dropped,
     }
     return JobSucceeded(pid, images, result.seed, result.timings["predict_time"], "".join(logs), extra)
+
+
+def _adapter_files(adapters, files, config: WorkerConfig, held: contextlib.ExitStack, emit) -> list:
+    """The prediction's LoRA sources as local files (downloaded or found in the cache), each held
+    in ``held``; AdapterFetchError (a GenerationError) says which source failed and why."""
+    from pipelines.errors import AdapterLoadError
+    from pipelines.loras.adapters import LoraRequest
+    from pipelines.loras.sources import AdapterSourceError, parse_adapter_source
+
+    if not adapters:
+        return []
+    if files is None:
+        raise AdapterLoadError("This model does not take LoRA adapters on this server.")
+    allow_http = config.adapter_files is not None and config.adapter_files.allow_http
+    requests = []
+    for text, scale in adapters:
+        try:
+            source = parse_adapter_source(text, allow_http=allow_http)
+        except AdapterSourceError as exc:  # checked at create; the settings may have changed since
+            raise AdapterLoadError(f"LoRA {text[:200]!r}: {exc}") from None
+        started = time.monotonic()
+        path = held.enter_context(files.open(source))
+        emit(f"LoRA {source.display}: ready in {time.monotonic() - started:.2f} s, scale {scale:g}")
+        requests.append(LoraRequest(source.key, path, scale, source.display))
+    return requests
 
 
 def _is_fatal_device_error(exc: BaseException) -> bool:

@@ -159,6 +159,9 @@ class Supervisor:
             allowed_hosts=list(s.input_images.allowed_hosts),
             progress_interval_s=s.workers.progress_interval_s,
             nice=s.workers.nice,
+            adapter_files=s.adapter_files_config(),
+            lora_max_loaded=s.loras.max_loaded,
+            lora_hotswap_max_rank=s.loras.hotswap_max_rank,
             fault_injection=os.environ.get("FLUXSERVE_FAULT_INJECTION") == "1",
             log_level=s.log_level,
         )
