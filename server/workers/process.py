@@ -158,7 +158,7 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
     from pipelines.errors import GenerationError
     from pipelines.generate import pick_seed
     from pipelines.images import InputImageError, decode_image
-    from pipelines.inputs import FluxInputs, img2img_size
+    from pipelines.inputs import INPUT_SCHEMAS, img2img_size
     from server.egress.fetch import AddressPolicy, FetchError, load_image_source
 
     pid = job.prediction_id
@@ -169,7 +169,7 @@ def _run_job(job: RunJob, generator, config: WorkerConfig, conn, control: _JobCo
         conn.send(JobLog(pid, line + "\n"))
 
     # Resolved and validated when the prediction was created: trusted, not validated again.
-    inputs = FluxInputs.model_construct(**job.inputs)
+    inputs = INPUT_SCHEMAS[job.schema].model_construct(**job.inputs)
     faults.maybe_inject(config.fault_injection, inputs.prompt)
     seed = pick_seed(inputs.seed)
     inputs = inputs.model_copy(update={"seed": seed})
