@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.spec import ModelSpec
+from server.predictions.models import ModelRegistry
 from server.store.health import StoreHealth
 from server.store.hosts import HostReport
-from server.workers.hosts import LIVE_WITHIN_S, hosts_health
+from server.workers.hosts import LIVE_WITHIN_S, HostsReadiness, hosts_health
+from tests.server.helpers import run_in_own_loop
 
 MODEL = "flux-dev"
 
@@ -94,11 +97,6 @@ class _Reports:
 
 
 def _readiness(*hosts_):
-    from pipelines.spec import ModelSpec
-    from server.predictions.models import ModelRegistry
-    from server.workers.hosts import HostsReadiness
-    from tests.server.helpers import run_in_own_loop
-
     models = ModelRegistry.from_specs([ModelSpec(), ModelSpec(family="flux-schnell")])
     readiness = HostsReadiness(_Reports(list(hosts_)), models, lambda: True)
     run_in_own_loop(readiness.refresh())
