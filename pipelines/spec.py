@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Offload = Literal["none", "model", "sequential", "group"]
 Quantization = Literal["none", "fp8", "int8", "nf4"]
+Family = Literal["flux-dev", "flux-schnell"]
 
 HF_REPO_ID = "black-forest-labs/FLUX.1-dev"
+HF_SCHNELL_REPO_ID = "black-forest-labs/FLUX.1-schnell"
+# The LoRA face of a flux-dev model: Eachlabs' slug and Replicate's model name.
+LORA_SLUG = "black-forest-labs-flux-dev-lora"
+LORA_NAME = "flux-dev-lora"
 
 
 class ModelSpec(BaseModel):
@@ -21,7 +26,34 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("flux-dev", description="The model slug clients send in `model`.")
+    name: str = Field(
+        "flux-dev",
+        description="The model slug clients send in `model` (and Replicate's model name); "
+        "`flux-schnell` when `family` is flux-schnell and no name is given.",
+    )
+    family: Family = Field(
+        "flux-dev",
+        description="`flux-dev` (guidance, up to 50 steps, LoRA adapters) or `flux-schnell` (4 steps "
+        "default and most, no guidance): the inputs this model takes.",
+    )
+    lora: bool = Field(
+        True,
+        description="A flux-dev model also serves the LoRA face (`lora_slug`) from the same loaded weights. "
+        "flux-schnell has none.",
+    )
+    lora_slug: str = Field(LORA_SLUG, description="The LoRA face's slug (Eachlabs `model`).")
+    lora_name: str = Field(LORA_NAME, description="The LoRA face's Replicate model name (owner/name).")
+    gpus: list[int] | None = Field(
+        None,
+        description="GPU indices whose workers serve this model: one worker per GPU listed. "
+        "Unset: `workers` workers (one model alone: workers.count / workers.gpus, as before).",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Worker processes serving this model where no `gpus` are given (default 1 when "
+        "several models are configured).",
+    )
     weights: str = Field(
         "auto",
         description=(
@@ -76,3 +108,27 @@ class ModelSpec(BaseModel):
         description="Where `weights: auto` builds the tiny demo model (default: the user cache, "
         "$XDG_CACHE_HOME/fluxserve/tiny-flux or ~/.cache/fluxserve/tiny-flux; `generate` uses it too).",
     )
+
+    @model_validator(mode="after")
+    def _family_rules(self) -> ModelSpec:
+        if self.family == "flux-schnell":
+            if "lora" in self.model_fields_set and self.lora:
+                raise ValueError("lora: flux-schnell serves no LoRA face (set lora: false or leave it out)")
+            self.lora = False  # so a dump of this spec reads back the same
+            if "name" not in self.model_fields_set:
+                self.name = "flux-schnell"
+        if self.gpus is not None and self.workers is not None:
+            raise ValueError("gpus and workers: give one (gpus: one worker per GPU listed)")
+        if self.gpus is not None and not self.gpus:
+            raise ValueError("gpus: list at least one GPU index, or leave it out")
+        return self
+
+    @property
+    def serves_lora(self) -> bool:
+        """It also answers to the LoRA face (a flux-dev model with ``lora`` on)."""
+        return self.family == "flux-dev" and self.lora
+
+    @property
+    def slugs(self) -> list[str]:
+        """Every slug this model answers to: its own, then its LoRA face's."""
+        return [self.name, self.lora_slug] if self.serves_lora else [self.name]

@@ -401,6 +401,11 @@ class Settings(BaseSettings):
         300, description="Longest /v1/prediction/run holds a request before answering with the current state."
     )
     model: ModelSpec = Field(default_factory=ModelSpec)
+    models: list[ModelSpec] | None = Field(
+        None,
+        description="Several models on one server, each a `model:` section (with its `family`, `gpus` or "
+        "`workers`); instead of `model:`. Every slug must be unique across them.",
+    )
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
@@ -423,6 +428,36 @@ class Settings(BaseSettings):
                 raise ValueError("an API key is blank")
             return parse_static_keys(v)
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_way_to_give_models(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model") is not None and data.get("models") is not None:
+            raise ValueError(
+                "model and models: give one (`model:` for a single model, `models:` for several)"
+            )
+        return data
+
+    @field_validator("models")
+    @classmethod
+    def _models_apart(cls, models: list[ModelSpec] | None) -> list[ModelSpec] | None:
+        if models is None:
+            return None
+        if not models:
+            raise ValueError("list at least one model, or leave models out")
+        seen: set[str] = set()
+        for spec in models:
+            for slug in spec.slugs:
+                if slug in seen:
+                    raise ValueError(
+                        f"two models answer to the slug {slug!r}: give each its own name "
+                        "(and lora_slug / lora_name, or lora: false)"
+                    )
+                seen.add(slug)
+        names = [spec.lora_name for spec in models if spec.serves_lora]
+        if len(set(names)) != len(names):
+            raise ValueError("two models' LoRA faces share a lora_name: give each its own")
+        return models
 
     @classmethod
     def settings_customise_sources(
@@ -527,10 +562,16 @@ class Settings(BaseSettings):
             allowed_hosts=tuple(self.input_images.allowed_hosts),
         )
 
+    @property
+    def model_specs(self) -> list[ModelSpec]:
+        """The configured models: ``models:``, or the one ``model:``."""
+        return list(self.models) if self.models is not None else [self.model]
+
     def model_spec(self) -> ModelSpec:
-        """The model spec the workers load (``weights: auto`` builds the tiny model in the one
-        place `fluxserve generate` uses too: ``model.tiny_model_dir``, else the user cache)."""
-        return self.model
+        """The first configured model (the default one; ``weights: auto`` builds the tiny model
+        in the one place `fluxserve generate` uses too: ``model.tiny_model_dir``, else the user
+        cache)."""
+        return self.model_specs[0]
 
 
 class ConfigError(ValueError):
@@ -553,7 +594,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         lines = []
         for err in exc.errors(include_url=False, include_input=False):
             where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {where}: {err['msg']}")
+            lines.append(f"  {where}: {err['msg']}" if where else f"  {err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
     finally:
         _CONFIG_FILE.reset(token)

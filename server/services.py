@@ -28,14 +28,14 @@ from server.datalock import ServerLock
 from server.metrics import ServerMetrics
 from server.outputs import open_output_storage
 from server.outputs.base import OutputStorage
-from server.predictions.errors import ModelUnavailable, NotAccepting, ShuttingDown
+from server.predictions.errors import ModelNotServed, ModelUnavailable, NotAccepting, ShuttingDown
 from server.predictions.feed import Change, ChangeFeed, ChangeKind
-from server.predictions.models import ModelRegistry
+from server.predictions.models import ModelEntry, ModelRegistry
 from server.predictions.service import PredictionService, Readiness
 from server.store import Backend, PredictionStore, open_backend
 from server.webhooks.dispatcher import WebhookDispatcher
 from server.workers.hosts import HostHeartbeat, HostsReadiness
-from server.workers.supervisor import SETUP_FAILED, Supervisor
+from server.workers.supervisor import SETUP_FAILED, W_FAILED, Supervisor
 
 
 @dataclass
@@ -68,17 +68,29 @@ class AppState:
 
 
 class SupervisorReadiness(Readiness):
-    """Readiness as this process's worker supervisor knows it."""
+    """Readiness as this process's worker supervisor knows it. ``others_may_serve``: the store
+    is shared, so a model none of this process's workers serve may be served by another host."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, *, others_may_serve: bool = False) -> None:
         self.supervisor = supervisor
+        self.others_may_serve = others_may_serve
 
-    def refusal(self) -> NotAccepting | None:
+    def refusal(self, model: ModelEntry | None = None) -> NotAccepting | None:
         status, details = self.supervisor.health()
         if status == SETUP_FAILED:
             return ModelUnavailable(details.get("reason"))
         if not self.supervisor.accepting:
             return ShuttingDown()
+        if model is None or not self.supervisor.slots:  # no worker here at all: jobs queue, as ever
+            return None
+        slots = self.supervisor.slots_of(model.spec_name)
+        if not slots:
+            if self.others_may_serve:
+                return None
+            return ModelNotServed(model.slug, "no worker of this server serves it")
+        if all(slot.state == W_FAILED for slot in slots):
+            errors = sorted({slot.setup_error or "unknown" for slot in slots})
+            return ModelUnavailable("; ".join(errors), model.slug)
         return None
 
     def health(self) -> tuple[str, dict[str, Any]]:
@@ -140,7 +152,7 @@ def build_state(
     store = backend.predictions
     feed = backend.feed
     outputs = open_output_storage(settings)
-    models = ModelRegistry.from_specs([settings.model])
+    models = ModelRegistry.from_settings(settings)
     render = RenderContext(settings.base_url, outputs, models)
     metrics = ServerMetrics()
     webhooks = WebhookDispatcher(settings, store, backend.deliveries, render=render)
@@ -151,17 +163,18 @@ def build_state(
         notify=feed.changed,
         on_finished=lambda pred: feed.ended(pred.id),
         observe_predict_time=metrics.predict_time.observe,
+        models=models,
     )
     subscribe_workers(feed, supervisor)
     subscribe_webhooks(feed, store, webhooks)
     readiness: Readiness
     heartbeat = None
     if store.shared and not run_workers:
-        readiness = HostsReadiness(store, models.default.slug, lambda: supervisor.accepting)
+        readiness = HostsReadiness(store, models, lambda: supervisor.accepting)
     else:
-        readiness = SupervisorReadiness(supervisor)
+        readiness = SupervisorReadiness(supervisor, others_may_serve=store.shared)
     if store.shared and run_workers:
-        heartbeat = HostHeartbeat(store, supervisor, [e.slug for e in models.entries])
+        heartbeat = HostHeartbeat(store, supervisor)
     predictions = PredictionService(
         store,
         feed,
@@ -231,8 +244,10 @@ class WorkerHost:
 def build_worker_host(settings: Settings, backend: Backend) -> WorkerHost:
     """A worker host's parts on an opened (shared) backend; nothing started."""
     outputs = open_output_storage(settings)
-    models = ModelRegistry.from_specs([settings.model])
-    supervisor = Supervisor(settings, backend.predictions, outputs, notify=backend.feed.changed)
+    models = ModelRegistry.from_settings(settings)
+    supervisor = Supervisor(
+        settings, backend.predictions, outputs, notify=backend.feed.changed, models=models
+    )
     subscribe_workers(backend.feed, supervisor)
     webhooks = WebhookDispatcher(
         settings,
@@ -241,5 +256,5 @@ def build_worker_host(settings: Settings, backend: Backend) -> WorkerHost:
         render=RenderContext(settings.base_url, outputs, models),
     )
     backend.feed.subscribe([ChangeKind.CHANGED], lambda change: webhooks.on_change(change.prediction_id))
-    heartbeat = HostHeartbeat(backend.predictions, supervisor, [e.slug for e in models.entries])
+    heartbeat = HostHeartbeat(backend.predictions, supervisor)
     return WorkerHost(settings, backend, outputs, supervisor, heartbeat, webhooks)

@@ -108,7 +108,7 @@ def _spec_for_generate(args: argparse.Namespace):
     if args.config:
         from server.config import load_settings
 
-        spec = load_settings(args.config).model
+        spec = load_settings(args.config).model_spec()  # the first configured model
         return spec
     return ModelSpec(weights=args.model, transformer_file=args.transformer_file)
 

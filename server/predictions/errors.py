@@ -43,10 +43,27 @@ class NotAccepting(PredictionError):
 
 
 class ModelUnavailable(NotAccepting):
-    """The model failed to load on every worker: nothing could run a new prediction."""
+    """The model failed to load on every worker: nothing could run a new prediction. ``model``:
+    the one model of several that did (the others still take predictions)."""
 
-    def __init__(self, reason: str | None) -> None:
-        super().__init__("Model failed to load; not accepting predictions", reason)
+    def __init__(self, reason: str | None, model: str | None = None) -> None:
+        if model is None:
+            message = "Model failed to load; not accepting predictions"
+        else:
+            message = f"Model {model} failed to load; not accepting predictions for it"
+        super().__init__(message, reason)
+        self.model = model
+
+
+class ModelNotServed(ModelUnavailable):
+    """The model is configured but no live worker serves it (none planned on this server, or no
+    live worker host reports it): a prediction for it would wait for nobody."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        NotAccepting.__init__(
+            self, f"Model {model} has no live worker; not accepting predictions for it", reason
+        )
+        self.model = model
 
 
 class ShuttingDown(NotAccepting):

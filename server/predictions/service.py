@@ -65,8 +65,11 @@ class Readiness(abc.ABC):
     supervisor answers; an API-only replica answers from what the worker hosts report."""
 
     @abc.abstractmethod
-    def refusal(self) -> NotAccepting | None:
-        """Why no new prediction is taken now, or None when they are."""
+    def refusal(self, model: ModelEntry | None = None) -> NotAccepting | None:
+        """Why no new prediction (for ``model``) is taken now, or None when they are. Without a
+        model: the server as a whole (shutting down, every worker failed to load). With one,
+        also that model: ModelUnavailable when its workers all failed to load, ModelNotServed
+        when no live worker serves it."""
 
     @abc.abstractmethod
     def health(self) -> tuple[str, dict[str, Any]]:
@@ -125,16 +128,17 @@ class PredictionService:
         self._clock = clock
 
     # -- create -------------------------------------------------------------------------------
-    def ensure_accepting(self) -> None:
-        """Raise NotAccepting (ModelUnavailable, ShuttingDown) when no prediction is taken now."""
-        refusal = self.readiness.refusal()
+    def ensure_accepting(self, model: ModelEntry | None = None) -> None:
+        """Raise NotAccepting (ModelUnavailable, ShuttingDown) when no prediction (for ``model``)
+        is taken now."""
+        refusal = self.readiness.refusal() if model is None else self.readiness.refusal(model)
         if refusal is not None:
             raise refusal
 
     def prepare(self, request: CreateRequest) -> Prediction:
         """The prediction a create would store: accepting checked, inputs validated and resolved.
         Raises NotAccepting or InvalidInput; stores nothing (``submit`` does)."""
-        self.ensure_accepting()
+        self.ensure_accepting(request.model)
         raw = request.input
         if raw is None:
             raise InvalidInput({"input": "required"})

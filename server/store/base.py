@@ -68,10 +68,13 @@ class PredictionStore(abc.ABC):
         """The owner's predictions, newest first, and the total matching the filter."""
 
     @abc.abstractmethod
-    def claim_next(self, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Prediction | None:
+    def claim_next(
+        self, worker_id: str, lease_s: float = DEFAULT_LEASE_S, models: Collection[str] | None = None
+    ) -> Prediction | None:
         """Atomically take the oldest starting prediction: status processing, started_at now,
         attempts + 1, worker_id set, its lease expiring ``lease_s`` from now. None when the
-        queue is empty."""
+        queue is empty. ``models``: only predictions of these slugs (a worker takes the jobs of
+        the models it serves; the fair order is kept among those); None: any."""
 
     @abc.abstractmethod
     def append_logs(self, prediction_id: str, text: str, *, lease: Lease | None = None) -> None:

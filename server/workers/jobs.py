@@ -6,9 +6,9 @@ It runs on the API process's event loop; store calls run in the default thread p
 about a claimed job is made under its lease (``Prediction.lease``): once the job was taken from
 this host (its lease expired and another host recovered it) the store refuses it.
 
-- **Dispatch**: a ready slot gets the oldest queued prediction; its ``params`` (the inputs
-  resolved at create) go to the worker as they are. Rows made before params were stored are
-  resolved from their ``input`` here.
+- **Dispatch**: a ready slot gets the oldest queued prediction of the models it serves; its
+  ``params`` (the inputs resolved at create) go to the worker as they are, with the name of their
+  input schema. Rows made before params were stored are resolved from their ``input`` here.
 - **Leases**: every third of ``workers.lease_s`` the host renews the leases of the jobs it holds
   (running, or ended with the end not yet recorded), then settles expired leases of any host
   (``recover_expired``). At start it settles its own previous run's jobs at once
@@ -35,6 +35,7 @@ from server.outputs.base import OutputStorage, OutputStorageError
 from server.outputs.local import output_name
 from server.predictions.feed import wait_event
 from server.predictions.model import CANCELLED, ERROR, SUCCESS, WORKER_LOST, Lease, Prediction
+from server.predictions.models import ModelRegistry
 from server.store.base import PredictionStore
 from server.store.health import StoreHealth
 from server.workers.messages import CancelJob, JobCancelled, JobFailed, JobLog, JobSucceeded, RunJob
@@ -88,6 +89,7 @@ class Jobs:
         on_finished: Callable[[Prediction], None] | None = None,
         observe_predict_time: Callable[[float], None] | None = None,
         host_id: str | None = None,
+        models: ModelRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -95,7 +97,7 @@ class Jobs:
         self.slots = slots
         self.host_id = host_id or getattr(settings.workers, "host_id", None) or default_host_id()
         self.lease_s: float = settings.workers.lease_s
-        self.model_defaults = settings.model.defaults
+        self.models = models if models is not None else ModelRegistry.from_settings(settings)
         self.accepting = True
         self._notify = notify
         self._on_finished = on_finished
@@ -171,18 +173,25 @@ class Jobs:
                 log.exception("dispatch failed")
 
     async def dispatch(self) -> None:
-        """Give each ready, idle slot the oldest queued prediction, while there are some."""
+        """Give each ready, idle slot the oldest queued prediction of its models, while there are some."""
+        empty: set[tuple[str, ...] | None] = set()  # the model sets found with nothing queued
         for slot in self.slots:
             if slot.state != W_READY or slot.job is not None:
                 continue
+            models = tuple(slot.models) if slot.models is not None else None
+            if models in empty:
+                continue
             generation = slot.generation
             try:
-                pred = await asyncio.to_thread(self.store.claim_next, slot.worker_id, self.lease_s)
+                pred = await asyncio.to_thread(
+                    self.store.claim_next, slot.worker_id, self.lease_s, models=models
+                )
             except Exception as exc:  # noqa: BLE001 - logged once per change of the store's state
                 self.store_failed(exc)
                 return
             if pred is None:
-                return
+                empty.add(models)
+                continue
             self.store_working()
             if slot.generation != generation or slot.state != W_READY or slot.job is not None:
                 # The worker exited (or was replaced) while the claim ran: put the job back.
@@ -192,7 +201,7 @@ class Jobs:
             if inputs is None:
                 continue
             try:
-                slot.conn.send(RunJob(pred.id, inputs, pred.attempts))
+                slot.conn.send(RunJob(pred.id, inputs, pred.attempts, self.models.schema_of(pred.model)))
             except OSError:
                 # The worker is gone (its exit is on the way): the job never reached it.
                 log.warning("worker %d pipe closed while sending a job; requeued", slot.index)
@@ -207,8 +216,11 @@ class Jobs:
         before params were stored is resolved now; None (and the job ended) if it is invalid."""
         if pred.params:
             return pred.params
+        entry = self.models.by_slug(pred.model)
         try:
-            return parse_inputs(pred.input, self.model_defaults).model_dump()
+            if entry is None:  # a model no longer configured: flux-dev's inputs, no defaults
+                return parse_inputs(pred.input).model_dump()
+            return entry.resolve_inputs(pred.input).model_dump()
         except InvalidInputs as exc:  # stored before a config change made it invalid
             invalid = functools.partial(
                 asyncio.to_thread,

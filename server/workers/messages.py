@@ -14,8 +14,9 @@ from typing import Any
 @dataclass
 class RunJob:
     prediction_id: str
-    inputs: dict[str, Any]  # FluxInputs as a dict, validated before it is sent: the worker trusts it
+    inputs: dict[str, Any]  # the model's inputs as a dict, validated before it is sent: the worker trusts it
     attempt: int = 1
+    schema: str = "flux-dev"  # their pipelines.inputs.INPUT_SCHEMAS key
 
 
 @dataclass

@@ -122,7 +122,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
     except Exception as exc:  # noqa: BLE001 - report any load failure instead of dying silently
         conn.send(SetupFailed(f"{type(exc).__name__}: {exc}"))
         return
-    serves_loras = config.adapter_files is not None and spec.serves_loras
+    serves_loras = config.adapter_files is not None and spec.serves_lora
     lora = LoraOptions(config.lora_max_loaded, config.lora_hotswap_max_rank) if serves_loras else None
     generator = FluxGenerator(model, lora)
     files = adapter_files(config.adapter_files) if serves_loras and config.adapter_files else None
@@ -176,7 +176,7 @@ def _run_job(
     from pipelines.errors import GenerationError
     from pipelines.generate import pick_seed
     from pipelines.images import InputImageError, decode_image
-    from pipelines.inputs import FluxInputs, img2img_size
+    from pipelines.inputs import INPUT_SCHEMAS, img2img_size
     from server.egress.fetch import AddressPolicy, FetchError, load_image_source
 
     pid = job.prediction_id
@@ -187,7 +187,7 @@ def _run_job(
         conn.send(JobLog(pid, line + "\n"))
 
     # Resolved and validated when the prediction was created: trusted, not validated again.
-    inputs = FluxInputs.model_construct(**job.inputs)
+    inputs = INPUT_SCHEMAS[job.schema].model_construct(**job.inputs)
     faults.maybe_inject(config.fault_injection, inputs.prompt)
     seed = pick_seed(inputs.seed)
     inputs = inputs.model_copy(update={"seed": seed})

@@ -1,4 +1,5 @@
-"""A worker slot: one place for a worker process (one per GPU), its state and the job it runs.
+"""A worker slot: one place for a worker process (one per GPU), its model, its state and the job
+it runs.
 
 The supervisor owns the slots (it starts, watches and replaces their processes); the job runner
 (``jobs.py``) hands them jobs and records what they report.
@@ -13,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.spec import ModelSpec
 from server.predictions.model import Prediction
 from server.workers.messages import WorkerReady
 
@@ -46,6 +48,12 @@ class WorkerSlot:
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     reader: threading.Thread | None = None  # forwards the pipe to ``inbox``; ends at the worker's exit
     host_id: str = field(default_factory=default_host_id)
+    spec: ModelSpec | None = None  # the model its worker loads (None: any queued job, in tests)
+
+    @property
+    def models(self) -> list[str] | None:
+        """The slugs of the jobs it takes (its model's faces); None: every job."""
+        return self.spec.slugs if self.spec is not None else None
 
     @property
     def worker_id(self) -> str:

@@ -1,5 +1,6 @@
 """The supervisor: starts the worker processes (one per slot, one slot per GPU), reads what they
-report, and replaces them when they die or hang; the health of the slots.
+report, and replaces them when they die or hang; the health of the slots. Each slot serves one
+configured model (``slot_plan``): its worker loads that model and takes only its jobs.
 
 It runs on the API process's event loop. Each worker has a reader thread (blocking Pipe
 reads) that forwards messages to the loop, and an asyncio queue so one worker's messages are
@@ -19,8 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pipelines.spec import ModelSpec
 from server.outputs.base import OutputStorage
 from server.predictions.model import Prediction
+from server.predictions.models import ModelRegistry
 from server.store import PredictionStore
 from server.store.health import StoreHealth
 from server.workers.gpus import visible_gpus
@@ -69,6 +72,8 @@ STARTING, READY, BUSY, SETUP_FAILED, SHUTTING_DOWN = (
     "SHUTTING_DOWN",
 )
 UNHEALTHY = "UNHEALTHY"
+# A model's state in /health-check's ``models`` when no worker of this server serves it.
+UNAVAILABLE = "UNAVAILABLE"
 
 MAX_LOAD_CRASHES = 3  # consecutive deaths while loading before a slot is declared failed
 WATCHDOG_S = 0.2  # how often hung jobs and hung loads are looked for
@@ -84,17 +89,20 @@ class Supervisor:
         on_finished: Callable[[Prediction], None] | None = None,
         observe_predict_time: Callable[[float], None] | None = None,
         host_id: str | None = None,
+        models: ModelRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.outputs = outputs
         self._notify = notify
         self.slots: list[WorkerSlot] = []
+        self.models = models if models is not None else ModelRegistry.from_settings(settings)
         self.jobs = Jobs(
             settings,
             store,
             outputs,
             self.slots,
+            models=self.models,
             notify=notify,
             on_finished=on_finished,
             observe_predict_time=observe_predict_time,
@@ -120,9 +128,29 @@ class Supervisor:
         return self.jobs.store_health
 
     # -- lifecycle ------------------------------------------------------------------------
+    def slot_plan(self) -> list[tuple[int, str | None, ModelSpec]]:
+        """(index, GPU, model) of each worker slot. One model alone, without its own ``gpus`` or
+        ``workers``: ``workers.count`` / ``workers.gpus`` place its workers. Otherwise each model
+        gets one worker per GPU in its ``gpus``, else ``workers`` (1) workers; ``workers.count: 0``
+        still means no worker here."""
+        specs = self.settings.model_specs
+        (first, *others) = specs
+        if not others and first.gpus is None and first.workers is None:
+            return [(index, gpu, first) for index, gpu in self._plan_one_model(first.device)]
+        if self.settings.workers.count == 0:
+            return []
+        plan: list[tuple[int, str | None, ModelSpec]] = []
+        for spec in specs:
+            places = [str(g) for g in spec.gpus] if spec.gpus is not None else [None] * (spec.workers or 1)
+            plan += [(len(plan) + i, gpu, spec) for i, gpu in enumerate(places)]
+        return plan
+
     def plan_slots(self) -> list[tuple[int, str | None]]:
+        """(index, GPU) of each worker slot (``slot_plan`` without the models)."""
+        return [(index, gpu) for index, gpu, _spec in self.slot_plan()]
+
+    def _plan_one_model(self, device: str) -> list[tuple[int, str | None]]:
         cfg = self.settings.workers
-        device = self.settings.model.device
         if cfg.gpus is not None:
             gpus = [str(g) for g in cfg.gpus]
         else:
@@ -139,8 +167,8 @@ class Supervisor:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.jobs.recover_at_start()
-        for index, gpu in self.plan_slots():
-            slot = WorkerSlot(index=index, gpu=gpu, host_id=self.jobs.host_id)
+        for index, gpu, spec in self.slot_plan():
+            slot = WorkerSlot(index=index, gpu=gpu, host_id=self.jobs.host_id, spec=spec)
             self.slots.append(slot)
             self._spawn(slot)
             self._tasks.append(asyncio.create_task(self._consume(slot), name=f"worker-{index}-inbox"))
@@ -150,7 +178,7 @@ class Supervisor:
     def _worker_config(self, slot: WorkerSlot) -> WorkerConfig:
         s = self.settings
         return WorkerConfig(
-            model=s.model_spec().model_dump(),
+            model=(slot.spec or s.model_spec()).model_dump(),
             gpu=slot.gpu,
             max_image_bytes=s.input_images.max_bytes,
             max_image_pixels=s.input_images.max_pixels,
@@ -183,10 +211,11 @@ class Supervisor:
         child_conn.close()
         slot.process, slot.conn = proc, parent_conn
         log.info(
-            "worker %d started (pid %d%s)",
+            "worker %d started (pid %d%s%s)",
             slot.index,
             proc.pid,
             f", GPU {slot.gpu}" if slot.gpu is not None else "",
+            f", model {slot.spec.name}" if self.several_models and slot.spec is not None else "",
         )
         slot.reader = threading.Thread(
             target=self._reader,
@@ -352,6 +381,7 @@ class Supervisor:
         if self.jobs.pending_ends:
             store["unrecorded_ends"] = self.jobs.pending_ends
         details: dict[str, Any] = {"workers": [self.slot_info(s) for s in self.slots], "store": store}
+        details["models"] = {entry.slug: self.model_health(entry.spec_name) for entry in self.models.entries}
         if not self.accepting:
             return SHUTTING_DOWN, details
         if states and all(s == W_FAILED for s in states):
@@ -368,9 +398,33 @@ class Supervisor:
             details["reason"] = "no worker processes in this server (workers.count: 0)"
         return STARTING, details
 
-    @staticmethod
-    def slot_info(slot: WorkerSlot) -> dict[str, Any]:
+    @property
+    def several_models(self) -> bool:
+        return len(self.settings.model_specs) > 1
+
+    def slots_of(self, spec_name: str) -> list[WorkerSlot]:
+        """The slots whose workers run the configured model ``spec_name``."""
+        return [s for s in self.slots if s.spec is None or s.spec.name == spec_name]
+
+    def model_health(self, spec_name: str) -> dict[str, Any]:
+        """One model's line in /health-check's ``models``: its state and how many workers serve it."""
+        states = [s.state for s in self.slots_of(spec_name)]
+        if not states:
+            status = UNAVAILABLE
+        elif W_READY in states:
+            status = READY
+        elif W_BUSY in states:
+            status = BUSY
+        elif all(state == W_FAILED for state in states):
+            status = SETUP_FAILED
+        else:
+            status = STARTING
+        return {"status": status, "workers": len(states)}
+
+    def slot_info(self, slot: WorkerSlot) -> dict[str, Any]:
         info: dict[str, Any] = {"index": slot.index, "state": slot.state}
+        if slot.spec is not None and self.several_models:
+            info["model"] = slot.spec.name
         if slot.gpu is not None:
             info["gpu"] = slot.gpu
         if slot.ready is not None:

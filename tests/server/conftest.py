@@ -13,6 +13,7 @@ The harnesses themselves (``Server``, ``LiveServer``) and the shared constants a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,14 @@ def make_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
 
     def make(*, start_workers: bool = True, wait_ready: bool = True, **overrides: Any):
         data_dir = tmp_path_factory.mktemp("fluxserve-data")
-        overrides.setdefault("model", {})
-        overrides["model"] = {"weights": str(tiny_model_dir), **overrides["model"]}
+        weights = str(tiny_model_dir)
+        if overrides.get("models") is None:  # several models: each on the tiny model unless it says
+            overrides.setdefault("model", {})
+            overrides["model"] = {"weights": weights, **overrides["model"]}
+            weights = overrides["model"]["weights"]
         return running_server(
             data_dir,
-            overrides["model"]["weights"],
+            weights,
             start_workers=start_workers,
             wait_ready=wait_ready,
             **overrides,
@@ -69,3 +73,35 @@ def other_file_host() -> Iterator[FileHost]:
     host = FileHost()
     yield host
     host.close()
+
+
+# The tiny model served twice: as flux-dev (with a short default run) and as flux-schnell.
+TWO_MODELS = [
+    {"name": "flux-dev", "defaults": {"num_inference_steps": 3}, "max_sequence_length": 64},
+    {"family": "flux-schnell", "max_sequence_length": 64},
+]
+
+
+@pytest.fixture(scope="module")
+def two_models_server(make_server) -> Iterator[Server]:
+    """flux-dev (and its LoRA face) and flux-schnell, one worker each, both ready."""
+    with make_server(models=TWO_MODELS) as server:
+        server.wait_health("READY")
+        for _ in range(600):  # READY means one model is; wait for both
+            if all(m["status"] == "READY" for m in server.health()["models"].values()):
+                break
+            time.sleep(0.1)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def schnell_failed_server(make_server, tmp_path_factory) -> Iterator[Server]:
+    """flux-dev ready; flux-schnell's weights are missing, so its one worker failed to load."""
+    missing = str(tmp_path_factory.mktemp("no-weights") / "nonexistent")
+    models = [TWO_MODELS[0], {**TWO_MODELS[1], "weights": missing}]
+    with make_server(models=models) as server:
+        for _ in range(1200):
+            if server.health()["models"]["flux-schnell"]["status"] == "SETUP_FAILED":
+                break
+            time.sleep(0.1)
+        yield server

@@ -152,7 +152,9 @@ def run_in_own_loop(coro, timeout: float = 30) -> Any:
 
 
 def server_settings(data_dir: Path, weights: Path | str, **overrides: Any):
-    """Settings for a test app: the tiny model on CPU, two static keys, no rate limits unless asked."""
+    """Settings for a test app: the tiny model on CPU, two static keys, no rate limits unless asked.
+    ``models=[{...}, ...]``: several models instead of ``model``, each on the tiny model on CPU
+    unless it says otherwise."""
     from server.config import Settings
 
     sections: dict[str, dict[str, Any]] = {
@@ -160,6 +162,9 @@ def server_settings(data_dir: Path, weights: Path | str, **overrides: Any):
         "limits": {"requests_per_minute": 0, "reads_per_minute": 0, "max_in_flight": 0},
         "workers": {"shutdown_grace_s": 5},
     }
+    if overrides.get("models") is not None:
+        base = sections.pop("model")
+        overrides["models"] = [{**base, **spec} for spec in overrides["models"]]
     for name in list(overrides):
         if name in ("model", "limits", "workers", "outputs", "input_images", "webhooks"):
             sections[name] = {**sections.get(name, {}), **overrides.pop(name)}
@@ -439,10 +444,13 @@ class LiveServer(Harness):
     # -- config ---------------------------------------------------------------------------------
     def write_config(self, *, api_keys: Iterable[str] | None = None, **overrides: Any) -> None:
         """(Re)write the YAML config; takes effect on the next ``start()``."""
-        overrides.setdefault("model", {})
-        overrides["model"] = {"weights": self.weights, **overrides["model"]}
+        if overrides.get("models") is None:
+            overrides.setdefault("model", {})
+            overrides["model"] = {"weights": self.weights, **overrides["model"]}
         settings = server_settings(self.data_dir, self.weights, **overrides)
         data = settings.model_dump(mode="json", exclude_none=True)
+        if settings.models is not None:
+            data.pop("model")  # `models:` stands instead
         data["api_keys"] = list(STATIC_KEYS if api_keys is None else api_keys)
         data.pop("port", None)
         self.settings = settings

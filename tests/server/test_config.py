@@ -379,3 +379,100 @@ def test_adapter_downloads_take_the_image_egress_policy_and_the_civitai_token(tm
 def test_a_civitai_base_url_that_is_not_http_is_refused():
     with pytest.raises(ConfigError, match="loras.civitai_base_url"):
         load_settings(loras={"civitai_base_url": "civitai.com"})
+
+
+# -- several models ------------------------------------------------------------------------------
+
+
+def _config_error(tmp_path, text: str) -> str:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    (line,) = str(exc.value).splitlines()[1:]  # one line saying what is wrong
+    return line
+
+
+def test_one_model_section_is_the_one_configured_model_and_the_environment_still_overrides_it(
+    tmp_path, monkeypatch
+):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  weights: /models/a\n  defaults: {num_inference_steps: 20}\n")
+    monkeypatch.setenv("FLUXSERVE_MODEL__WEIGHTS", "/models/b")
+
+    (spec,) = load_settings(cfg).model_specs
+
+    assert (spec.name, spec.family, spec.weights, spec.defaults) == (
+        "flux-dev",
+        "flux-dev",
+        "/models/b",
+        {"num_inference_steps": 20},
+    )
+
+
+def test_models_lists_each_model_with_its_family_and_gpus():
+    specs = load_settings(ROOT / "configs" / "two-models.yaml").model_specs
+
+    assert [(s.name, s.family, s.gpus) for s in specs] == [
+        ("flux-dev", "flux-dev", [0]),
+        ("flux-schnell", "flux-schnell", [1]),
+    ]
+    assert [s.slugs for s in specs] == [["flux-dev", "black-forest-labs-flux-dev-lora"], ["flux-schnell"]]
+
+
+def test_a_flux_schnell_model_is_named_flux_schnell_unless_it_says_otherwise():
+    (spec,) = load_settings(models=[{"family": "flux-schnell"}]).model_specs
+    assert (spec.name, spec.lora, spec.slugs) == ("flux-schnell", False, ["flux-schnell"])
+
+
+def test_model_and_models_together_is_a_config_error(tmp_path):
+    line = _config_error(tmp_path, "model:\n  weights: auto\nmodels:\n  - weights: auto\n")
+    assert "model and models: give one" in line
+
+
+def test_two_models_answering_to_one_slug_is_a_config_error(tmp_path):
+    line = _config_error(tmp_path, "models:\n  - name: flux-dev\n  - name: flux-dev\n    lora: false\n")
+    assert line.startswith("  models:") and "'flux-dev'" in line
+
+
+def test_two_flux_dev_models_may_not_both_take_the_lora_face(tmp_path):
+    line = _config_error(tmp_path, "models:\n  - name: flux-dev\n  - name: flux-dev-portraits\n")
+    assert "'black-forest-labs-flux-dev-lora'" in line
+
+
+def test_a_lora_face_on_flux_schnell_is_a_config_error(tmp_path):
+    line = _config_error(tmp_path, "models:\n  - family: flux-schnell\n    lora: true\n")
+    assert line.startswith("  models.0:") and "flux-schnell serves no LoRA face" in line
+
+
+def test_a_model_with_both_gpus_and_workers_is_a_config_error(tmp_path):
+    line = _config_error(tmp_path, "model:\n  gpus: [0]\n  workers: 2\n")
+    assert "gpus and workers: give one" in line
+
+
+def _plan(**settings) -> list[tuple[int, str | None, str]]:
+    sup = Supervisor.__new__(Supervisor)
+    sup.settings = load_settings(**settings)
+    return [(index, gpu, spec.name) for index, gpu, spec in sup.slot_plan()]
+
+
+def test_each_model_gets_one_worker_per_gpu_it_lists():
+    models = [{"name": "flux-dev", "gpus": [0, 2]}, {"family": "flux-schnell", "gpus": [1]}]
+    assert _plan(models=models) == [(0, "0", "flux-dev"), (1, "2", "flux-dev"), (2, "1", "flux-schnell")]
+
+
+def test_a_model_without_gpus_gets_its_workers_count_or_one():
+    models = [
+        {"name": "flux-dev", "workers": 2, "device": "cpu"},
+        {"family": "flux-schnell", "device": "cpu"},
+    ]
+    assert _plan(models=models) == [(0, None, "flux-dev"), (1, None, "flux-dev"), (2, None, "flux-schnell")]
+
+
+def test_no_worker_for_any_model_with_workers_count_zero():
+    assert _plan(models=[{"name": "flux-dev"}, {"family": "flux-schnell"}], workers={"count": 0}) == []
+
+
+def test_one_model_alone_keeps_the_workers_count_rule(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert _plan(workers={"count": 3}) == [(0, "0", "flux-dev"), (1, "1", "flux-dev"), (2, "0", "flux-dev")]

@@ -117,7 +117,9 @@ def test_api_replica_health_lists_the_worker_hosts(cluster: Cluster):
     # Each replica reads the heartbeats on its own: B may see the hosts a moment after A did.
     body = cluster.apis[1].wait_started("READY", timeout=15)
     assert sorted(h["host_id"] for h in body["hosts"]) == ["gpu-0", "gpu-1", "gpu-2"]
-    assert all(h["models"] == [body["model"]] and h["seen_s_ago"] < 5 for h in body["hosts"])
+    # Each host serves the model and, from the same weights, its LoRA face.
+    served = [body["model"], "black-forest-labs-flux-dev-lora"]
+    assert all(h["models"] == served and h["seen_s_ago"] < 5 for h in body["hosts"])
 
 
 def test_a_hundred_predictions_through_two_apis_each_end_once_and_are_served_by_both(cluster: Cluster):

@@ -106,14 +106,21 @@ _IN_FLIGHT = list(IN_FLIGHT)
 _NOW = "extract(epoch from clock_timestamp())"  # the database's clock, for leases
 _HELD = "status = 'processing' AND worker_id = %(worker)s AND attempts = %(attempt)s"
 
+
 # The fair claim: among each key's oldest queued job, the one of the key with the fewest jobs
 # running, then of the key whose last job started longest ago (round robin: with one worker, a
 # key's batch of a thousand and another key's single image take turns), then the oldest. One key
 # alone is plain FIFO. The candidate is locked with SKIP LOCKED, so a concurrent claimer takes
 # the next one instead of waiting; the UPDATE then takes it.
+def _for_models(column: str) -> str:
+    """%(models)s, the worker's models (NULL: any), filter the queue before the per-key order."""
+    return f"(%(models)s::text[] IS NULL OR {column} = ANY(%(models)s::text[]))"
+
+
 CLAIM_NEXT = f"""
 WITH queued AS (
-    SELECT DISTINCT owner FROM predictions WHERE status = 'starting' AND NOT cancel_requested
+    SELECT DISTINCT owner FROM predictions
+    WHERE status = 'starting' AND NOT cancel_requested AND {_for_models("model")}
 ), turns AS (
     SELECT q.owner,
            (SELECT count(*) FROM predictions r
@@ -122,7 +129,7 @@ WITH queued AS (
     FROM queued q
 ), candidate AS (
     SELECT p.id FROM predictions p JOIN turns t ON t.owner = p.owner
-    WHERE p.status = 'starting' AND NOT p.cancel_requested
+    WHERE p.status = 'starting' AND NOT p.cancel_requested AND {_for_models("p.model")}
     ORDER BY t.running, t.last_start, p.created_at, p.seq
     LIMIT 1
     FOR UPDATE OF p SKIP LOCKED
@@ -236,11 +243,19 @@ class PostgresPredictionStore(PredictionStore):
             ]
         return [_to_prediction(r) for r in rows], total
 
-    def claim_next(self, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Prediction | None:
+    def claim_next(
+        self, worker_id: str, lease_s: float = DEFAULT_LEASE_S, models: Collection[str] | None = None
+    ) -> Prediction | None:
+        if models is not None and not models:
+            return None
+        args = {
+            "now": time.time(),
+            "worker": worker_id,
+            "lease": lease_s,
+            "models": list(models) if models is not None else None,
+        }
         with self.db.transaction() as conn:
-            row = conn.execute(
-                CLAIM_NEXT, {"now": time.time(), "worker": worker_id, "lease": lease_s}
-            ).fetchone()
+            row = conn.execute(CLAIM_NEXT, args).fetchone()
         return _to_prediction(row) if row else None
 
     def append_logs(self, prediction_id: str, text: str, *, lease: Lease | None = None) -> None:

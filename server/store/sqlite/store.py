@@ -103,12 +103,14 @@ MIGRATIONS: dict[int, list[str]] = {
 # The fair claim: among each key's oldest queued job, the one of the key with the fewest jobs
 # running, then of the key whose last job started longest ago (round robin: with one worker, a
 # key's batch of a thousand and another key's single image take turns), then the oldest. One key
-# alone is plain FIFO. The window keeps the sort to one row per key.
+# alone is plain FIFO. The window keeps the sort to one row per key. {models}: the worker's
+# models filter the queue inside the window, so a key whose oldest job is for another model
+# still has its jobs for this one taken (see claim_sql).
 CLAIM_NEXT = """
 WITH heads AS (
     SELECT id, owner, created_at, seq,
            row_number() OVER (PARTITION BY owner ORDER BY created_at, seq) AS place
-    FROM predictions WHERE status = 'starting' AND cancel_requested = 0
+    FROM predictions WHERE status = 'starting' AND cancel_requested = 0{models}
 )
 SELECT h.id FROM heads h WHERE h.place = 1
 ORDER BY (SELECT count(*) FROM predictions r WHERE r.owner = h.owner AND r.status = 'processing'),
@@ -116,6 +118,15 @@ ORDER BY (SELECT count(*) FROM predictions r WHERE r.owner = h.owner AND r.statu
          h.created_at, h.seq
 LIMIT 1
 """
+
+
+def claim_sql(models: Collection[str] | None) -> tuple[str, list[str]]:
+    """The claim and its arguments, for a worker taking any model's jobs (None) or these."""
+    if models is None:
+        return CLAIM_NEXT.format(models=""), []
+    slugs = list(models)
+    return CLAIM_NEXT.format(models=f" AND model IN ({', '.join('?' * len(slugs))})"), slugs
+
 
 _COLUMNS = (
     "id, owner, model, input, status, output, logs, error, created_at, started_at, completed_at, "
@@ -282,9 +293,13 @@ class SQLitePredictionStore(PredictionStore):
             total = conn.execute(f"SELECT count(*) FROM predictions WHERE {clause}", args).fetchone()[0]
         return [_row_to_prediction(r) for r in rows], total
 
-    def claim_next(self, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> Prediction | None:
+    def claim_next(
+        self, worker_id: str, lease_s: float = DEFAULT_LEASE_S, models: Collection[str] | None = None
+    ) -> Prediction | None:
+        if models is not None and not models:
+            return None
         with self.transaction() as conn:
-            row = conn.execute(CLAIM_NEXT).fetchone()
+            row = conn.execute(*claim_sql(models)).fetchone()
             if row is None:
                 return None
             now = time.time()

@@ -116,11 +116,12 @@ def test_list_documents_the_bound_of_limit(document):
     assert "100" in limit["description"]
 
 
-def test_model_routes_document_owner_and_name_as_the_one_model_served(document):
+def test_model_routes_document_owner_and_name_as_the_models_served(document):
     for path in ("/v1/models/{owner}/{name}/predictions", "/v1/models/{owner}/{name}"):
         operation = next(iter(document["paths"][path].values()))
         enums = {p["name"]: p["schema"]["enum"] for p in operation["parameters"] if p["in"] == "path"}
-        assert enums == {"owner": ["black-forest-labs"], "name": ["flux-dev"]}, path
+        # flux-dev and, from the same weights, its LoRA face.
+        assert enums == {"owner": ["black-forest-labs"], "name": ["flux-dev", "flux-dev-lora"]}, path
 
 
 def test_each_models_inputs_are_documented_with_their_ranges(document):

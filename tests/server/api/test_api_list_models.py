@@ -206,8 +206,10 @@ def test_models_lists_flux_dev_with_its_input_schema(live_server, live_key):
     r = live_server.client.get("/v1/models", headers=live_server.headers(live_key))
 
     assert r.status_code == 200
-    (model,) = r.json()["models"]
-    assert model["slug"] == "flux-dev"
+    models = r.json()["models"]
+    # A flux-dev model also serves its LoRA face, from the same weights (CONTRACT.md section 5).
+    assert [m["slug"] for m in models] == ["flux-dev", "black-forest-labs-flux-dev-lora"]
+    model = models[0]
     properties = model["input_schema"]["properties"]
     assert {"prompt", "aspect_ratio", "num_outputs", "num_inference_steps", "output_format", "seed"} <= set(
         properties
@@ -216,9 +218,9 @@ def test_models_lists_flux_dev_with_its_input_schema(live_server, live_key):
 
 
 def test_models_warn_that_the_tiny_model_is_served(live_server, live_key):
-    (model,) = live_server.client.get("/v1/models", headers=live_server.headers(live_key)).json()["models"]
+    models = live_server.client.get("/v1/models", headers=live_server.headers(live_key)).json()["models"]
 
-    assert model["warning"] == TINY_MODEL_NOTICE
+    assert models and all(model["warning"] == TINY_MODEL_NOTICE for model in models)
 
 
 def test_model_by_slug_includes_schema_and_warning(live_server, live_key):

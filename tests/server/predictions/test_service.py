@@ -37,7 +37,7 @@ class FakeReadiness(Readiness):
         self.failures: list[BaseException] = []
         self.working = 0
 
-    def refusal(self) -> NotAccepting | None:
+    def refusal(self, model: ModelEntry | None = None) -> NotAccepting | None:
         return self.refused
 
     def health(self) -> tuple[str, dict[str, Any]]:

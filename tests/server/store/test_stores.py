@@ -94,6 +94,63 @@ def test_the_key_with_fewer_jobs_running_goes_next(predictions):
     assert predictions.claim_next("w2").id == "b1"
 
 
+# -- the queue per model: a worker takes only the jobs of the models it serves ----------------------
+
+DEV_FACES = ("flux-dev", "black-forest-labs-flux-dev-lora")
+
+
+def test_a_worker_for_one_model_never_gets_another_models_job(predictions):
+    add(predictions, pred("schnell-1", model="flux-schnell", created_at=1.0))
+    assert predictions.claim_next("dev-worker", models=DEV_FACES) is None
+    assert predictions.get("schnell-1").status == STARTING
+
+
+def test_a_job_waits_for_a_worker_of_its_model_while_others_run(predictions):
+    add(
+        predictions,
+        pred("schnell-1", model="flux-schnell", created_at=1.0),
+        pred("dev-1", model="flux-dev", created_at=2.0),
+        pred("lora-1", model="black-forest-labs-flux-dev-lora", created_at=3.0),
+    )
+    assert predictions.claim_next("dev-worker", models=DEV_FACES).id == "dev-1"
+    assert predictions.claim_next("dev-worker-2", models=DEV_FACES).id == "lora-1"
+    assert predictions.claim_next("dev-worker-3", models=DEV_FACES) is None
+    assert predictions.claim_next("schnell-worker", models=["flux-schnell"]).id == "schnell-1"
+
+
+def test_a_worker_serving_no_model_takes_nothing(predictions):
+    add(predictions, pred("dev-1"))
+    assert predictions.claim_next("w", models=[]) is None
+    assert predictions.claim_next("w").id == "dev-1"  # no filter: any model's job
+
+
+def test_a_keys_oldest_job_for_another_model_does_not_hold_back_its_jobs_for_this_one(predictions):
+    add(
+        predictions,
+        pred("a-schnell", owner="key-a", model="flux-schnell", created_at=1.0),
+        pred("a-dev", owner="key-a", model="flux-dev", created_at=2.0),
+    )
+    assert predictions.claim_next("dev-worker", models=DEV_FACES).id == "a-dev"
+
+
+def _run_model_one_at_a_time(store: PredictionStore, models: tuple[str, ...]) -> list[str]:
+    order = []
+    while (job := store.claim_next("w0", models=models)) is not None:
+        order.append(job.id)
+        assert store.finish(job.id, SUCCESS, lease=job.lease)
+    return order
+
+
+def test_keys_still_take_turns_among_one_models_jobs(predictions):
+    add(predictions, *(pred(f"a{n}", owner="key-a", created_at=float(n)) for n in range(1, 4)))
+    add(predictions, pred("a-schnell", owner="key-a", model="flux-schnell", created_at=0.5))
+    add(predictions, *(pred(f"b{n}", owner="key-b", created_at=10.0 + n) for n in range(1, 4)))
+    add(predictions, pred("b-schnell", owner="key-b", model="flux-schnell", created_at=0.1))
+    assert _run_model_one_at_a_time(predictions, DEV_FACES) == ["a1", "b1", "a2", "b2", "a3", "b3"]
+    # b's older schnell job waited for a schnell worker; then the key whose last start is oldest goes first.
+    assert _run_model_one_at_a_time(predictions, ("flux-schnell",)) == ["a-schnell", "b-schnell"]
+
+
 def test_claim_next_marks_the_row_processing_for_the_worker(predictions):
     add(predictions, pred("p1"))
     claimed = predictions.claim_next("gpu-0")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.spec import ModelSpec
+from server.predictions.models import ModelRegistry
 from server.store.health import StoreHealth
 from server.store.hosts import HostReport
-from server.workers.hosts import LIVE_WITHIN_S, hosts_health
+from server.workers.hosts import LIVE_WITHIN_S, HostsReadiness, hosts_health
+from tests.server.helpers import run_in_own_loop
 
 MODEL = "flux-dev"
 
@@ -73,3 +76,70 @@ def test_unhealthy_while_the_store_cannot_be_read():
 
 def test_shutting_down_when_this_replica_drains():
     assert health([host("a", "ready")], accepting=False)[0] == "SHUTTING_DOWN"
+
+
+# -- several models: each is refused on its own when no live host serves it ---------------------
+
+
+class _Reports:
+    """A store's host reports, as HostsReadiness reads them."""
+
+    shared = True
+
+    def __init__(self, hosts):
+        self._hosts = hosts
+
+    def hosts(self, within_s):
+        return self._hosts
+
+    def is_outage(self, exc):
+        return False
+
+
+def _readiness(*hosts_):
+    models = ModelRegistry.from_specs([ModelSpec(), ModelSpec(family="flux-schnell")])
+    readiness = HostsReadiness(_Reports(list(hosts_)), models, lambda: True)
+    run_in_own_loop(readiness.refresh())
+    return readiness, models
+
+
+def test_a_model_no_live_host_serves_is_refused_naming_it_while_the_others_are_taken():
+    dev_host = host("a", "ready", models=("flux-dev", "black-forest-labs-flux-dev-lora"))
+    readiness, models = _readiness(dev_host)
+
+    refusal = readiness.refusal(models.by_slug("flux-schnell"))
+
+    assert refusal is not None
+    assert refusal.message == "Model flux-schnell has no live worker; not accepting predictions for it"
+    assert refusal.reason == "no live worker host serves it (live hosts: a)"
+    assert readiness.refusal(models.by_slug("flux-dev")) is None
+    assert readiness.refusal(models.by_slug("black-forest-labs-flux-dev-lora")) is None
+    assert readiness.refusal() is None
+
+
+def test_a_model_whose_workers_all_failed_is_refused_with_their_errors():
+    dev_host = host("a", "ready", models=("flux-dev",))
+    schnell_host = host("b", "failed", models=("flux-schnell",), error="no GPU 7")
+    readiness, models = _readiness(dev_host, schnell_host)
+
+    refusal = readiness.refusal(models.by_slug("flux-schnell"))
+
+    assert refusal.message == "Model flux-schnell failed to load; not accepting predictions for it"
+    assert refusal.reason == "no GPU 7"
+    assert readiness.health()[0] == "READY"
+
+
+def test_health_lists_each_models_state_and_workers():
+    dev_host = host("a", "ready", "busy", models=("flux-dev", "black-forest-labs-flux-dev-lora"))
+    readiness, _models = _readiness(dev_host)
+
+    assert readiness.health()[1]["models"] == {
+        "flux-dev": {"status": "READY", "workers": 2},
+        "black-forest-labs-flux-dev-lora": {"status": "READY", "workers": 2},
+        "flux-schnell": {"status": "UNAVAILABLE", "workers": 0},
+    }
+
+
+def test_with_no_host_reporting_at_all_every_model_still_queues():
+    readiness, models = _readiness()
+    assert readiness.refusal(models.by_slug("flux-schnell")) is None
