@@ -5,6 +5,8 @@ unknown one with 400 naming the known ones."""
 
 from __future__ import annotations
 
+import time
+
 from tests.server.helpers import KEY_A
 
 LORA = "black-forest-labs-flux-dev-lora"
@@ -92,7 +94,13 @@ def test_an_unknown_model_is_400_naming_every_served_slug(two_models_server):
 
 
 def test_health_lists_each_model_and_each_workers_model(two_models_server):
+    two_models_server.wait_idle()
     body = two_models_server.health()
+    for _ in range(100):  # a worker is BUSY for a moment after an earlier test's job has ended
+        if all(m["status"] == "READY" for m in body["models"].values()):
+            break
+        time.sleep(0.05)
+        body = two_models_server.health()
 
     assert body["status"] == "READY"
     assert body["models"] == {
