@@ -70,6 +70,7 @@ SERVER_SETTINGS = {
     "workers": {"count": 1, "shutdown_grace_s": 5},
     "input_images": {"allowed_hosts": ["127.0.0.1"]},
     "webhooks": {"interval_s": 0.2, "timeout_s": 5},
+    "loras": {"allow_http": True},  # the adapter host below is plain http on loopback
 }
 
 
@@ -118,6 +119,31 @@ def test_run_with_a_pinned_version_reads_the_version_and_returns_the_images(clie
     )
     assert len(output) == 2
     assert [decode(item.read()).size for item in output] == [(512, 512), (512, 512)]
+
+
+@pytest.fixture(scope="module")
+def adapter_url(tiny_model_dir, tmp_path_factory):
+    """A tiny LoRA for the tiny model, served over http on 127.0.0.1."""
+    from pipelines.tiny_lora import write_tiny_lora
+    from tests.server.helpers import FileHost, Route
+
+    path = write_tiny_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "style.safetensors")
+    host = FileHost()
+    host.routes["/style.safetensors"] = Route(path.read_bytes())
+    yield host.url("/style.safetensors")
+    host.close()
+
+
+def test_run_flux_dev_lora_with_lora_weights_changes_the_image(client, adapter_url):
+    inputs = {"prompt": "a lighthouse at dawn", "seed": 7, **SMALL}
+    plain = client.run("black-forest-labs/flux-dev", input=inputs)[0].read()
+    styled = client.run("black-forest-labs/flux-dev-lora", input={**inputs, "lora_weights": adapter_url})
+
+    assert decode(styled[0].read()).size == (512, 512)
+    assert styled[0].read() != plain
+    version = client.models.get("black-forest-labs/flux-dev-lora").latest_version
+    lora_scale = version.openapi_schema["components"]["schemas"]["Input"]["properties"]["lora_scale"]
+    assert (lora_scale["minimum"], lora_scale["maximum"], lora_scale["default"]) == (-1, 3, 1)
 
 
 def test_create_then_wait_ends_succeeded_with_output_urls(client):
