@@ -222,3 +222,36 @@ def test_a_page_served_open_says_so_when_the_server_starts_requiring_a_key(new_p
     expect(page.locator("#history-empty")).to_contain_text("Enter your API key")
     expect(page.get_by_label("API key")).to_have_attribute("placeholder", "Paste your API key")
     new_page.assert_no_problems(allow=("status of 401",))
+
+
+def test_a_lora_set_in_the_playground_is_applied(new_page, live_server, tiny_model_dir, artifacts):
+    from pipelines.tiny_lora import write_tiny_lora
+
+    settings = live_server.app.state.fluxserve.settings
+    write_tiny_lora(tiny_model_dir, settings.lora_dir_path / "watercolor.safetensors")
+    page = new_page(key=API_KEY)
+    page.goto(live_server.url + "/")
+
+    # the model menu loads the LoRA model's form, the prompt comes along
+    page.locator("#f-prompt").fill("a lighthouse, watercolor")
+    page.get_by_label("Model").select_option("black-forest-labs-flux-dev-lora")
+    page.wait_for_url(re.compile(r"\?model=black-forest-labs-flux-dev-lora$"))
+    expect(page.locator("#f-prompt")).to_have_value("a lighthouse, watercolor")
+    expect(page.locator("fieldset.loras legend")).to_have_text("LoRA adapters")
+
+    page.get_by_label("Megapixels").select_option("0.25")
+    page.get_by_label("Steps").fill("2")
+    page.get_by_label("LoRA", exact=False).first.fill("watercolor")
+    page.get_by_label("LoRA strength").first.fill("0.8")
+    page.get_by_role("button", name="Generate", exact=True).click()
+
+    expect(page.locator("#status-text")).to_contain_text("Done", timeout=120_000)
+    expect(page.locator("#logs")).to_contain_text("LoRA adapter folder: watercolor.safetensors: ready")
+    page.wait_for_function(IMAGE_LOADED, arg="#results img", timeout=30_000)
+    full_screenshot(page, artifacts / "playground-lora.png")
+
+    with live_server.api() as api:
+        (latest,) = api.get("/v1/executions", params={"limit": 1}).json()["executions"]
+    assert latest["model"] == "black-forest-labs-flux-dev-lora"
+    assert (latest["input"]["lora_weights"], latest["input"]["lora_scale"]) == ("watercolor", 0.8)
+    new_page.assert_no_problems()

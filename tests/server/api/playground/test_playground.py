@@ -43,7 +43,13 @@ def webp_bytes(size=(32, 24)) -> bytes:
 
 
 def add_prediction(
-    client: TestClient, *, prompt: str = EVIL_PROMPT, status: str = "success", images: int = 1, **input_extra
+    client: TestClient,
+    *,
+    prompt: str = EVIL_PROMPT,
+    status: str = "success",
+    images: int = 1,
+    model: str = "flux-dev",
+    **input_extra,
 ) -> str:
     """A finished prediction straight in the store, with real output files."""
     state = client.app.state.fluxserve
@@ -52,7 +58,7 @@ def add_prediction(
         Prediction(
             id=pid,
             owner="someone",
-            model="flux-dev",
+            model=model,
             input={"prompt": prompt, "num_inference_steps": "4", **input_extra},
             created_at=time.time(),
             webhook_url="https://hooks.example/secret-hook",
@@ -128,6 +134,61 @@ def test_playground_uses_the_models_configured_defaults(tmp_path):
     steps = re.search(r'<input type="number" id="f-num_inference_steps"[^>]*>', page).group(0)
     assert 'value="20"' in steps
     assert '<option value="png" selected>' in page
+
+
+LORA = "black-forest-labs-flux-dev-lora"
+LORA_NAMES = ("lora_weights", "lora_scale", "extra_lora", "extra_lora_scale")
+
+
+def test_the_lora_models_form_adds_the_lora_fields_with_their_ranges(client):
+    plain = client.get("/").text
+    page = client.get("/", params={"model": LORA}).text
+
+    assert not any(f'name="{name}"' in plain for name in LORA_NAMES)
+    for name in LORA_NAMES:
+        assert f'name="{name}"' in page and f'<label for="f-{name}"' in page
+    scale = re.search(r'<input type="number" id="f-lora_scale"[^>]*>', page).group(0)
+    assert 'value="1"' in scale and 'min="-1"' in scale and 'max="3"' in scale
+    source = re.search(r'<input type="text" id="f-lora_weights"[^>]*>', page).group(0)
+    assert 'data-nullable="1"' in source and "huggingface" not in source  # a placeholder, not a value
+    assert f'data-model="{LORA}"' in page
+
+
+def test_the_model_menu_lists_each_configured_model_and_marks_the_current_one(client):
+    page = client.get("/", params={"model": LORA}).text
+    menu = re.search(r'<select id="model-select".*?</select>', page, re.S).group(0)
+
+    assert re.findall(r'<option value="([^"]+)"', menu) == ["flux-dev", LORA]
+    assert f'<option value="{LORA}" selected>' in menu
+
+
+def test_an_unknown_model_in_the_address_shows_the_default_models_form(client):
+    page = client.get("/", params={"model": "sdxl"}).text
+    assert 'data-model="flux-dev"' in page and 'name="lora_weights"' not in page
+
+
+def test_one_model_without_a_lora_face_has_no_menu(tmp_path):
+    with make_client(tmp_path, model=ModelSpec(lora=False)) as c:
+        assert 'id="model-select"' not in c.get("/").text
+
+
+def test_the_schnell_form_caps_steps_at_four_and_has_no_guidance(tmp_path):
+    with make_client(tmp_path, models=[{"family": "flux-schnell"}]) as c:
+        page = c.get("/").text
+    steps = re.search(r'<input type="number" id="f-num_inference_steps"[^>]*>', page).group(0)
+    assert 'value="4"' in steps and 'max="4"' in steps
+    assert 'name="guidance"' not in page
+
+
+def test_a_share_page_shows_lora_sources_without_their_signatures(client):
+    signed = "https://bucket.example/style.safetensors?X-Amz-Signature=deadbeef&X-Amz-Credential=me&v=2"
+    pid = add_prediction(client, model=LORA, lora_weights=signed, lora_scale=0.5)
+    page = client.get(f"/p/{pid}").text
+
+    assert "deadbeef" not in page and "X-Amz-Credential=me" not in page
+    assert "https://bucket.example/style.safetensors?" in page and "v=2" in page
+    assert "<code>lora_scale</code></th><td>0.5</td>" in page
+    assert '<code>extra_lora</code></th><td><span class="muted">none</span>' in page
 
 
 def test_playground_references_nothing_outside_this_server(client):
