@@ -23,7 +23,7 @@ from typing import Any
 
 from pipelines.errors import ModelLoadError
 from pipelines.safetensors_check import NotSafetensors, TruncatedSafetensors, check_safetensors_header
-from pipelines.spec import HF_REPO_ID, ModelSpec
+from pipelines.spec import HF_REPO_IDS, ModelSpec
 from pipelines.tiny import is_tiny_model, write_tiny_model
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
     """Turn ``spec.weights`` into a local folder: a path, a cached hub snapshot, or the tiny model."""
     weights = spec.weights
     if weights == "auto":
-        snapshot = _hf_cache_snapshot(HF_REPO_ID)
+        snapshot = _hf_cache_snapshot(HF_REPO_IDS[spec.family])
         if snapshot is not None:
             check_flux_folder(snapshot)
             return ResolvedWeights(snapshot, False, "hf-cache")

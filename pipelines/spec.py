@@ -15,6 +15,8 @@ Quantization = Literal["none", "fp8", "int8", "nf4"]
 Family = Literal["flux-dev", "flux-schnell"]
 
 HF_REPO_ID = "black-forest-labs/FLUX.1-dev"
+# Where `weights: auto` looks in the local Hugging Face cache, per family.
+HF_REPO_IDS = {"flux-dev": HF_REPO_ID, "flux-schnell": "black-forest-labs/FLUX.1-schnell"}
 HF_SCHNELL_REPO_ID = "black-forest-labs/FLUX.1-schnell"
 # The LoRA face of a flux-dev model: Eachlabs' slug and Replicate's model name.
 LORA_SLUG = "black-forest-labs-flux-dev-lora"
@@ -58,7 +60,8 @@ class ModelSpec(BaseModel):
         "auto",
         description=(
             "A diffusers folder (FLUX.1-dev layout), a Hugging Face repo id found in the local cache "
-            "(no network), or `auto`: FLUX.1-dev from the local cache when present, else the tiny demo model."
+            "(no network), or `auto`: the family's repo (FLUX.1-dev or FLUX.1-schnell) from the local "
+            "cache when present, else the tiny demo model."
         ),
     )
     transformer_file: str | None = Field(

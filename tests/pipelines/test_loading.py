@@ -279,3 +279,22 @@ def test_weights_auto_builds_one_tiny_model_in_the_user_cache_for_generate_and_t
     assert served.folder == generated.folder == tmp_path / "cache" / "fluxserve" / "tiny-flux"
     assert is_tiny_model(served.folder)
     assert not (data_dir / "tiny-flux").exists()
+
+
+@pytest.mark.parametrize(
+    ("family", "repo"),
+    [("flux-dev", "black-forest-labs/FLUX.1-dev"), ("flux-schnell", "black-forest-labs/FLUX.1-schnell")],
+)
+def test_weights_auto_looks_for_the_familys_own_repo_in_the_hf_cache(
+    monkeypatch, tiny_model_dir, family, repo
+):
+    import pipelines.loading as loading
+
+    asked = []
+    monkeypatch.setattr(
+        loading, "_hf_cache_snapshot", lambda repo_id: asked.append(repo_id) or tiny_model_dir
+    )
+
+    weights = loading.resolve_weights(ModelSpec(family=family, weights="auto"))
+
+    assert asked == [repo] and (weights.folder, weights.source) == (tiny_model_dir, "hf-cache")
