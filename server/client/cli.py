@@ -1,6 +1,8 @@
 """`fluxserve client generate|batch`: use a running fluxserve server from the command line.
 
     fluxserve client generate "a red fox" --url http://127.0.0.1:8000 --key KEY -o fox.webp
+    fluxserve client generate "a fox, TOK style" --model black-forest-labs-flux-dev-lora \
+        --lora owner/some-flux-lora --lora-scale 0.8 -o fox.webp
     fluxserve client batch prompts.jsonl --out runs/foxes --max-in-flight 10
 
 ``--url`` defaults to $FLUXSERVE_URL (else http://127.0.0.1:8000), ``--key`` to $FLUXSERVE_API_KEY.
@@ -40,6 +42,15 @@ GENERATE_OPTIONS: tuple[tuple[str, str, type | None, str | None], ...] = (
     ("--output-quality", "output_quality", int, None),
 )
 INPUT_OPTIONS = tuple(name for _, name, _, _ in GENERATE_OPTIONS if name != "image")
+# The LoRA inputs of black-forest-labs-flux-dev-lora (a server-side model: `client generate` only).
+LORA_OPTIONS: tuple[tuple[str, str, type | None, str], ...] = (
+    ("--lora", "lora_weights", None, "LoRA source: an adapter name, https URL, owner/repo or CivitAI URL"),
+    ("--lora-scale", "lora_scale", float, "its strength, -1 to 3 (default 1)"),
+    ("--extra-lora", "extra_lora", None, "a second LoRA, combined with the first"),
+    ("--extra-lora-scale", "extra_lora_scale", float, "its strength, -1 to 3 (default 1)"),
+)
+DEFAULT_MODEL = "flux-dev"
+LORA_MODEL = "black-forest-labs-flux-dev-lora"
 
 
 def add_input_options(parser: argparse.ArgumentParser, image_help: str, typed: bool = True) -> None:
@@ -69,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="output file; several outputs get -0, -1... before the extension",
     )
     add_input_options(gen, image_help="img2img source image file (sent inline as a data: URL)")
+    for flag, name, kind, help_ in LORA_OPTIONS:
+        gen.add_argument(flag, default=None, dest=name, type=kind, help=help_)
     gen.add_argument(
         "--wait-timeout", type=float, default=None, help="give up waiting after this many seconds"
     )
@@ -92,6 +105,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=None, help=f"server address (default: $FLUXSERVE_URL or {DEFAULT_URL})")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"model slug (default {DEFAULT_MODEL}; {LORA_MODEL} when a LoRA option is given; "
+        "the server's /v1/models lists them)",
+    )
     p.add_argument("--key", default=None, help="API key (default: $FLUXSERVE_API_KEY)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
 
@@ -101,7 +120,9 @@ def _client(args: argparse.Namespace, **kwargs: Any):
 
     url = args.url or os.environ.get("FLUXSERVE_URL") or DEFAULT_URL
     key = args.key or os.environ.get("FLUXSERVE_API_KEY") or None
-    return FluxClient(url, key, timeout=args.timeout, **kwargs)
+    uses_lora = any(getattr(args, name, None) is not None for _, name, _, _ in LORA_OPTIONS)
+    model = args.model or (LORA_MODEL if uses_lora else DEFAULT_MODEL)
+    return FluxClient(url, key, timeout=args.timeout, model=model, **kwargs)
 
 
 def image_data_url(path: str | Path) -> str:
@@ -132,7 +153,8 @@ def inputs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """flux-dev inputs from a ``generate`` command line (this one or ``fluxserve generate``): the
     prompt, the options given, and the output format from ``-o``'s suffix unless given."""
     inputs: dict[str, Any] = {"prompt": args.prompt}
-    inputs.update({name: getattr(args, name) for name in INPUT_OPTIONS if getattr(args, name) is not None})
+    names = INPUT_OPTIONS + tuple(name for _, name, _, _ in LORA_OPTIONS)
+    inputs.update({name: getattr(args, name) for name in names if getattr(args, name, None) is not None})
     if "output_format" not in inputs:
         ext = Path(args.output).suffix.lstrip(".").lower()
         inputs["output_format"] = {"jpeg": "jpg"}.get(ext, ext) if ext in IMAGE_SUFFIXES else "webp"
@@ -217,6 +239,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for line in (prediction.get("logs") or "").splitlines():
         if line.startswith("Warning:"):
             print(line, file=sys.stderr)
+        elif line.startswith("LoRA "):  # which adapters ran, and how long each took to get
+            print(line)
     predict_time = (prediction.get("metrics") or {}).get("predict_time")
     shown = f"{predict_time:.2f} s" if isinstance(predict_time, int | float) else "unknown"
     print(f"Using seed: {parse_seed(prediction.get('logs'))}; predict time {shown}")

@@ -276,6 +276,30 @@ def test_cli_generate_uses_env_and_writes_the_image(
     assert "predict time" in captured.out and f"wrote {out}" in captured.out
 
 
+def test_cli_generate_with_a_lora_runs_the_lora_model(
+    server: LiveServer, tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pipelines.tiny_lora import write_tiny_lora
+    from server.cli import main
+
+    write_tiny_lora(tiny_model_dir, server.data_dir / "loras" / "ink.safetensors")
+    out = tmp_path / "fox.png"
+    common = ["client", "generate", "a fox", "--url", server.url, "--key", KEY, "--megapixels", "0.25"]
+    common += ["--steps", "2", "--seed", "3"]
+
+    assert main([*common, "-o", str(tmp_path / "plain.png")]) == 0
+    rc = main([*common, "-o", str(out), "--lora", "ink", "--lora-scale", "0.9"])
+
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "LoRA adapter folder: ink.safetensors: ready" in captured.out
+    assert out.read_bytes() != (tmp_path / "plain.png").read_bytes()
+    with FluxClient(server.url, KEY) as client:
+        latest = client.list(limit=1)["executions"][0]
+    assert latest["model"] == "black-forest-labs-flux-dev-lora"
+    assert (latest["input"]["lora_weights"], latest["input"]["lora_scale"]) == ("ink", 0.9)
+
+
 def test_cli_generate_img2img_several_outputs(
     server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
