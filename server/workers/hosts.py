@@ -169,7 +169,7 @@ class HostsReadiness(Readiness):
         self.store = store
         self.models = models
         # The configured models by their own slug (a LoRA face runs on its model's workers).
-        self.model = list(dict.fromkeys(entry.spec_name for entry in models.entries))
+        self.spec_names = list(dict.fromkeys(entry.spec_name for entry in models.entries))
         self._accepting = accepting
         self.store_health = StoreHealth()
         self.hosts: list[HostReport] | None = None
@@ -200,7 +200,7 @@ class HostsReadiness(Readiness):
             self._task = None
 
     def health(self) -> tuple[str, dict[str, Any]]:
-        status, details = hosts_health(self.hosts, self.model, self._accepting(), self.store_health)
+        status, details = hosts_health(self.hosts, self.spec_names, self._accepting(), self.store_health)
         details["models"] = {entry.slug: model_health(self.hosts, entry) for entry in self.models.entries}
         return status, details
 
