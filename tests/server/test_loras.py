@@ -235,3 +235,14 @@ def test_one_url_asked_by_three_predictions_at_once_is_downloaded_once(make_serv
         assert max(row.started_at for row in rows) < min(row.completed_at for row in rows)
     finally:
         host.close()
+
+
+def test_lora_inputs_on_an_fp8_transformer_are_refused_at_create(make_server):
+    # diffusers cannot put LoRA layers on torchao float8 weights: the client hears it at create.
+    with make_server(start_workers=False, wait_ready=False, model={"quantize_transformer": "fp8"}) as server:
+        refused = server.post_create(KEY_A, {**BASE, "lora_weights": "house-style"}, model=LORA)
+        plain = server.post_create(KEY_A, BASE, model=LORA)
+
+    assert refused.status_code == 400
+    assert "fp8" in refused.json()["details"]["lora_weights"]
+    assert plain.status_code == 200
