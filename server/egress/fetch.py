@@ -9,13 +9,14 @@ byte cap and an overall deadline. What is refused and why: docs/security.md.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -509,6 +510,19 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
     return url.scheme, url.host, _port(url)
 
 
+@contextlib.contextmanager
+def _fetch_errors(hops: _Hops, policy: AddressPolicy) -> Iterator[None]:
+    """The deadline and httpx's transport errors, as FetchErrors naming the hop that failed."""
+    try:
+        yield
+    except _Timeout:
+        raise FetchError(
+            f"timed out after {policy.timeout_s:g} s fetching {_safe_url(hops.current)}"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise _transport_error(exc, hops.current, policy.timeout_s) from None
+
+
 def fetch_bytes(url: str, policy: AddressPolicy) -> bytes:
     """Download ``url`` (http/https) under ``policy``: every hop vetted and pinned, at most
     ``policy.max_redirects`` redirects, at most ``policy.max_bytes`` bytes (Content-Length checked
@@ -518,25 +532,16 @@ def fetch_bytes(url: str, policy: AddressPolicy) -> bytes:
     deadline = time.monotonic() + policy.timeout_s
     backend = _PinnedBackend(policy, what, deadline)
     hops = _Hops(url, policy, what)
-    try:
-        with _client(backend, policy.timeout_s) as client:
-            response = hops.open(
-                client, backend, deadline, {"Accept-Encoding": "identity", "Accept": "image/*"}
-            )
-            try:
-                if not 200 <= response.status_code < 300:
-                    raise FetchError(f"HTTP {response.status_code} from {_safe_url(hops.current)}")
-                chunks: list[bytes] = []
-                _read_capped(response, policy.max_bytes, deadline, chunks.append, _too_large)
-                return b"".join(chunks)
-            finally:
-                response.close()
-    except _Timeout:
-        raise FetchError(
-            f"timed out after {policy.timeout_s:g} s fetching {_safe_url(hops.current)}"
-        ) from None
-    except httpx.HTTPError as exc:
-        raise _transport_error(exc, hops.current, policy.timeout_s) from None
+    with _fetch_errors(hops, policy), _client(backend, policy.timeout_s) as client:
+        response = hops.open(client, backend, deadline, {"Accept-Encoding": "identity", "Accept": "image/*"})
+        try:
+            if not 200 <= response.status_code < 300:
+                raise FetchError(f"HTTP {response.status_code} from {_safe_url(hops.current)}")
+            chunks: list[bytes] = []
+            _read_capped(response, policy.max_bytes, deadline, chunks.append, _too_large)
+            return b"".join(chunks)
+        finally:
+            response.close()
 
 
 @dataclass(frozen=True)
@@ -571,25 +576,17 @@ def download_to(
     def too_large(cap: int) -> FetchError:
         return FetchError(f"{what} is larger than {format_bytes(cap)}")
 
-    try:
-        with _client(backend, policy.timeout_s) as client:
-            response = hops.open(client, backend, deadline, {"Accept-Encoding": "identity"}, headers)
-            try:
-                if not 200 <= response.status_code < 300:
-                    at = f" (at {_safe_url(hops.current)})" if hops.current != hops.start else ""
-                    raise FetchStatusError(
-                        f"{what} returned HTTP {response.status_code}{at}", response.status_code
-                    )
-                size = _read_capped(response, max_bytes, deadline, sink.write, too_large)
-                return DownloadInfo(_safe_url(hops.current), size, response.headers.get("content-type"))
-            finally:
-                response.close()
-    except _Timeout:
-        raise FetchError(
-            f"timed out after {policy.timeout_s:g} s fetching {_safe_url(hops.current)}"
-        ) from None
-    except httpx.HTTPError as exc:
-        raise _transport_error(exc, hops.current, policy.timeout_s) from None
+    with _fetch_errors(hops, policy), _client(backend, policy.timeout_s) as client:
+        response = hops.open(client, backend, deadline, {"Accept-Encoding": "identity"}, headers)
+        try:
+            if not 200 <= response.status_code < 300:
+                at = f" (at {_safe_url(hops.current)})" if hops.current != hops.start else ""
+                status = response.status_code
+                raise FetchStatusError(f"{what} returned HTTP {status}{at}", status)
+            size = _read_capped(response, max_bytes, deadline, sink.write, too_large)
+            return DownloadInfo(_safe_url(hops.current), size, response.headers.get("content-type"))
+        finally:
+            response.close()
 
 
 def _read_capped(

@@ -31,6 +31,7 @@ from server.workers.supervisor import (
     UNAVAILABLE,
     UNHEALTHY,
     Supervisor,
+    model_line,
 )
 
 log = logging.getLogger("fluxserve.hosts")
@@ -145,18 +146,7 @@ def model_health(hosts: list[HostReport] | None, entry: ModelEntry) -> dict[str,
     slots = [
         slot for h in serving for slot in h.slots if slot.get("model", entry.spec_name) == entry.spec_name
     ]
-    states = [slot.get("state") for slot in slots]
-    if not states:
-        status = UNAVAILABLE
-    elif W_READY in states:
-        status = READY
-    elif W_BUSY in states:
-        status = BUSY
-    elif all(state == W_FAILED for state in states):
-        status = SETUP_FAILED
-    else:
-        status = STARTING
-    return {"status": status, "workers": len(states)}
+    return model_line([slot.get("state") for slot in slots])
 
 
 class HostsReadiness(Readiness):

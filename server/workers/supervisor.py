@@ -79,6 +79,23 @@ MAX_LOAD_CRASHES = 3  # consecutive deaths while loading before a slot is declar
 WATCHDOG_S = 0.2  # how often hung jobs and hung loads are looked for
 
 
+def model_line(states: list[str]) -> dict[str, Any]:
+    """One model's line in /health-check's ``models`` from the states of the workers serving it
+    (here or on the live worker hosts): READY if any is ready, else BUSY, SETUP_FAILED when all
+    failed, UNAVAILABLE when none serves it."""
+    if not states:
+        status = UNAVAILABLE
+    elif W_READY in states:
+        status = READY
+    elif W_BUSY in states:
+        status = BUSY
+    elif all(state == W_FAILED for state in states):
+        status = SETUP_FAILED
+    else:
+        status = STARTING
+    return {"status": status, "workers": len(states)}
+
+
 class Supervisor:
     def __init__(
         self,
@@ -408,18 +425,7 @@ class Supervisor:
 
     def model_health(self, spec_name: str) -> dict[str, Any]:
         """One model's line in /health-check's ``models``: its state and how many workers serve it."""
-        states = [s.state for s in self.slots_of(spec_name)]
-        if not states:
-            status = UNAVAILABLE
-        elif W_READY in states:
-            status = READY
-        elif W_BUSY in states:
-            status = BUSY
-        elif all(state == W_FAILED for state in states):
-            status = SETUP_FAILED
-        else:
-            status = STARTING
-        return {"status": status, "workers": len(states)}
+        return model_line([s.state for s in self.slots_of(spec_name)])
 
     def slot_info(self, slot: WorkerSlot) -> dict[str, Any]:
         info: dict[str, Any] = {"index": slot.index, "state": slot.state}

@@ -10,23 +10,12 @@ from PIL import Image
 
 from pipelines.errors import OutOfMemory
 from pipelines.generate import FluxGenerator, pick_seed
-from pipelines.inputs import ASPECT_RATIO_SIZES, parse_inputs
+from pipelines.inputs import ASPECT_RATIO_SIZES
 from pipelines.loading import TINY_WARNING, load_model
 from pipelines.spec import ModelSpec
+from tests.pipelines.helpers import inputs
 
 MAGIC = {"webp": (b"RIFF", b"WEBP"), "jpg": (b"\xff\xd8\xff", None), "png": (b"\x89PNG\r\n\x1a\n", None)}
-
-
-def inputs(**fields):
-    raw = {
-        "prompt": "a red fox in the snow",
-        "megapixels": "0.25",
-        "num_inference_steps": 2,
-        "output_format": "png",
-        "seed": 1234,
-    }
-    raw.update(fields)
-    return parse_inputs(raw)
 
 
 def decode(data: bytes) -> Image.Image:

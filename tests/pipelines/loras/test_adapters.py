@@ -8,21 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import AdapterLoadError
-from pipelines.inputs import parse_inputs
 from pipelines.loras.adapters import LoadedAdapters, LoraOptions, LoraRequest, adapter_name
 from pipelines.spec import ModelSpec
-
-
-def inputs(**fields):
-    raw = {
-        "prompt": "a red fox in the snow",
-        "megapixels": "0.25",
-        "num_inference_steps": 2,
-        "output_format": "png",
-        "seed": 1234,
-    }
-    raw.update(fields)
-    return parse_inputs(raw)
+from tests.pipelines.helpers import inputs
 
 
 def lora(path: Path, scale: float = 1.0, key: str | None = None) -> LoraRequest:
