@@ -25,19 +25,10 @@ from pipelines.errors import ModelLoadError
 from pipelines.safetensors_check import NotSafetensors, TruncatedSafetensors, check_safetensors_header
 from pipelines.spec import HF_REPO_IDS, ModelSpec
 from pipelines.tiny import is_tiny_model, write_tiny_model
+from pipelines.weights_check import FLUX_COMPONENTS, FLUX_PIPELINE_CLASSES
 
 log = logging.getLogger(__name__)
 
-FLUX_PIPELINE_CLASSES = {"FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"}
-FLUX_COMPONENTS = (
-    "transformer",
-    "vae",
-    "text_encoder",
-    "text_encoder_2",
-    "tokenizer",
-    "tokenizer_2",
-    "scheduler",
-)
 TINY_WARNING = "Serving the tiny demo model with random weights: its images are noise."
 
 
@@ -144,18 +135,29 @@ def check_flux_folder(folder: Path) -> None:
 
 
 def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
-    """Turn ``spec.weights`` into a local folder: a path, a cached hub snapshot, or the tiny model."""
+    """Turn ``spec.weights`` into a local folder: a path, a cached hub snapshot, or the tiny model
+    (built where ``locate_weights`` says when it is not there yet)."""
+    located = locate_weights(spec)
+    if located.source == "tiny":
+        ensure_tiny_model(located.folder)
+    else:
+        check_flux_folder(located.folder)
+    return located
+
+
+def locate_weights(spec: ModelSpec) -> ResolvedWeights:
+    """Where ``spec.weights`` points, without checking that folder or building anything: for
+    ``auto`` without the family's repo in the local cache, the tiny model's folder, which may not
+    exist yet. ModelLoadError for a repo id missing from the local cache."""
     weights = spec.weights
     if weights == "auto":
         snapshot = _hf_cache_snapshot(HF_REPO_IDS[spec.family])
         if snapshot is not None:
-            check_flux_folder(snapshot)
             return ResolvedWeights(snapshot, False, "hf-cache")
         tiny_dir = Path(spec.tiny_model_dir).expanduser() if spec.tiny_model_dir else default_tiny_dir()
-        return ResolvedWeights(ensure_tiny_model(tiny_dir), True, "tiny")
+        return ResolvedWeights(tiny_dir, True, "tiny")
     path = Path(weights).expanduser()
     if path.exists() or not _REPO_ID.fullmatch(weights):
-        check_flux_folder(path)
         return ResolvedWeights(path, is_tiny_model(path), "folder")
     # "owner/name": a Hugging Face repo id, read from the local cache only.
     snapshot = _hf_cache_snapshot(weights)
@@ -165,7 +167,6 @@ def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
             f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it first "
             "(scripts/download_weights.sh)"
         )
-    check_flux_folder(snapshot)
     return ResolvedWeights(snapshot, is_tiny_model(snapshot), "hf-cache")
 
 

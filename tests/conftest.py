@@ -35,6 +35,21 @@ def pytest_configure(config: pytest.Config) -> None:
         sys.modules["torch"].set_num_threads(int(threads))
 
 
+@pytest.fixture
+def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No Hugging Face cache at all: env vars for anything that reads them later, and the constant
+    huggingface_hub computed at import time."""
+    import huggingface_hub.constants as hf_constants
+
+    home = tmp_path / "hf-home"
+    (home / "hub").mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(home))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
+    return home
+
+
 class SafetyDirs(NamedTuple):
     flag_all: Path  # a tiny StableDiffusionSafetyChecker that flags every image
     flag_none: Path  # one that flags nothing

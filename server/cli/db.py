@@ -44,7 +44,9 @@ def _add_backup(sub: argparse._SubParsersAction) -> None:
         "safe while the server runs",
     )
     p.add_argument("path", help="the new file (must not exist)")
-    p.add_argument("--config", default=None, help="YAML config file (for data_dir / store_url)")
+    p.add_argument(
+        "--config", default=None, help="YAML config file (for data_dir / store_url; default: none, built-in)"
+    )
 
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -66,7 +68,9 @@ def _add_backup(sub: argparse._SubParsersAction) -> None:
 
 def _add_db(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("db", help="examine the database")
-    p.add_argument("--config", default=None, help="YAML config file (for data_dir / store_url)")
+    p.add_argument(
+        "--config", default=None, help="YAML config file (for data_dir / store_url; default: none, built-in)"
+    )
     db = p.add_subparsers(dest="db_command", required=True)
     db.add_parser("check", help="SQLite's integrity check and what the file holds; exit 1 when damaged")
 

@@ -14,12 +14,23 @@ from server.client.cli import add_input_options
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate images locally (no server)")
-    p.add_argument("prompt")
-    p.add_argument("--model", default="auto", help="a diffusers folder, a cached repo id, or auto (default)")
+    p.add_argument("prompt", help="text to draw (up to 10,000 characters)")
     p.add_argument(
-        "--transformer-file", default=None, help="single-file transformer checkpoint (.safetensors)"
+        "--model",
+        default="auto",
+        help="a diffusers folder, a repo id in the local Hugging Face cache, or auto: FLUX.1-dev from "
+        "the cache, else the tiny demo model (default: auto)",
     )
-    p.add_argument("--config", default=None, help="take the model spec from this config file instead")
+    p.add_argument(
+        "--transformer-file",
+        default=None,
+        help="single-file transformer checkpoint (.safetensors; default: the one in --model's folder)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="take the model spec (its first model) from this YAML config file instead of --model",
+    )
     add_input_options(p, image_help="img2img source image file", typed=False)
     p.add_argument(
         "-o",
@@ -117,8 +128,8 @@ def _add_tiny_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tiny-model", help="write the tiny random FLUX pipeline (tests, demos, CPU benchmarks)"
     )
-    p.add_argument("dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("dir", help="folder to write it to (created if absent; files there are overwritten)")
+    p.add_argument("--seed", type=int, default=0, help="seed of its random weights, any integer")
     p.set_defaults(func=_cmd_tiny_model)
 
 

@@ -104,13 +104,17 @@ def _when(ts: float | None) -> str:
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keys", help="manage API keys stored (as hashes) in the server's database")
-    p.add_argument("--config", default=None, help="YAML config file (for data_dir)")
+    p.add_argument(
+        "--config", default=None, help="YAML config file (for data_dir / store_url; default: none, built-in)"
+    )
     keys = p.add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; it is printed once and only its hash is stored")
-    create.add_argument("name")
+    create.add_argument(
+        "name", help="a name for the key: up to 64 letters, digits, ., _ and -, unique among active keys"
+    )
     keys.add_parser("list", help="names, creation and last use")
     revoke = keys.add_parser("revoke", help="revoke a key (takes effect on the next request)")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the stored key's name (see `fluxserve keys list`)")
     rotate = keys.add_parser(
         "rotate-webhook-secret",
         help="give a key a new webhook signing secret, printed on stdout; the old one stops at once",

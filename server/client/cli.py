@@ -30,16 +30,26 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 # for this command and ``fluxserve generate`` (which takes the values as text: the input parser then
 # names a bad one the way the API does).
 GENERATE_OPTIONS: tuple[tuple[str, str, type | None, str | None], ...] = (
-    ("--aspect-ratio", "aspect_ratio", None, None),
-    ("--megapixels", "megapixels", None, "1 or 0.25"),
-    ("--seed", "seed", int, None),
-    ("--num-outputs", "num_outputs", int, None),
-    ("--steps", "num_inference_steps", int, None),
-    ("--guidance", "guidance", float, None),
+    (
+        "--aspect-ratio",
+        "aspect_ratio",
+        None,
+        "1:1, 16:9, 21:9, 3:2, 2:3, 4:5, 5:4, 3:4, 4:3, 9:16 or 9:21 (default 1:1); ignored with --image",
+    ),
+    ("--megapixels", "megapixels", None, "1 or 0.25 (default 1); 0.25 halves both sides"),
+    ("--seed", "seed", int, "0 to 2**63-1 (default: random; the one used is printed)"),
+    ("--num-outputs", "num_outputs", int, "images to make, 1 to 4 (default 1)"),
+    ("--steps", "num_inference_steps", int, "denoising steps, 1 to 50 (default 28; flux-schnell: 1 to 4, 4)"),
+    ("--guidance", "guidance", float, "guidance scale, 0 to 10 (default 3.5; flux-dev only)"),
     ("--image", "image", None, None),  # a file, not an input: each command says what it does with it
-    ("--prompt-strength", "prompt_strength", float, None),
+    (
+        "--prompt-strength",
+        "prompt_strength",
+        float,
+        "with --image: 0 to 1 (default 0.8); 1 replaces the source entirely",
+    ),
     ("--output-format", "output_format", None, "webp, jpg or png (default: from -o's extension)"),
-    ("--output-quality", "output_quality", int, None),
+    ("--output-quality", "output_quality", int, "0 to 100 (default 80); ignored for png"),
 )
 INPUT_OPTIONS = tuple(name for _, name, _, _ in GENERATE_OPTIONS if name != "image")
 # The LoRA inputs of black-forest-labs-flux-dev-lora (a server-side model: `client generate` only).
@@ -71,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     commands = p.add_subparsers(dest="client_command", required=True)
 
     gen = commands.add_parser("generate", help="one prediction: wait with a progress bar, write the image(s)")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", help="text to draw (up to 10,000 characters)")
     _add_connection(gen)
     gen.add_argument(
         "-o",
@@ -83,7 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     for flag, name, kind, help_ in LORA_OPTIONS:
         gen.add_argument(flag, default=None, dest=name, type=kind, help=help_)
     gen.add_argument(
-        "--wait-timeout", type=float, default=None, help="give up waiting after this many seconds"
+        "--wait-timeout",
+        type=float,
+        default=None,
+        help="give up waiting after this many seconds (default: wait until it ends)",
     )
     gen.set_defaults(func=cmd_generate)
 
@@ -98,7 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("--out", required=True, help="output folder (images, manifest.jsonl, pending.jsonl)")
     _add_connection(batch)
     batch.add_argument(
-        "--max-in-flight", type=int, default=10, help="predictions in flight at once (default 10)"
+        "--max-in-flight",
+        type=int,
+        default=10,
+        help="predictions in flight at once, 1 or more (default 10; the server's limit per key is "
+        "limits.max_in_flight, 10 by default: more only meets 429s, waited out)",
     )
     batch.set_defaults(func=cmd_batch)
 
@@ -112,7 +129,7 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
         "the server's /v1/models lists them)",
     )
     p.add_argument("--key", default=None, help="API key (default: $FLUXSERVE_API_KEY)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request, above 0 (default 30)")
 
 
 def _client(args: argparse.Namespace, **kwargs: Any):

@@ -39,21 +39,6 @@ def load_error(**spec) -> str:
     return str(info.value)
 
 
-@pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    """No Hugging Face cache at all: env vars for anything that reads them later, and the constant
-    huggingface_hub computed at import time."""
-    import huggingface_hub.constants as hf_constants
-
-    home = tmp_path / "hf-home"
-    (home / "hub").mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(hf_constants, "HF_HOME", str(home))
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
-    return home
-
-
 # -- the folder load ------------------------------------------------------------------------
 
 
