@@ -67,6 +67,16 @@ def output_urls(prediction: dict[str, Any]) -> list[str]:
     return [str(u) for u in output]
 
 
+def prediction_base_url(prediction: dict[str, Any]) -> str | None:
+    """The server base URL a prediction's links are built on (``urls.get`` is
+    ``<base>/v1/prediction/<id>``), or None when the body has no such link."""
+    get = (prediction.get("urls") or {}).get("get")
+    suffix = f"/v1/prediction/{prediction.get('id')}"
+    if isinstance(get, str) and get.endswith(suffix):
+        return get[: -len(suffix)]
+    return None
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 
@@ -306,6 +316,19 @@ class FluxClient:
         absolute = urljoin(self.base_url + "/", url)
         send_key = _origin(absolute) == _origin(self.base_url)
         return self._request("GET", absolute, auth=send_key, accept="*/*").content
+
+    def share_url(self, prediction: dict[str, Any]) -> str | None:
+        """The prediction's share page, ``<base>/p/<id>``, when the server serves it (share pages
+        on: ``outputs.share_pages``), else None. ``<base>`` is the one the prediction's own links
+        use (the server's public URL); the page is asked of this client's address."""
+        prediction_id = prediction.get("id")
+        if not prediction_id:
+            return None
+        try:
+            self._request("GET", f"/p/{_segment(prediction_id)}", auth=False, accept="text/html")
+        except FluxAPIError:  # 404: share pages are off (or the connection failed: no link to give)
+            return None
+        return f"{prediction_base_url(prediction) or self.base_url}/p/{prediction_id}"
 
     # -- plumbing ---------------------------------------------------------------------------
 

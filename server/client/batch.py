@@ -5,13 +5,15 @@ that is not a JSON object is reported (with its number) and recorded as ``invali
 
 What lands in the output folder:
 
-- ``NNNNNN-i.ext``: output image ``i`` of input line ``NNNNNN`` (written to a temporary name,
-  then renamed, so a file that exists is complete);
+- ``NNNNNN-<slug>-i.ext``: output image ``i`` of input line ``NNNNNN``, ``<slug>`` the start of
+  its prompt in lower-case ASCII words (``file_names="number"``: ``NNNNNN-i.ext``); written to a
+  temporary name, then renamed, so a file that exists is complete. The manifest records each
+  line's file names, so a resumed run never needs to guess them;
 - ``manifest.jsonl``: one record per input line that ended, appended (and fsync'd) as each ends,
   then rewritten sorted by line with one record per line (the latest) when the run stops::
 
       {"line": 42, "inputs": {...}, "prediction_id": "...", "status": "success", "seed": 1234,
-       "predict_time": 9.8, "files": ["000042-0.webp"], "error": null, "t": 1700000000.0}
+       "predict_time": 9.8, "files": ["000042-a-red-fox-0.webp"], "error": null, "t": 1700000000.0}
 
   ``status``: ``success``, ``error`` (the prediction failed, or its outputs could not be
   fetched), ``cancelled`` or ``invalid`` (not a JSON object, or refused by the server);
@@ -30,6 +32,10 @@ files, so at most that many predictions are in flight. A 429 is not a failure: t
 for the Retry-After and tries again. Stopping (Ctrl-C, SIGTERM, or the ``stop`` event) lets a
 create in progress finish and be journaled, creates nothing more, and leaves the running
 predictions to the next run. One run at a time per output folder (a lock on ``.lock``).
+
+Step progress: while a line runs, its ``k/n steps`` are reported (``on_step``, or after the
+overall bar on a terminal); its polls are then short (``STEP_POLL_S``), since a long-poll only
+returns at the end.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ import contextlib
 import json
 import os
 import queue
+import re
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +61,7 @@ from server.client.api import (
     FluxClient,
     FluxConnectionError,
     output_urls,
+    parse_progress,
     parse_seed,
 )
 
@@ -61,6 +70,9 @@ PENDING = "pending.jsonl"
 ORPHAN_WINDOW_S = 600.0  # look this far before an unconfirmed create for the prediction it made
 ORPHAN_SCAN_LIMIT = 5000  # at most this many recent predictions are scanned for them
 DEFAULT_POLL_S = 5.0  # long-poll chunk; also how quickly a stop is noticed
+STEP_POLL_S = 1.0  # the poll chunk while step progress is shown
+SLUG_MAX_CHARS = 40
+FILE_NAMES = ("prompt", "number")  # NNNNNN-<slug>-i.ext, or NNNNNN-i.ext
 BUSY_NOTICE_EVERY_S = 30.0
 MAX_POLL_FAILURES = 3  # consecutive unreachable polls (each already retried) before a line is left pending
 # How the server echoes a prediction's input (server/api/eachlabs/render.py): a long data: URL is
@@ -116,6 +128,28 @@ def read_inputs(path: str | Path) -> list[InputLine]:
                 continue
             lines.append(InputLine(number, value))
     return lines
+
+
+def prompt_slug(prompt: Any, max_chars: int = SLUG_MAX_CHARS) -> str:
+    """The start of a prompt as a file-name part: lower-case ASCII words joined by ``-``, cut at a
+    word boundary within ``max_chars``; "image" when nothing is left (no prompt, only symbols)."""
+    text = unicodedata.normalize("NFKD", str(prompt or "")).encode("ascii", "ignore").decode("ascii")
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    slug = ""
+    for word in words:
+        candidate = f"{slug}-{word}" if slug else word
+        if len(candidate) > max_chars:
+            slug = slug or word[:max_chars]
+            break
+        slug = candidate
+    return slug or "image"
+
+
+def output_name(line: InputLine, index: int, ext: str, file_names: str = "prompt") -> str:
+    """The file name of output ``index`` of ``line`` (see the module docstring)."""
+    if file_names == "number":
+        return f"{line.number:06d}-{index}.{ext}"
+    return f"{line.number:06d}-{prompt_slug((line.inputs or {}).get('prompt'))}-{index}.{ext}"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -235,7 +269,11 @@ class BatchRunner:
         stop: set it to stop (the CLI sets it on Ctrl-C/SIGTERM).
         echo: where progress messages go (default: print to stderr).
         poll_s: the long-poll chunk in seconds.
-        show_progress: a tqdm bar on stderr (when it is a terminal).
+        show_progress: a tqdm bar on stderr (when it is a terminal), followed by the steps of
+            the lines running.
+        on_step: called with (line number, step, total steps) each time a running line's step
+            count changes (polls are then short, as while the bar shows steps).
+        file_names: "prompt" (``NNNNNN-<slug>-i.ext``) or "number" (``NNNNNN-i.ext``).
     """
 
     def __init__(
@@ -248,9 +286,13 @@ class BatchRunner:
         echo: Callable[[str], None] | None = None,
         poll_s: float = DEFAULT_POLL_S,
         show_progress: bool = True,
+        on_step: Callable[[int, int, int], None] | None = None,
+        file_names: str = "prompt",
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if file_names not in FILE_NAMES:
+            raise ValueError(f"file_names must be one of {', '.join(FILE_NAMES)}")
         self.client = client
         self.inputs_path = Path(inputs_path)
         self.out_dir = Path(out_dir)
@@ -258,6 +300,9 @@ class BatchRunner:
         self.stop = stop or threading.Event()
         self.poll_s = poll_s
         self.show_progress = show_progress
+        self.on_step = on_step
+        self.file_names = file_names
+        self._steps: dict[int, tuple[int, int]] = {}  # line -> (step, total) of the lines running
         self._echo_fn = echo
         self.manifest = _Journal(self.out_dir / MANIFEST)
         self.pending = _Journal(self.out_dir / PENDING)
@@ -372,6 +417,8 @@ class BatchRunner:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit="line", desc="batch", file=sys.stderr, disable=None)
+            if self._bar.disable:  # not a terminal: no bar, no step line
+                self._bar = None
         threads = [
             threading.Thread(target=self._worker, name=f"batch-{i}", daemon=True)
             for i in range(min(self.max_in_flight, total))
@@ -493,7 +540,7 @@ class BatchRunner:
             if self.stop.is_set():
                 return "stopped"
             try:
-                prediction = self.client.get(prediction_id, wait=self.poll_s)
+                prediction = self.client.get(prediction_id, wait=self._poll_chunk())
             except FluxConnectionError as exc:
                 failures += 1
                 if failures >= MAX_POLL_FAILURES:
@@ -517,7 +564,9 @@ class BatchRunner:
                 self._echo(f"line {item.line.number}: polling failed: {exc}; left pending")
                 return "unfinished"
             failures = 0
+            self._report_steps(item.line.number, prediction)
             if prediction.get("status") in TERMINAL_STATUSES:
+                self._forget_steps(item.line.number)
                 return prediction
 
     def _finish(self, item: _Item, prediction_id: str, prediction: dict[str, Any]) -> str:
@@ -531,7 +580,7 @@ class BatchRunner:
                 status, error = "error", "the prediction succeeded but its outputs are gone (retention?)"
             for index, url in enumerate(urls):
                 ext = Path(urlsplit(url).path).suffix.lstrip(".") or "webp"
-                name = f"{line.number:06d}-{index}.{ext}"
+                name = output_name(line, index, ext, self.file_names)
                 try:
                     data = self.client.download(url)
                 except FluxConnectionError as exc:
@@ -557,6 +606,46 @@ class BatchRunner:
         self._count("failed")
         self._echo(f"line {line.number}: {status}: {error}")
         return "failed"
+
+    # -- step progress ----------------------------------------------------------------------
+
+    def _shows_steps(self) -> bool:
+        return self.on_step is not None or self._bar is not None
+
+    def _poll_chunk(self) -> float:
+        return min(self.poll_s, STEP_POLL_S) if self._shows_steps() else self.poll_s
+
+    def _report_steps(self, number: int, prediction: dict[str, Any]) -> None:
+        """Tell ``on_step`` and the bar a line's new step count (from the ``k/n steps`` log line)."""
+        if not self._shows_steps():
+            return
+        steps = parse_progress(prediction.get("logs"))
+        if steps is None:
+            return
+        with self._cond:
+            if self._steps.get(number) == steps:
+                return
+            self._steps[number] = steps
+        if self.on_step is not None:
+            self.on_step(number, *steps)
+        self._show_steps()
+
+    def _forget_steps(self, number: int) -> None:
+        with self._cond:
+            if self._steps.pop(number, None) is None:
+                return
+        self._show_steps()
+
+    def _show_steps(self) -> None:
+        bar = self._bar
+        if bar is None:
+            return
+        with self._cond:
+            running = sorted(self._steps.items())
+        shown = [f"line {n} {step}/{total} steps" for n, (step, total) in running[:4]]
+        if len(running) > 4:
+            shown.append(f"+{len(running) - 4} more")
+        bar.set_postfix_str(", ".join(shown))
 
     def _record(self, line: InputLine, prediction_id: str | None, status: str, **kwargs: Any) -> bool:
         if not self._enter(gated=False):

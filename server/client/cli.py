@@ -103,8 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch = commands.add_parser(
         "batch",
         help="run a JSONL file of inputs (one object per line) into a folder; resumable",
-        description="Runs every line of INPUTS (flux-dev inputs as JSON objects) and writes NNNNNN-i.ext "
-        "images plus manifest.jsonl to --out. Run it again to resume: finished lines are skipped and "
+        description="Runs every line of INPUTS (flux-dev inputs as JSON objects) and writes "
+        "NNNNNN-<prompt-slug>-i.ext images plus manifest.jsonl to --out, with the steps of the images "
+        "running shown on stderr (a terminal). Run it again to resume: finished lines are skipped and "
         "submitted ones are polled by id, never created twice.",
     )
     batch.add_argument("inputs", help="JSONL file: one JSON object of flux-dev inputs per line")
@@ -116,6 +117,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=10,
         help="predictions in flight at once, 1 or more (default 10; the server's limit per key is "
         "limits.max_in_flight, 10 by default: more only meets 429s, waited out)",
+    )
+    batch.add_argument(
+        "--file-names",
+        choices=("prompt", "number"),
+        default="prompt",
+        help="prompt: NNNNNN-<slug of the prompt>-i.ext; number: NNNNNN-i.ext (default: prompt)",
     )
     batch.set_defaults(func=cmd_batch)
 
@@ -253,6 +260,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         except (FluxAPIError, OSError) as exc:
             _print_error(exc)
             return 1
+        for url in urls:
+            print(f"url: {url}")
+        share = client.share_url(prediction)
+        if share is not None:
+            print(f"share: {share}")
     for line in (prediction.get("logs") or "").splitlines():
         if line.startswith("Warning:"):
             print(line, file=sys.stderr)
@@ -291,7 +303,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         # 429s are waited out by the runner (it can notice a stop while it waits).
         with _client(args, rate_limit_retries=0) as client:
             summary = BatchRunner(
-                client, args.inputs, args.out, max_in_flight=args.max_in_flight, stop=stop
+                client,
+                args.inputs,
+                args.out,
+                max_in_flight=args.max_in_flight,
+                stop=stop,
+                file_names=args.file_names,
             ).run()
     except BatchLocked as exc:
         print(f"error: {exc}", file=sys.stderr)

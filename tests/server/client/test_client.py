@@ -276,6 +276,38 @@ def test_cli_generate_uses_env_and_writes_the_image(
     assert "predict time" in captured.out and f"wrote {out}" in captured.out
 
 
+def test_cli_generate_prints_the_output_url_and_the_share_link(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from server.cli import main
+
+    out = tmp_path / "linked.webp"
+    rc = main(
+        [
+            "client",
+            "generate",
+            "a linked fox",
+            "--url",
+            server.url,
+            "--key",
+            KEY,
+            "-o",
+            str(out),
+            "--steps",
+            "2",
+            "--megapixels",
+            "0.25",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    prediction_id = captured.err.split("prediction ", 1)[1].split()[0]
+    lines = captured.out.splitlines()
+    assert f"url: {server.url}/v1/outputs/{prediction_id}/out-0.webp" in lines
+    assert f"share: {server.url}/p/{prediction_id}" in lines
+    assert httpx.get(f"{server.url}/p/{prediction_id}", timeout=10).status_code == 200
+
+
 def test_cli_generate_with_a_lora_runs_the_lora_model(
     server: LiveServer, tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -478,6 +510,20 @@ def fake():
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+
+
+def test_share_url_is_the_predictions_base_and_id_when_the_server_serves_the_page() -> None:
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(200 if request.url.path == "/p/on" else 404, text="<html></html>")
+
+    prediction = {"id": "on", "urls": {"get": "https://flux.example.com/v1/prediction/on"}}
+    with FluxClient("http://127.0.0.1:9", "k", transport=httpx.MockTransport(answer)) as client:
+        assert client.share_url(prediction) == "https://flux.example.com/p/on"
+        assert client.share_url({"id": "off", "urls": {"get": "http://x/v1/prediction/off"}}) is None
+    assert asked == ["/p/on", "/p/off"]
 
 
 TOO_MANY = (

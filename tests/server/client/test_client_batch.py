@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from server.client import FluxClient
-from server.client.batch import PENDING, BatchLocked, BatchRunner, _folder_lock, _Journal, read_inputs
+from server.client.batch import (
+    PENDING,
+    BatchLocked,
+    BatchRunner,
+    _folder_lock,
+    _Journal,
+    prompt_slug,
+    read_inputs,
+)
 from tests.server.client.test_client import LiveServer, executions_total, start_server, stop_server
 
 KEYS = ["batch-a", "batch-b", "batch-c", "batch-d"]
@@ -120,7 +128,13 @@ def test_batch_writes_images_and_manifest_and_skips_done_lines(
     assert all(r["predict_time"] > 0 for r in good)
     assert records[0]["inputs"] == {"prompt": "one", **SMALL, "seed": 11}
     names = sorted(p.name for p in out.iterdir() if p.suffix in (".webp", ".png"))
-    assert names == ["000002-0.webp", "000004-0.webp", "000006-0.png", "000007-0.webp", "000008-0.webp"]
+    assert names == [
+        "000002-one-0.webp",
+        "000004-two-0.webp",
+        "000006-three-0.png",
+        "000007-four-0.webp",
+        "000008-five-0.webp",
+    ]
     assert [r["files"] for r in good] == [[n] for n in names]
     assert not (out / PENDING).exists()
     assert not list(out.glob(".*.tmp"))
@@ -169,7 +183,9 @@ def test_batch_killed_mid_run_resumes_without_creating_twice(
     assert all(r["status"] == "success" for r in records)
     assert len({r["prediction_id"] for r in records}) == count
     assert executions_total(server, "batch-b") == count  # no line's prediction was created twice
-    assert sorted(p.name for p in out.glob("*.webp")) == [f"{n:06d}-0.webp" for n in range(1, count + 1)]
+    assert sorted(p.name for p in out.glob("*.webp")) == [
+        f"{n:06d}-line-{n - 1}-0.webp" for n in range(1, count + 1)
+    ]
     assert not (out / PENDING).exists()
     assert f"skipped {len(done_before)}" in captured.out
     in_flight_at_kill = submitted_before - len(done_before)
@@ -292,3 +308,56 @@ def test_the_batch_runner_echoes_inputs_as_the_server_does(raw: dict) -> None:
     from server.client.batch import echo_input as client_echo
 
     assert client_echo(raw) == server_echo(raw)
+
+
+def test_batch_names_files_by_number_when_asked(server: LiveServer, tmp_path: Path, capsys) -> None:
+    from server.cli import main
+
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text(json.dumps({"prompt": "numbered", **SMALL}) + "\n")
+    out = tmp_path / "out"
+    rc = main([*batch_args(server, inputs, out, "batch-a", in_flight=1), "--file-names", "number"])
+    assert rc == 0, capsys.readouterr().err
+    assert [p.name for p in out.glob("*.webp")] == ["000001-0.webp"]
+    assert manifest(out)[0]["files"] == ["000001-0.webp"]
+
+
+def test_batch_reports_each_running_lines_steps(server: LiveServer, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text(
+        "".join(
+            json.dumps({"prompt": f"steps {i}", **SMALL, "num_inference_steps": 3}) + "\n" for i in range(2)
+        )
+    )
+    seen: list[tuple[int, int, int]] = []
+    with FluxClient(server.url, "batch-a") as client:
+        summary = BatchRunner(
+            client,
+            inputs,
+            tmp_path / "out",
+            max_in_flight=2,
+            echo=lambda _: None,
+            on_step=lambda *s: seen.append(s),
+        ).run()
+    assert summary.done == 2
+    assert {(line, total) for line, _, total in seen} == {(1, 3), (2, 3)}
+    for line in (1, 2):
+        steps = [step for n, step, _ in seen if n == line]
+        assert steps == sorted(steps) and steps[-1] == 3  # counted up to the last step
+
+
+@pytest.mark.parametrize(
+    "prompt, slug",
+    [
+        ("A red fox, in the SNOW!", "a-red-fox-in-the-snow"),
+        ("Crème brûlée — 4k", "creme-brulee-4k"),
+        ("", "image"),
+        (None, "image"),
+        ("!!! ???", "image"),
+        ("一只狐狸", "image"),
+        ("word " * 30, "-".join(["word"] * 8)),  # cut at a word boundary within 40 characters
+        ("x" * 60, "x" * 40),  # one long word: cut
+    ],
+)
+def test_prompt_slug(prompt, slug) -> None:
+    assert prompt_slug(prompt) == slug
