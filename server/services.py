@@ -181,6 +181,7 @@ def build_state(
         readiness,
         max_in_flight=settings.limits.max_in_flight,
         max_image_bytes=settings.input_images.max_bytes,
+        outputs=outputs,
     )
     metrics.bind(store, supervisor)
     return AppState(

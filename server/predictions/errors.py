@@ -102,3 +102,11 @@ class AlreadyFinished(PredictionError):
     def __init__(self, status: str) -> None:
         super().__init__(f"Prediction already finished with status {status}")
         self.status = status
+
+
+class StillRunning(PredictionError):
+    """A delete of a prediction that has not ended: it is cancelled first."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"Prediction is {status}; cancel it first")
+        self.status = status

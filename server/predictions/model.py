@@ -128,3 +128,4 @@ class ListFilter:
     model: str | None = None
     created_from: float | None = None  # inclusive, unix seconds
     created_to: float | None = None  # inclusive, unix seconds
+    q: str | None = None  # a case-insensitive substring of the input's prompt

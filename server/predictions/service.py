@@ -32,6 +32,7 @@ from server.predictions.errors import (
     InvalidInput,
     NotAccepting,
     NotFound,
+    StillRunning,
     StoreUnreachable,
 )
 from server.predictions.feed import ChangeFeed
@@ -56,8 +57,15 @@ class PredictionRecords(Protocol):
     def get(self, prediction_id: str) -> Prediction | None: ...
     def list(self, flt: ListFilter) -> tuple[list[Prediction], int]: ...
     def request_cancel(self, prediction_id: str) -> CancelOutcome: ...
+    def delete(self, prediction_id: str) -> bool: ...
     def is_outage(self, exc: BaseException) -> bool: ...
     def is_unreachable(self, exc: BaseException) -> bool: ...
+
+
+class OutputFiles(Protocol):
+    """What a delete needs of the output storage (server/outputs' OutputStorage has it)."""
+
+    def delete(self, prediction_id: str) -> None: ...
 
 
 class Readiness(abc.ABC):
@@ -116,15 +124,18 @@ class PredictionService:
         *,
         max_in_flight: int = 0,
         max_image_bytes: int | None = None,
+        outputs: OutputFiles | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``max_in_flight``: predictions starting or processing per owner (0: unlimited);
-        ``max_image_bytes``: the largest inline (data: URL) input image."""
+        ``max_image_bytes``: the largest inline (data: URL) input image; ``outputs``: where a
+        deleted prediction's images are removed from."""
         self.store = store
         self.feed = feed
         self.readiness = readiness
         self.max_in_flight = max_in_flight
         self.max_image_bytes = max_image_bytes
+        self.outputs = outputs
         self._clock = clock
 
     # -- create -------------------------------------------------------------------------------
@@ -238,6 +249,19 @@ class PredictionService:
         else:  # ended here, not in a worker: its end is told like any other (webhooks)
             self.feed.ended(prediction_id)
         return outcome
+
+    # -- delete -------------------------------------------------------------------------------
+    async def delete(self, owner: str, prediction_id: str) -> None:
+        """Remove the owner's ended prediction: its images first (a failure there leaves the row,
+        so the delete can be tried again), then its row. Raises NotFound (none, or another
+        owner's), or StillRunning while it is queued or running."""
+        pred = await self.get(owner, prediction_id)
+        if not pred.terminal:
+            raise StillRunning(pred.status)
+        if self.outputs is not None:
+            await asyncio.to_thread(self.outputs.delete, prediction_id)
+        if not await asyncio.to_thread(self.store.delete, prediction_id):
+            raise NotFound(prediction_id)  # deleted meanwhile by another request
 
 
 # -- input checks the input model cannot make -------------------------------------------------

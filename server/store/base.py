@@ -65,7 +65,14 @@ class PredictionStore(abc.ABC):
 
     @abc.abstractmethod
     def list(self, flt: ListFilter) -> tuple[list[Prediction], int]:
-        """The owner's predictions, newest first, and the total matching the filter."""
+        """The owner's predictions, newest first, and the total matching the filter (``q``: a
+        case-insensitive substring of ``input.prompt``; a prediction without a text prompt never
+        matches one)."""
+
+    @abc.abstractmethod
+    def delete(self, prediction_id: str) -> bool:
+        """Remove a terminal prediction's row. False, removing nothing, when there is none or it
+        has not ended (a queued or running one is cancelled first)."""
 
     @abc.abstractmethod
     def claim_next(

@@ -34,6 +34,17 @@ API_KEY = "browser-test-key-0123456789abcdef"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 READY_TIMEOUT_S = 240.0
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def leaves_loopback(url: str) -> bool:
+    """Whether a request for ``url`` would go to another machine (data: and blob: stay here)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme in ("data", "blob", "about"):
+        return False
+    return parts.hostname not in LOOPBACK_HOSTS
 
 
 def missing_browser_reason() -> str | None:
@@ -191,13 +202,15 @@ def browser(browser_missing) -> Iterator[Any]:
 
 @dataclass
 class PageFactory:
-    """Opens pages in fresh browser contexts; records console errors and failed requests."""
+    """Opens pages in fresh browser contexts; records console errors, failed requests, and every
+    request URL (none may leave loopback: the page loads nothing from elsewhere)."""
 
     browser: Any
     live: LiveServer | None
     missing: str | None
     contexts: list[Any] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
 
     def __call__(self, *, key: str | None = None, **context_options: Any):
         if self.missing:
@@ -211,10 +224,19 @@ class PageFactory:
         page = context.new_page()
         page.on("console", lambda msg: msg.type == "error" and self.problems.append(f"console: {msg.text}"))
         page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
+        page.on("request", self._record_request)
         return page
 
+    def _record_request(self, request: Any) -> None:
+        self.requests.append(request.url)
+        if leaves_loopback(request.url):
+            self.problems.append(f"request left loopback: {request.url}")
+
     def assert_no_problems(self, allow: tuple[str, ...] = ()) -> None:
-        """No script error, no CSP violation, no failed load (except messages containing ``allow``)."""
+        """No script error, no CSP violation, no failed load (except messages containing ``allow``),
+        and no request to anywhere but loopback (never allowed)."""
+        assert self.requests, "no request was recorded"
+        assert not [u for u in self.requests if leaves_loopback(u)], "a request left loopback"
         left = [p for p in self.problems if not any(a in p for a in allow)]
         assert not left, "the page reported problems:\n" + "\n".join(left)
 

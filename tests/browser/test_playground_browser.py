@@ -30,8 +30,15 @@ def expect(locator):
     return pw_expect(locator)
 
 
+def open_advanced(page) -> None:
+    """Unfold the settings under "Advanced" (steps, megapixels, seed...) if they are folded."""
+    if page.locator("#advanced").get_attribute("open") is None:
+        page.locator("#advanced-summary").click()
+
+
 def fill_small_run(page, prompt: str, steps: int = 2) -> None:
     page.locator("#f-prompt").fill(prompt)
+    open_advanced(page)
     page.get_by_label("Megapixels").select_option("0.25")
     page.get_by_label("Steps").fill(str(steps))
 
@@ -125,6 +132,7 @@ def test_phone_layout_keyboard_and_img2img(new_page, live_server, artifacts):
 
     # keyboard only: Ctrl+Enter in the prompt generates
     page.locator("#f-prompt").fill("a tiny red square, img2img")
+    open_advanced(page)
     page.get_by_label("Steps").fill("2")
     page.locator("#f-prompt").press("Control+Enter")
     expect(page.locator("#status-text")).to_contain_text("Done", timeout=120_000)
@@ -191,6 +199,7 @@ def test_cancel_stops_a_prediction(new_page, live_server):
     page = new_page(key=API_KEY)
     page.goto(live_server.url + "/")
     page.locator("#f-prompt").fill("a long run to cancel")
+    open_advanced(page)
     page.get_by_label("Steps").fill("50")
     page.get_by_label("Number of images").fill("4")
     page.get_by_role("button", name="Generate", exact=True).click()
@@ -239,6 +248,7 @@ def test_a_lora_set_in_the_playground_is_applied(new_page, live_server, tiny_mod
     expect(page.locator("#f-prompt")).to_have_value("a lighthouse, watercolor")
     expect(page.locator("fieldset.loras legend")).to_have_text("LoRA adapters")
 
+    open_advanced(page)
     page.get_by_label("Megapixels").select_option("0.25")
     page.get_by_label("Steps").fill("2")
     page.get_by_label("LoRA", exact=False).first.fill("watercolor")

@@ -14,6 +14,7 @@ from server.predictions.errors import (
     NotAccepting,
     NotFound,
     PredictionError,
+    StillRunning,
 )
 
 IN_FLIGHT_RETRY_AFTER_S = 5
@@ -37,6 +38,8 @@ def api_error(exc: PredictionError) -> ApiError:
         return not_found()
     if isinstance(exc, AlreadyFinished):
         return ApiError(409, f"Prediction already finished with status {exc.status}; it was left as it is")
+    if isinstance(exc, StillRunning):
+        return ApiError(409, f"Prediction is {exc.status}; cancel it first")
     raise TypeError(f"no Eachlabs answer for {type(exc).__name__}") from exc
 
 

@@ -21,6 +21,7 @@ from server.api.eachlabs.schemas import (
     CancelResponse,
     CreateRequest,
     CreateResponse,
+    DeleteResponse,
     ErrorResponse,
     ExecutionsResponse,
     ModelInfo,
@@ -234,6 +235,29 @@ async def cancel(request: Request, prediction_id: str, identity: Identity = Depe
     }
 
 
+# -- delete ---------------------------------------------------------------------------------
+
+
+@both(
+    router,
+    "delete",
+    "/v1/prediction/{prediction_id}",
+    errors=render_error,
+    summary="Delete a prediction and its images",
+    responses={
+        200: {"model": DeleteResponse},
+        **{**ERRORS, **NOT_FOUND, 409: {"model": ErrorResponse, "description": "Still queued or running."}},
+    },
+    description="Removes an ended prediction of this key and its output files for good. "
+    "A queued or running one is refused (409): cancel it first.",
+)
+async def delete_prediction(
+    request: Request, prediction_id: str, identity: Identity = Depends(caller)
+) -> dict:
+    await app_state(request).predictions.delete(identity.key_id, prediction_id)
+    return {"status": "deleted", "message": "Prediction deleted", "predictionID": prediction_id}
+
+
 # -- list -----------------------------------------------------------------------------------
 
 
@@ -302,6 +326,9 @@ async def list_executions(
         description="ISO 8601 or unix seconds, inclusive (an ISO time covers "
         "the day, second or millisecond it names)",
     ),
+    q: str | None = Query(
+        None, max_length=500, description="Only predictions whose prompt contains this text (any case)"
+    ),
     identity: Identity = Depends(caller),
 ) -> dict:
     state = app_state(request)
@@ -315,6 +342,7 @@ async def list_executions(
         model=model,
         created_from=parse_time("from", created_from),
         created_to=parse_time("to", created_to, end=True),
+        q=q or None,
     )
     preds, total = await state.predictions.list(flt)
     return {

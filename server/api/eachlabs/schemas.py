@@ -56,6 +56,12 @@ class CancelResponse(BaseModel):
     predictionID: str
 
 
+class DeleteResponse(BaseModel):
+    status: Literal["deleted"] = "deleted"
+    message: str = "Prediction deleted"
+    predictionID: str
+
+
 class ErrorResponse(BaseModel):
     error: str
     status: int

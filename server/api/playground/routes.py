@@ -212,8 +212,11 @@ def _help(name: str, prop: dict[str, Any], default: Any) -> str:
 
 
 def _label(name: str, prop: dict[str, Any], for_id: str) -> str:
+    """A human label; the API's name for the field shows on hover (and in the help's tooltip)."""
     text = LABELS.get(name) or prop.get("title") or name
-    return f'<label for="{for_id}">{esc(text)} <code class="name">{esc(name)}</code></label>'
+    return (
+        f'<label for="{for_id}" title="API name: {esc(name)}" data-api-name="{esc(name)}">{esc(text)}</label>'
+    )
 
 
 def _error_slot(name: str) -> str:
@@ -246,8 +249,8 @@ def _image_field(prop: dict[str, Any], default: Any) -> str:
         'placeholder="Paste an http(s) image URL" aria-describedby="help-image error-image">'
     )
     label = (
-        f'<span class="label-text" id="label-image">{esc(LABELS["image"])} '
-        '<code class="name">image</code></span>'
+        f'<span class="label-text" id="label-image" title="API name: image" data-api-name="image">'
+        f"{esc(LABELS['image'])}</span>"
     )
     return (
         f'<div class="field field-image wide" role="group" aria-labelledby="label-image">{label}{control}'
@@ -337,26 +340,35 @@ def effective_defaults(model: ModelEntry) -> dict[str, Any]:
     return defaults
 
 
+# Always in view: what almost every run sets. The rest folds under "Advanced".
+MAIN_FIELDS = ("prompt", "image", "prompt_strength", "aspect_ratio", "num_outputs")
+LORA_SOURCE = "lora_weights"
+
+
 def render_form(model: ModelEntry) -> str:
-    """The create form of one model: prompt and image first, its LoRA fields (if it takes any)
-    in their own group, then the settings."""
+    """The create form of one model: prompt, image (and its prompt strength, shown by the script
+    only when there is an image), aspect ratio and number of images in view, with the LoRA source
+    in its own group when the model takes one; every other setting folded under "Advanced"."""
     props = model.input_schema()["properties"]
     defaults = effective_defaults(model)
-    first = ("prompt", "image")
-    main = [render_field(n, props[n], defaults.get(n)) for n in first if n in props]
-    loras = [render_field(n, props[n], defaults.get(n)) for n in LORA_FIELDS if n in props]
-    rest = [render_field(n, p, defaults.get(n)) for n, p in props.items() if n not in first + LORA_FIELDS]
+
+    def field(name: str) -> str:
+        return render_field(name, props[name], defaults.get(name))
+
+    main = [field(n) for n in MAIN_FIELDS if n in props]
     lora_group = (
         '<fieldset class="settings loras"><legend>LoRA adapters</legend>'
-        '<div class="fields grid-fields">' + "".join(loras) + "</div></fieldset>"
-        if loras
+        f'<div class="fields grid-fields">{field(LORA_SOURCE)}</div></fieldset>'
+        if LORA_SOURCE in props
         else ""
     )
+    folded = [field(n) for n in props if n not in MAIN_FIELDS and n != LORA_SOURCE]
     return (
-        '<div class="fields main-fields">' + "".join(main) + "</div>" + lora_group + ""
-        '<fieldset class="settings"><legend>Settings</legend>'
-        '<p class="size-note" id="size-note" aria-live="polite"></p>'
-        '<div class="fields grid-fields">' + "".join(rest) + "</div></fieldset>"
+        '<div class="fields main-fields">' + "".join(main) + "</div>"
+        '<p class="size-note" id="size-note" aria-live="polite"></p>' + lora_group + ""
+        '<details class="advanced" id="advanced"><summary id="advanced-summary">Advanced</summary>'
+        '<fieldset class="settings"><legend class="visually-hidden">Advanced settings</legend>'
+        '<div class="fields grid-fields">' + "".join(folded) + "</div></fieldset></details>"
     )
 
 

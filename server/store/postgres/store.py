@@ -163,6 +163,7 @@ class PostgresPredictionStore(PredictionStore):
         self.origin = origin
         db.migrate("predictions", MIGRATIONS)
         self._hosts = PostgresHosts(db)
+        self._prompt_match: str | None = None
 
     shared = True  # API replicas and worker hosts share this database
 
@@ -230,6 +231,9 @@ class PostgresPredictionStore(PredictionStore):
             if value is not None:
                 where.append(f"{column} {op} %s")
                 args.append(value)
+        if flt.q:
+            where.append(self._prompt_match_sql())
+            args.append(flt.q)
         clause = " AND ".join(where)
         with self.db.transaction() as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # the page and its total agree
@@ -242,6 +246,23 @@ class PostgresPredictionStore(PredictionStore):
                 "n"
             ]
         return [_to_prediction(r) for r in rows], total
+
+    def _prompt_match_sql(self) -> str:
+        """The prompt search's condition. lower() folds only what the database's locale knows (a C
+        locale: ASCII alone); ICU's root collation, where the server has it, folds every letter."""
+        if self._prompt_match is None:
+            with self.db.transaction() as conn:
+                icu = conn.execute("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'").fetchone()
+            collate = ' COLLATE "und-x-icu"' if icu else ""
+            self._prompt_match = f"strpos(lower((input->>'prompt'){collate}), lower(%s{collate})) > 0"
+        return self._prompt_match
+
+    def delete(self, prediction_id: str) -> bool:
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM predictions WHERE id = %s AND status = ANY(%s)", (prediction_id, list(TERMINAL))
+            )
+            return cursor.rowcount > 0
 
     def claim_next(
         self, worker_id: str, lease_s: float = DEFAULT_LEASE_S, models: Collection[str] | None = None

@@ -27,6 +27,10 @@ _CANNOT_OPEN = ("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_READONLY", "SQLITE_AUT
 RESTORE_ADVICE = "restore a backup (see README, Operations); `fluxserve db check` shows what is wrong"
 
 
+def _casefold(value: object) -> str | None:
+    return value.casefold() if isinstance(value, str) else None
+
+
 class DatabaseUnusable(RuntimeError):
     """The database file cannot be used as it is; the message names it and says what to do."""
 
@@ -140,6 +144,8 @@ class SQLiteDatabase:
         )
         conn.pid = os.getpid()
         conn.row_factory = sqlite3.Row
+        # SQLite's own lower() and LIKE fold ASCII only: a prompt search folds every letter.
+        conn.create_function("casefold", 1, _casefold, deterministic=True)
         conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
         if self.synchronous is not None:
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")

@@ -283,6 +283,9 @@ class SQLitePredictionStore(PredictionStore):
         if flt.created_to is not None:
             where.append("created_at <= ?")
             args.append(flt.created_to)
+        if flt.q:
+            where.append("instr(casefold(json_extract(input, '$.prompt')), ?) > 0")
+            args.append(flt.q.casefold())
         clause = " AND ".join(where)
         with self._db.snapshot() as conn:
             rows = conn.execute(
@@ -292,6 +295,12 @@ class SQLitePredictionStore(PredictionStore):
             ).fetchall()
             total = conn.execute(f"SELECT count(*) FROM predictions WHERE {clause}", args).fetchone()[0]
         return [_row_to_prediction(r) for r in rows], total
+
+    def delete(self, prediction_id: str) -> bool:
+        cursor = self.connection().execute(
+            f"DELETE FROM predictions WHERE id = ? AND status IN {_TERMINAL_SQL}", (prediction_id,)
+        )
+        return cursor.rowcount > 0
 
     def claim_next(
         self, worker_id: str, lease_s: float = DEFAULT_LEASE_S, models: Collection[str] | None = None

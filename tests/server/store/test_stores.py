@@ -477,6 +477,47 @@ def test_list_filters_by_status_model_and_dates(predictions):
     assert ([p.id for p in items], total) == (["d"], 1)
 
 
+def test_list_q_matches_a_case_insensitive_substring_of_the_prompt(predictions):
+    add(
+        predictions,
+        pred("a", created_at=1.0, input={"prompt": "A Red Fox"}),
+        pred("b", created_at=2.0, input={"prompt": "blue whale"}),
+        pred("c", created_at=3.0, input={"prompt": "ÄRGER red"}),
+        pred("d", created_at=4.0, input={"image": "no prompt at all"}),
+        pred("e", created_at=5.0, input={"prompt": "red"}, owner="key-b"),
+    )
+    items, total = predictions.list(ListFilter(owner="key-a", q="rEd"))
+    assert ([p.id for p in items], total) == (["c", "a"], 2)
+    assert [p.id for p in predictions.list(ListFilter(owner="key-a", q="ärger"))[0]] == ["c"]
+    assert [p.id for p in predictions.list(ListFilter(owner="key-a", q="%"))[0]] == []
+    items, total = predictions.list(ListFilter(owner="key-a", q="red", limit=1, offset=1))
+    assert ([p.id for p in items], total) == (["a"], 2)
+
+
+def test_delete_removes_an_ended_prediction(predictions):
+    add(predictions, pred("done"), pred("kept"))
+    predictions.request_cancel("done")
+
+    assert predictions.delete("done") is True
+    assert predictions.get("done") is None
+    assert predictions.get("kept") is not None
+    assert predictions.list(ListFilter(owner="key-a"))[1] == 1
+
+
+def test_delete_refuses_a_queued_or_running_prediction(predictions):
+    running_one(predictions, "run")
+    add(predictions, pred("queued"))
+
+    assert predictions.delete("run") is False
+    assert predictions.delete("queued") is False
+    assert predictions.get("run").status == PROCESSING
+    assert predictions.get("queued").status == STARTING
+
+
+def test_delete_of_an_unknown_prediction_is_false(predictions):
+    assert predictions.delete("nope") is False
+
+
 def test_counts_by_status_reports_every_status_including_zeros(predictions):
     assert predictions.counts_by_status() == dict.fromkeys(ALL_STATUSES, 0)
     add(predictions, pred("p1", created_at=1.0), pred("p2", created_at=2.0), pred("p3", created_at=3.0))

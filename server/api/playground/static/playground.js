@@ -36,7 +36,7 @@
     previewText: $("image-preview-text"),
     imageClear: $("image-clear"),
     generate: $("generate"),
-    cancel: $("cancel"),
+    advanced: $("advanced"),
     error: $("error"),
     statusText: $("status-text"),
     progress: $("progress"),
@@ -45,6 +45,13 @@
     resultTitle: $("result-title"),
     logsBox: $("logs-box"),
     logs: $("logs"),
+    running: $("running"),
+    runningBox: $("running-box"),
+    lightbox: $("lightbox"),
+    lightboxImg: $("lightbox-img"),
+    lightboxCaption: $("lightbox-caption"),
+    historySearch: $("history-search"),
+    historyCount: $("history-count"),
     history: $("history"),
     historyEmpty: $("history-empty"),
     historyMore: $("history-more"),
@@ -99,12 +106,13 @@
     return `${slug(prompt)}-${id.slice(0, 8)}${count > 1 ? "-" + (index + 1) : ""}.${ext}`;
   }
 
-  /** Output URLs are absolute (the server's public URL); fetch them from this page's origin. */
+  /** Output and preview URLs are absolute (the server's public URL); fetch them from this page's
+   * origin. */
   function localUrl(url) {
     try {
       const parsed = new URL(url, ROOT);
-      const at = parsed.pathname.indexOf("/v1/outputs/");
-      return at >= 0 ? new URL(parsed.pathname.slice(at + 1), ROOT).href : parsed.href;
+      const at = parsed.pathname.indexOf("/v1/");
+      return at >= 0 ? new URL(parsed.pathname.slice(at + 1) + parsed.search, ROOT).href : parsed.href;
     } catch (_) {
       return url;
     }
@@ -216,15 +224,21 @@
    * only to their owner's key) a blob: URL fetched with the key. */
   const blobUrls = new Set();
   async function imageSource(url) {
+    if (!cfg.ownerImages) return localUrl(url);
+    const blobUrl = await keyedBlob(url);
+    blobUrls.add(blobUrl);
+    return blobUrl;
+  }
+
+  /** A blob: URL of an image fetched with the key (previews are served to their owner only);
+   * the caller revokes it. */
+  async function keyedBlob(url) {
     const local = localUrl(url);
-    if (!cfg.ownerImages) return local;
     const headers = {};
     if (apiKey()) headers["X-API-Key"] = apiKey();
     const response = await fetch(local, { headers, credentials: "omit" });
     if (!response.ok) throw new ApiError(response.status, "Image not available");
-    const blobUrl = URL.createObjectURL(await response.blob());
-    blobUrls.add(blobUrl);
-    return blobUrl;
+    return URL.createObjectURL(await response.blob());
   }
 
   function releaseBlobs(root) {
@@ -260,6 +274,8 @@
     slot.textContent = message;
     slot.hidden = false;
     if (control) control.setAttribute("aria-invalid", "true");
+    const folded = slot.closest("details");
+    if (folded) folded.open = true; // a complaint about an advanced setting shows it
     return true;
   }
 
@@ -449,6 +465,7 @@
 
   /** "Output: W×H px" from the aspect ratio and megapixels (img2img keeps the source's size). */
   function updateSizeNote() {
+    updatePromptStrength();
     const note = $("size-note");
     const ratio = $("f-aspect_ratio");
     if (!note || !ratio) return;
@@ -473,6 +490,12 @@
     note.textContent = `Output: ${w}×${h2} px`;
   }
 
+  /** Prompt strength only means something with an input image: shown only when there is one. */
+  function updatePromptStrength() {
+    const field = document.querySelector(".field-prompt_strength");
+    if (field) field.hidden = !(uploaded || els.imageUrl.value.trim());
+  }
+
   function collectInput() {
     const input = {};
     for (const el of els.form.elements) {
@@ -487,15 +510,34 @@
     return input;
   }
 
+  /** A control back at the value the page was served with (the model's default). */
+  function resetControl(el) {
+    if (el.type === "checkbox") el.checked = el.defaultChecked;
+    else if (el.tagName === "SELECT") {
+      const option = [...el.options].find((o) => o.defaultSelected) || el.options[0];
+      if (option) el.value = option.value;
+    } else el.value = el.defaultValue;
+  }
+
+  /** Every field from ``input``; a field it lacks goes back to its default (the server used that). */
   function fillForm(input) {
     if (!input || typeof input !== "object") return;
     clearFieldErrors();
     for (const el of els.form.elements) {
-      if (!el.name || el.type === "file" || !(el.name in input)) continue;
+      if (!el.name || el.type === "file") continue;
+      if (!(el.name in input)) {
+        if (el.name === "image") clearUpload();
+        else resetControl(el);
+        continue;
+      }
       const value = input[el.name];
       if (el.name === "image") {
         clearUpload();
-        el.value = typeof value === "string" && /^https?:\/\//i.test(value) ? value : "";
+        if (typeof value === "string" && value.startsWith("data:image/")) {
+          restoreUpload(value);
+        } else {
+          el.value = typeof value === "string" && /^https?:\/\//i.test(value) ? value : "";
+        }
       } else if (el.type === "checkbox") {
         el.checked = value === true || value === "true";
       } else if (value !== null && value !== undefined) {
@@ -508,29 +550,67 @@
     updateSizeNote();
   }
 
+  /** An uploaded image (a data: URL in a reused input) shown as if it had just been picked. */
+  function restoreUpload(dataUrl) {
+    const type = dataUrl.slice(5, dataUrl.indexOf(";")) || "image";
+    uploaded = { dataUrl, name: `the earlier input image (${type})`, size: Math.floor((dataUrl.length * 3) / 4), previewUrl: null };
+    els.previewImg.src = dataUrl;
+    els.previewText.textContent = uploaded.name;
+    els.preview.hidden = false;
+    els.imageUrl.value = "";
+    els.imageUrl.disabled = true;
+    els.dropzone.classList.add("has-image");
+  }
+
+  const CARRY_INPUT_STORAGE = "fluxserve.carryInput";
+
+  /** "Reuse": every input of that prediction back in the form, with the seed it ran with (a
+   * random seed is read from its logs). Another model's prediction opens that model's form. */
+  function reuse(pred) {
+    const input = { ...(pred.input && typeof pred.input === "object" ? pred.input : {}) };
+    const seed = seedOf(pred);
+    if (seed) input.seed = seed;
+    const picker = $("model-select");
+    if (pred.model && pred.model !== cfg.model && picker && [...picker.options].some((o) => o.value === pred.model)) {
+      try {
+        window.sessionStorage.setItem(CARRY_INPUT_STORAGE, JSON.stringify(input));
+      } catch (_) {
+        // storage disabled: the other model's form opens with its defaults
+      }
+      const target = new URL("./", window.location.href);
+      target.searchParams.set("model", pred.model);
+      window.location.assign(target.href);
+      return;
+    }
+    fillForm(input);
+    els.prompt.focus();
+  }
+
   // -- one prediction --------------------------------------------------------------------------
 
-  let current = null; // {id, controller}
-
-  function setBusy(busy) {
-    els.generate.disabled = busy;
-    els.generate.textContent = busy ? "Generating…" : "Generate";
-    els.cancel.disabled = !busy || !current;
-    els.form.setAttribute("aria-busy", busy ? "true" : "false");
-  }
+  // Every prediction submitted from this page (or found running in the list) has a card in the
+  // "Running" list until it ends; the Result panel shows the one in focus (the latest submitted,
+  // or the one picked with "Show").
+  const running = new Map(); // id -> {controller, card, parts, previewUrl, previewSrc}
+  let focusId = null;
 
   function setStatus(text, state, progress) {
     els.statusText.replaceChildren();
     if (state) els.statusText.append(h("span", { class: `badge badge-${state}` }, state), " ");
     els.statusText.append(text);
+    setBar(els.progress, progress);
+  }
+
+  /** undefined hides the bar, null makes it indeterminate, a number fills it. */
+  function setBar(bar, progress) {
     if (progress === undefined) {
-      els.progress.hidden = true;
+      bar.hidden = true;
     } else if (progress === null) {
-      els.progress.hidden = false;
-      els.progress.removeAttribute("value"); // indeterminate
+      bar.hidden = false;
+      bar.removeAttribute("value");
     } else {
-      els.progress.hidden = false;
-      els.progress.value = progress;
+      bar.hidden = false;
+      bar.value = progress;
     }
   }
 
@@ -562,12 +642,49 @@
     return button;
   }
 
+  /** "28 steps · guidance 3.5 · seed 42 · flux-dev · LoRA style (0.8)": what made the image. */
+  function settingsText(pred) {
+    const input = pred.input || {};
+    const parts = [];
+    const has = (v) => v !== undefined && v !== null && v !== "";
+    if (has(input.num_inference_steps)) parts.push(`${input.num_inference_steps} steps`);
+    if (has(input.guidance)) parts.push(`guidance ${input.guidance}`);
+    const seed = seedOf(pred) || (has(input.seed) ? String(input.seed) : null);
+    if (seed) parts.push(`seed ${seed}`);
+    if (pred.model) parts.push(pred.model);
+    for (const [source, scale] of [
+      ["lora_weights", "lora_scale"],
+      ["extra_lora", "extra_lora_scale"],
+    ]) {
+      if (typeof input[source] === "string" && input[source]) {
+        const name = input[source].length > 60 ? input[source].slice(0, 57) + "…" : input[source];
+        parts.push(`LoRA ${name}${has(input[scale]) ? ` (${input[scale]})` : ""}`);
+      }
+    }
+    return parts.join(" · ");
+  }
+
   function imageCard(pred, url, index, count) {
     const prompt = (pred.input && pred.input.prompt) || "";
     const img = h("img", { alt: `Image ${index + 1} of ${count}: ${prompt.slice(0, 200)}`, decoding: "async" });
-    const open = h("a", { class: "thumb", href: "#", target: "_blank", rel: "noopener" }, img);
+    const open = h("a", { class: "thumb", href: "#", target: "_blank", rel: "noopener", title: "View full size" }, img);
+    open.addEventListener("click", (e) => {
+      if (e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey || !img.src) return;
+      e.preventDefault(); // a plain click opens the lightbox; a modified one still opens a tab
+      const shown = [...els.results.querySelectorAll("a.thumb img")].filter((i) => i.src);
+      openLightbox(shown, shown.indexOf(img));
+    });
     const download = h("a", { class: "button small", href: "#", download: downloadName(prompt, pred.id, index, count, url) }, "Download");
-    const caption = h("figcaption", {}, h("span", { class: "muted" }, `${index + 1}/${count}`), download);
+    const size = h("span", { class: "caption-size" });
+    const settings = h("p", { class: "caption-settings" }, size, settingsText(pred));
+    const caption = h(
+      "figcaption",
+      { class: "result-caption" },
+      h("p", { class: "caption-prompt", title: prompt }, prompt),
+      settings,
+      h("div", { class: "caption-actions" }, h("span", { class: "muted" }, `${index + 1}/${count}`), download),
+    );
+    img.addEventListener("load", () => (size.textContent = `${img.naturalWidth}×${img.naturalHeight} px · `));
     imageSource(url)
       .then((src) => {
         img.src = src;
@@ -594,6 +711,7 @@
         h("button", { type: "button", class: "secondary small", onclick: () => reuseSeed(seed) }, "Reuse seed"),
       );
     }
+    items.push(h("button", { type: "button", class: "secondary small", id: "result-reuse", onclick: () => reuse(pred) }, "Reuse all settings"));
     if (pred.metrics && typeof pred.metrics.predict_time === "number") items.push(h("span", {}, `${pred.metrics.predict_time.toFixed(2)} s`));
     if (cfg.share && pred.status === "success") {
       const link = shareUrl(pred.id);
@@ -603,12 +721,48 @@
     els.resultMeta.hidden = items.length === 0;
   }
 
+  /** The step counts of a running prediction: the `progress` field where the server gives one,
+   * else the "n/N steps (p%)" lines of its logs. */
+  function stepsOf(pred) {
+    const p = pred.progress;
+    if (p && typeof p.step === "number" && typeof p.total_steps === "number") {
+      const percent = typeof p.percent === "number" ? p.percent : p.total_steps ? Math.floor((100 * p.step) / p.total_steps) : 0;
+      return { done: p.step, total: p.total_steps, percent };
+    }
+    return progressOf(pred.logs);
+  }
+
+  function queueText(pred) {
+    const position = pred.progress && pred.progress.queue_position;
+    if (typeof position !== "number") return "Queued: waiting for a free worker…";
+    return position === 0 ? "Queued: next in line" : `Queued: ${position} ahead in the queue`;
+  }
+
+  function formatSeconds(s) {
+    if (s < 60) return `${Math.round(s)} s`;
+    return `${Math.floor(s / 60)} min ${String(Math.round(s % 60)).padStart(2, "0")} s`;
+  }
+
+  /** "12 s elapsed · about 30 s left", from `progress` (the elapsed time also from started_at). */
+  function timesText(pred) {
+    const p = pred.progress || {};
+    const parts = [];
+    let elapsed = typeof p.elapsed_s === "number" ? p.elapsed_s : null;
+    if (elapsed === null && pred.status === "processing" && pred.started_at) {
+      const started = Date.parse(pred.started_at);
+      if (!Number.isNaN(started)) elapsed = Math.max(0, (Date.now() - started) / 1000);
+    }
+    if (elapsed !== null) parts.push(`${formatSeconds(elapsed)} elapsed`);
+    if (typeof p.eta_s === "number") parts.push(`about ${formatSeconds(p.eta_s)} left`);
+    return parts.join(" · ");
+  }
+
   function renderPrediction(pred) {
-    const progress = progressOf(pred.logs);
+    const progress = stepsOf(pred);
     const images = outputList(pred);
     switch (pred.status) {
       case "starting":
-        setStatus("Queued: waiting for a free worker…", "starting", null);
+        setStatus(queueText(pred), "starting", null);
         break;
       case "processing":
         if (progress) setStatus(`Generating: ${progress.done}/${progress.total} steps (${progress.percent}%)`, "processing", progress.percent);
@@ -641,25 +795,114 @@
     }
   }
 
-  async function follow(id) {
-    if (current) current.controller.abort();
-    const controller = new AbortController();
-    current = { id, controller };
+  // -- the running list ------------------------------------------------------------------------
+
+  function runningCard(id, prompt) {
+    const short = prompt.slice(0, 80);
+    const parts = {
+      preview: h("img", { class: "run-preview-img", alt: `Preview of: ${short}`, hidden: true }),
+      status: h("p", { class: "run-status" }, "Queued…"),
+      bar: h("progress", { class: "run-progress", max: "100", "aria-label": `Progress of: ${short}` }),
+      times: h("p", { class: "run-times muted" }),
+      // Named by their text alone, described by the card's prompt (a prompt never renames them).
+      cancel: h("button", { type: "button", class: "danger small run-cancel", "aria-describedby": `run-prompt-${id}` }, "Cancel"),
+      show: h("button", { type: "button", class: "secondary small run-show", "aria-describedby": `run-prompt-${id}` }, "Show"),
+    };
+    parts.bar.removeAttribute("value");
+    const card = h(
+      "li",
+      { class: "run-card", "data-id": id, "aria-live": "polite" },
+      h("div", { class: "run-preview", "aria-hidden": parts.preview.hidden ? "true" : null }, parts.preview),
+      h(
+        "div",
+        { class: "run-body" },
+        h("p", { class: "run-prompt", id: `run-prompt-${id}`, title: prompt }, prompt || "(no prompt)"),
+        parts.status,
+        parts.bar,
+        parts.times,
+        h("div", { class: "run-actions" }, parts.show, parts.cancel),
+      ),
+    );
+    return { card, parts };
+  }
+
+  function updateCard(entry, pred) {
+    const { parts } = entry;
+    const steps = stepsOf(pred);
+    if (pred.status === "starting") {
+      parts.status.textContent = queueText(pred);
+      setBar(parts.bar, null);
+    } else if (pred.status === "processing") {
+      parts.status.textContent = steps ? `Generating: ${steps.done}/${steps.total} steps (${steps.percent}%)` : "Preparing the run…";
+      setBar(parts.bar, steps ? steps.percent : null);
+    } else {
+      parts.status.textContent = pred.status;
+    }
+    parts.times.textContent = timesText(pred);
+    const url = pred.progress && typeof pred.progress.preview_url === "string" ? pred.progress.preview_url : null;
+    if (url && url !== entry.previewUrl) {
+      entry.previewUrl = url;
+      keyedBlob(url)
+        .then((src) => {
+          if (!running.has(pred.id)) return URL.revokeObjectURL(src);
+          if (entry.previewSrc) URL.revokeObjectURL(entry.previewSrc);
+          entry.previewSrc = src;
+          parts.preview.src = src;
+          parts.preview.hidden = false;
+        })
+        .catch(() => {}); // none yet (404), or gone: the next poll tries the next one
+    }
+  }
+
+  function track(id, prompt) {
+    if (running.has(id)) return running.get(id);
+    const { card, parts } = runningCard(id, prompt);
+    const entry = { controller: new AbortController(), card, parts, previewUrl: null, previewSrc: null };
+    parts.cancel.addEventListener("click", () => cancelRun(id));
+    parts.show.addEventListener("click", () => focusOn(id));
+    running.set(id, entry);
+    els.running.prepend(card);
+    els.runningBox.hidden = false;
+    follow(id, entry);
+    return entry;
+  }
+
+  function untrack(id) {
+    const entry = running.get(id);
+    if (!entry) return;
+    running.delete(id);
+    entry.controller.abort();
+    if (entry.previewSrc) URL.revokeObjectURL(entry.previewSrc);
+    entry.card.remove();
+    els.runningBox.hidden = running.size === 0;
+  }
+
+  /** Show a tracked prediction in the Result panel. */
+  function focusOn(id) {
+    focusId = id;
+    clearError();
     clearResults();
-    setBusy(true);
     setStatus("Queued…", "starting", null);
+    const entry = running.get(id);
+    if (entry && entry.pred) renderPrediction(entry.pred);
+    els.resultTitle.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  }
+
+  async function follow(id, entry) {
+    const { signal } = entry.controller;
     let failures = 0;
     try {
       for (;;) {
         let pred;
         try {
-          pred = await api(`v1/prediction/${encodeURIComponent(id)}?wait=${POLL_WAIT_S}`, { signal: controller.signal });
+          pred = await api(`v1/prediction/${encodeURIComponent(id)}?wait=${POLL_WAIT_S}`, { signal });
           failures = 0;
         } catch (err) {
           if (err.name === "AbortError") return;
           if (err.status === 0 && failures < 5) {
             failures += 1;
-            setStatus(`Connection lost; retrying (${failures}/5)…`, null, null);
+            entry.parts.status.textContent = `Connection lost; retrying (${failures}/5)…`;
+            if (focusId === id) setStatus(`Connection lost; retrying (${failures}/5)…`, null, null);
             await sleep(1000 * failures);
             continue;
           }
@@ -669,17 +912,18 @@
           }
           throw err;
         }
-        if (controller.signal.aborted) return;
-        renderPrediction(pred);
+        if (signal.aborted) return;
+        entry.pred = pred;
+        updateCard(entry, pred);
+        if (focusId === id) renderPrediction(pred);
         if (TERMINAL.has(pred.status)) break;
       }
     } catch (err) {
-      setStatus("Lost track of the prediction.", null);
+      if (focusId === id) setStatus("Lost track of the prediction.", null);
       showError(err);
     } finally {
-      if (current && current.id === id) {
-        current = null;
-        setBusy(false);
+      if (!signal.aborted) {
+        untrack(id);
         loadHistory(true);
         refreshModelInfo();
         refreshHealth();
@@ -687,61 +931,168 @@
     }
   }
 
+  async function cancelRun(id) {
+    const entry = running.get(id);
+    if (!entry) return;
+    entry.parts.cancel.disabled = true;
+    entry.parts.status.textContent = "Cancelling…";
+    if (focusId === id) setStatus("Cancelling…", null, null);
+    try {
+      await api(`v1/prediction/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    } catch (err) {
+      if (err.status !== 409) {
+        entry.parts.cancel.disabled = false;
+        showError(err, "Could not cancel"); // 409: it finished first
+      }
+    }
+    // Its follow loop sees the final status.
+  }
+
+  /** The form's own checks, answered in the same error box as the server's. */
+  function formProblems() {
+    const problems = {};
+    for (const el of els.form.elements) {
+      if (!el.name || el.type === "file" || el.disabled || el.closest("[hidden]")) continue;
+      if (!el.checkValidity()) problems[el.name] = el.validationMessage || "invalid";
+    }
+    return problems;
+  }
+
   async function onSubmit(e) {
     e.preventDefault();
-    if (current) return;
     clearError();
     if (!cfg.open && !apiKey()) {
       showError(new ApiError(0, "Enter your API key first", "The key goes in the field at the top of the form."));
       els.key.focus();
       return;
     }
+    const problems = formProblems();
+    if (Object.keys(problems).length) {
+      showError(new ApiError(0, "Check the form", problems));
+      return;
+    }
     const input = collectInput();
-    els.generate.disabled = true;
-    setStatus("Submitting…", null, null);
     let created;
     try {
-      created = await api("v1/prediction", { method: "POST", body: { model: cfg.model, input } });
+      created = await api("v1/prediction", { method: "POST", body: { model: cfg.model, input, previews: true } });
     } catch (err) {
-      els.generate.disabled = false;
-      setStatus("The prediction was not created.", null);
+      if (!focusId || !running.has(focusId)) setStatus("The prediction was not created.", null);
       showError(err);
       return;
     }
-    els.resultTitle.scrollIntoView({ block: "nearest", behavior: "smooth" });
-    await follow(created.predictionID);
-  }
-
-  async function onCancel() {
-    if (!current) return;
-    const { id } = current;
-    els.cancel.disabled = true;
-    setStatus("Cancelling…", null, null);
-    try {
-      await api(`v1/prediction/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-    } catch (err) {
-      if (err.status !== 409) showError(err, "Could not cancel"); // 409: it finished first
-    }
-    // The follow loop sees the final status.
+    const id = created.predictionID;
+    focusId = id;
+    clearResults();
+    setStatus("Queued…", "starting", null);
+    const entry = track(id, typeof input.prompt === "string" ? input.prompt : "");
+    // On a phone the list is below the form: bring the new card (and its progress) into view.
+    entry.card.scrollIntoView({ block: "center", behavior: "smooth" });
   }
 
   function showPrediction(pred) {
     clearError();
     if (!TERMINAL.has(pred.status)) {
-      if (!current || current.id !== pred.id) follow(pred.id);
-    } else {
-      if (current) return; // keep following the running one
-      clearResults();
-      renderPrediction(pred);
+      track(pred.id, (pred.input && typeof pred.input.prompt === "string" && pred.input.prompt) || "");
+      focusOn(pred.id);
+      return;
     }
+    focusId = pred.id;
+    clearResults();
+    renderPrediction(pred);
     els.resultTitle.scrollIntoView({ block: "start", behavior: "smooth" });
     els.resultTitle.focus({ preventScroll: true });
+  }
+
+  // -- the lightbox ----------------------------------------------------------------------------
+
+  let lightboxImages = [];
+  let lightboxIndex = 0;
+
+  function showLightboxImage(index) {
+    const count = lightboxImages.length;
+    if (!count) return;
+    lightboxIndex = (index + count) % count;
+    const source = lightboxImages[lightboxIndex];
+    els.lightboxImg.src = source.src;
+    els.lightboxImg.alt = source.alt;
+    els.lightboxCaption.textContent = count > 1 ? `${lightboxIndex + 1} of ${count} · ${source.alt}` : source.alt;
+  }
+
+  function openLightbox(images, index) {
+    lightboxImages = images;
+    showLightboxImage(Math.max(0, index));
+    if (!els.lightbox.open) els.lightbox.showModal();
+  }
+
+  function setupLightbox() {
+    const box = els.lightbox;
+    box.addEventListener("click", () => box.close()); // the image or around it: a click closes
+    document.addEventListener("keydown", (e) => {
+      if (!box.open) return;
+      if (e.key === "ArrowRight") showLightboxImage(lightboxIndex + 1);
+      else if (e.key === "ArrowLeft") showLightboxImage(lightboxIndex - 1);
+      else return;
+      e.preventDefault();
+    });
+    box.addEventListener("close", () => els.lightboxImg.removeAttribute("src"));
   }
 
   // -- history ---------------------------------------------------------------------------------
 
   let historyOffset = 0;
+  let historyTotal = 0;
   let historyToken = 0;
+  const SEARCH_DELAY_MS = 300;
+
+  function historyQuery() {
+    return els.historySearch.value.trim();
+  }
+
+  function updateHistoryCount() {
+    els.historyCount.hidden = historyTotal === 0;
+    els.historyCount.textContent = `Showing ${historyOffset} of ${historyTotal}`;
+    els.historyMore.hidden = historyOffset >= historyTotal;
+    els.historyEmpty.hidden = historyTotal > 0;
+    const q = historyQuery();
+    els.historyEmpty.textContent = q ? `No predictions match “${q}”.` : "No predictions yet.";
+  }
+
+  /** Delete asks once more on the button itself (no dialog), then removes the prediction. */
+  function deleteButton(pred, item) {
+    const button = h("button", { type: "button", class: "secondary small history-delete", "aria-describedby": `history-prompt-${pred.id}` }, "Delete");
+    let disarm = null;
+    button.addEventListener("click", async () => {
+      if (button.dataset.armed !== "1") {
+        button.dataset.armed = "1";
+        button.textContent = "Confirm delete";
+        disarm = setTimeout(() => {
+          button.dataset.armed = "";
+          button.textContent = "Delete";
+        }, 5000);
+        return;
+      }
+      clearTimeout(disarm);
+      button.disabled = true;
+      try {
+        await api(`v1/prediction/${encodeURIComponent(pred.id)}`, { method: "DELETE" });
+      } catch (err) {
+        button.disabled = false;
+        showError(err, "Could not delete");
+        return;
+      }
+      releaseBlobs(item);
+      item.remove();
+      historyOffset = Math.max(0, historyOffset - 1);
+      historyTotal = Math.max(0, historyTotal - 1);
+      updateHistoryCount();
+      if (focusId === pred.id) {
+        focusId = null;
+        clearResults();
+        setStatus("Deleted.", null);
+      }
+    });
+    return button;
+  }
 
   function historyItem(pred) {
     const prompt = (pred.input && typeof pred.input.prompt === "string" && pred.input.prompt) || "(no prompt)";
@@ -773,25 +1124,25 @@
           type: "button",
           class: "secondary small",
           "aria-label": `Reuse the settings of: ${prompt.slice(0, 80)}`,
-          onclick: () => {
-            fillForm(pred.input);
-            els.prompt.focus();
-          },
+          onclick: () => reuse(pred),
         },
         "Reuse",
       ),
       cfg.share && pred.status === "success" ? h("a", { class: "button secondary small", href: shareUrl(pred.id), target: "_blank", rel: "noopener" }, "Share") : null,
     );
-    return h("li", { class: "history-item" }, thumb, h("div", { class: "history-body" }, h("p", { class: "history-prompt", title: prompt }, prompt), meta, actions));
+    const item = h("li", { class: "history-item", "data-id": pred.id }, thumb, h("div", { class: "history-body" }, h("p", { class: "history-prompt", id: `history-prompt-${pred.id}`, title: prompt }, prompt), meta, actions));
+    if (TERMINAL.has(pred.status)) actions.append(deleteButton(pred, item));
+    return item;
   }
 
   async function loadHistory(reset) {
     if (!cfg.open && !apiKey()) return;
     const token = ++historyToken;
     const offset = reset ? 0 : historyOffset;
+    const q = historyQuery();
     let data;
     try {
-      data = await api(`v1/executions?limit=${HISTORY_PAGE}&offset=${offset}`);
+      data = await api(`v1/executions?limit=${HISTORY_PAGE}&offset=${offset}${q ? `&q=${encodeURIComponent(q)}` : ""}`);
     } catch (err) {
       if (token !== historyToken) return;
       if (err.status === 401) {
@@ -802,6 +1153,7 @@
       els.historyEmpty.hidden = false;
       if (reset) els.history.replaceChildren();
       els.historyMore.hidden = true;
+      els.historyCount.hidden = true;
       return;
     }
     if (token !== historyToken) return;
@@ -812,9 +1164,29 @@
     const executions = data.executions || [];
     els.history.append(...executions.map(historyItem));
     historyOffset = offset + executions.length;
-    els.historyMore.hidden = historyOffset >= (data.total || 0);
-    els.historyEmpty.hidden = (data.total || 0) > 0;
-    els.historyEmpty.textContent = "No predictions yet.";
+    historyTotal = data.total || 0;
+    updateHistoryCount();
+    // Predictions still running (from another tab, or before a reload) get a card too.
+    for (const pred of executions) {
+      if (!TERMINAL.has(pred.status) && !running.has(pred.id)) track(pred.id, (pred.input && typeof pred.input.prompt === "string" && pred.input.prompt) || "");
+    }
+  }
+
+  function setupHistory() {
+    let timer = null;
+    els.historySearch.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => loadHistory(true), SEARCH_DELAY_MS);
+    });
+    els.historySearch.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") {
+        e.preventDefault();
+        clearTimeout(timer);
+        loadHistory(true);
+      }
+    });
+    els.historyRefresh.addEventListener("click", () => loadHistory(true));
+    els.historyMore.addEventListener("click", () => loadHistory(false));
   }
 
   // -- server state ----------------------------------------------------------------------------
@@ -893,6 +1265,36 @@
     });
   }
 
+  /** Reuse of another model's prediction: its inputs, carried over the page load. */
+  function applyCarriedInput() {
+    let carried = null;
+    try {
+      carried = window.sessionStorage.getItem(CARRY_INPUT_STORAGE);
+      window.sessionStorage.removeItem(CARRY_INPUT_STORAGE);
+    } catch (_) {
+      return;
+    }
+    if (!carried) return;
+    try {
+      fillForm(JSON.parse(carried));
+    } catch (_) {
+      // not ours: ignored
+    }
+  }
+
+  const ADVANCED_STORAGE = "fluxserve.advancedOpen";
+
+  /** The folded settings stay open (or closed) across visits. */
+  function setupAdvanced() {
+    const box = els.advanced;
+    if (!box) return;
+    const s = storage();
+    if (s && s.getItem(ADVANCED_STORAGE) === "1") box.open = true;
+    box.addEventListener("toggle", () => {
+      if (s) s.setItem(ADVANCED_STORAGE, box.open ? "1" : "0");
+    });
+  }
+
   // -- wiring ----------------------------------------------------------------------------------
 
   function init() {
@@ -920,15 +1322,16 @@
         if (slot) slot.hidden = true;
       }
     });
-    els.cancel.addEventListener("click", onCancel);
     els.prompt.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
         e.preventDefault();
         els.form.requestSubmit();
       }
     });
-    els.historyRefresh.addEventListener("click", () => loadHistory(true));
-    els.historyMore.addEventListener("click", () => loadHistory(false));
+    setupHistory();
+    setupLightbox();
+    setupAdvanced();
+    applyCarriedInput();
     if (!cfg.open && !apiKey()) {
       els.historyEmpty.textContent = "Enter your API key to see your recent predictions.";
     } else {

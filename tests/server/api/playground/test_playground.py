@@ -352,3 +352,40 @@ def test_owner_only_outputs_turn_share_pages_off(tmp_path):
         assert c.get(f"/p/{pid}").status_code == 404
         page = c.get("/").text
         assert 'data-share="0"' in page and 'data-owner-images="1"' in page
+
+
+# -- the calm form ------------------------------------------------------------------------------
+
+IN_VIEW = ("prompt", "image", "prompt_strength", "aspect_ratio", "num_outputs")
+
+
+def _split_at_advanced(page: str) -> tuple[str, str]:
+    before, folded = page.split('<details class="advanced" id="advanced">', 1)
+    return before, folded.split("</details>", 1)[0]
+
+
+def test_every_setting_but_the_everyday_ones_is_folded_under_advanced(client):
+    before, folded = _split_at_advanced(client.get("/").text)
+
+    for name in IN_VIEW:
+        assert f'name="{name}"' in before, name
+    for name in set(INPUT_NAMES) - set(IN_VIEW):
+        assert f'name="{name}"' in folded and f'name="{name}"' not in before, name
+    assert "<summary" in folded and ">Advanced</summary>" in folded
+
+
+def test_the_lora_models_source_stays_in_view_and_its_other_fields_fold(client):
+    before, folded = _split_at_advanced(client.get("/", params={"model": LORA}).text)
+
+    assert 'name="lora_weights"' in before
+    for name in ("lora_scale", "extra_lora", "extra_lora_scale"):
+        assert f'name="{name}"' in folded, name
+
+
+def test_labels_are_human_with_the_api_name_on_hover(client):
+    page = client.get("/").text
+
+    steps = re.search(r'<label for="f-num_inference_steps"[^>]*>[^<]*</label>', page).group(0)
+    assert 'title="API name: num_inference_steps"' in steps
+    assert steps.endswith(">Steps</label>")
+    assert '<code class="name">' not in page
