@@ -20,6 +20,7 @@ from pipelines.errors import AdapterLoadError, GenerationError, NSFWContentError
 from pipelines.inputs import FluxInputs, img2img_size
 from pipelines.loading import LoadedModel, compile_transformer
 from pipelines.loras.adapters import LoadedAdapters, LoraOptions, LoraRequest
+from pipelines.previews import PreviewRequest
 from pipelines.safety import ALL_FLAGGED_MESSAGE
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, total steps) across all images
@@ -87,7 +88,9 @@ class FluxGenerator:
         should_cancel: CancelCheck | None = None,
         *,
         loras: Sequence[LoraRequest] = (),
+        previews: PreviewRequest | None = None,
     ) -> GenerationResult:
+        """``previews``: make a preview image of the latent every few steps (None: none)."""
         import torch
 
         started = time.perf_counter()
@@ -108,7 +111,7 @@ class FluxGenerator:
             result.timings["lora_load_time"] = lora_load_time
         try:
             pil_images = self._denoise(
-                inputs, seed, width, height, source_image, on_progress, should_cancel, warnings
+                inputs, seed, width, height, source_image, on_progress, should_cancel, warnings, previews
             )
         except Cancelled:
             result.cancelled = True
@@ -136,7 +139,9 @@ class FluxGenerator:
         return result
 
     # -- stages ---------------------------------------------------------------------------
-    def _denoise(self, inputs, seed, width, height, source_image, on_progress, should_cancel, warnings):
+    def _denoise(
+        self, inputs, seed, width, height, source_image, on_progress, should_cancel, warnings, previews=None
+    ):
         import torch
 
         pipe = self.model.pipe
@@ -150,6 +155,8 @@ class FluxGenerator:
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
+            if previews is not None and previews.due(done, total):
+                previews.make(p, callback_kwargs["latents"], height, width, done, total)
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
             return callback_kwargs

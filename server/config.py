@@ -303,6 +303,24 @@ class LoraSettings(_Section):
         return _check_http_url(value, "civitai_base_url") or value
 
 
+class PreviewSettings(_Section):
+    enabled: bool = Field(
+        False,
+        description="Make live previews for predictions that do not say (an Eachlabs create's "
+        '`"previews": true|false` decides for itself; the playground asks for them). Off: they cost '
+        "generation time (docs/benchmarks.md).",
+    )
+    every_n_steps: int = Field(
+        4, ge=1, description="A preview every this many denoising steps, and at the last step."
+    )
+    max_side: int = Field(256, ge=16, le=1024, description="A preview's longer side, in pixels.")
+    taesd: str | None = Field(
+        None,
+        description="A local AutoencoderTiny folder (TAEF1) that decodes previews into sharper images; "
+        "default: the linear latent-to-RGB approximation, which needs no weights.",
+    )
+
+
 class MetricsSettings(_Section):
     require_key: bool = Field(
         False, description="/metrics needs a valid API key (401 without one); no effect without keys."
@@ -414,6 +432,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     loras: LoraSettings = Field(default_factory=LoraSettings)
+    previews: PreviewSettings = Field(default_factory=PreviewSettings)
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
     @field_validator("api_keys", mode="before")

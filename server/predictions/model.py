@@ -37,6 +37,8 @@ WORKER_LOST = "worker lost"
 # Prediction.extra: the owner whose webhook secret signs the prediction's webhooks (the owner when
 # it was made). Absent on rows from before it was recorded: the owner then.
 WEBHOOK_SIGNER = "webhook_signer"
+# Prediction.extra: whether its create asked for live previews (absent: the server's default).
+PREVIEWS = "previews"
 
 
 @dataclass
@@ -94,6 +96,11 @@ class Prediction:
         later ``reassign_owner`` (``keys adopt-open``) does not change."""
         return self.extra.get(WEBHOOK_SIGNER) or self.owner
 
+    def wants_previews(self, default: bool) -> bool:
+        """Whether its worker makes live previews: as its create asked, else ``default``."""
+        asked = self.extra.get(PREVIEWS)
+        return default if asked is None else bool(asked)
+
     @property
     def queue_time(self) -> float | None:
         if self.started_at is None:
@@ -110,6 +117,16 @@ class Lease:
     prediction_id: str
     worker_id: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The newest live preview of a running prediction: a small WebP image, made after ``step``
+    steps. Only the newest is kept, and none once the prediction ends."""
+
+    step: int
+    data: bytes
+    content_type: str = "image/webp"
 
 
 class CancelOutcome(enum.Enum):

@@ -36,8 +36,9 @@ from server.predictions.errors import (
     StoreUnreachable,
 )
 from server.predictions.feed import ChangeFeed
-from server.predictions.model import CancelOutcome, ListFilter, Prediction
+from server.predictions.model import STARTING, CancelOutcome, ListFilter, Prediction, Preview
 from server.predictions.models import ModelEntry
+from server.predictions.progress import Progress, progress_of
 
 log = logging.getLogger("server.routes.eachlabs")  # where create's failures were always logged
 
@@ -60,6 +61,9 @@ class PredictionRecords(Protocol):
     def delete(self, prediction_id: str) -> bool: ...
     def is_outage(self, exc: BaseException) -> bool: ...
     def is_unreachable(self, exc: BaseException) -> bool: ...
+    def queue_position(self, prediction: Prediction) -> int | None: ...
+    def preview_step(self, prediction_id: str) -> int | None: ...
+    def get_preview(self, prediction_id: str) -> Preview | None: ...
 
 
 class OutputFiles(Protocol):
@@ -231,6 +235,23 @@ class PredictionService:
     async def list(self, flt: ListFilter) -> tuple[list[Prediction], int]:
         """The filter's owner's predictions, newest first, and how many match in all."""
         return await asyncio.to_thread(self.store.list, flt)
+
+    # -- progress ---------------------------------------------------------------------------
+    async def progress(self, pred: Prediction) -> Progress | None:
+        """Where a prediction stands (queue place, steps, times, preview); None once it ended."""
+        if pred.terminal:
+            return None
+        if pred.status == STARTING:
+            position = await asyncio.to_thread(self.store.queue_position, pred)
+            return progress_of(pred, self._clock(), queue_position=position)
+        preview_step = await asyncio.to_thread(self.store.preview_step, pred.id)
+        return progress_of(pred, self._clock(), preview_step=preview_step)
+
+    async def preview(self, owner: str, prediction_id: str) -> Preview | None:
+        """The owner's prediction's newest live preview: None when there is none (yet, or any
+        more: previews are dropped when the prediction ends); NotFound for no such prediction."""
+        await self.get(owner, prediction_id)
+        return await asyncio.to_thread(self.store.get_preview, prediction_id)
 
     # -- cancel -----------------------------------------------------------------------------
     async def cancel(self, owner: str, prediction_id: str) -> CancelOutcome:

@@ -38,7 +38,7 @@ import abc
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from server.predictions.model import CancelOutcome, Lease, ListFilter, Prediction
+from server.predictions.model import CancelOutcome, Lease, ListFilter, Prediction, Preview
 from server.store.hosts import HostReport
 
 DEFAULT_LEASE_S = 30.0
@@ -144,6 +144,27 @@ class PredictionStore(abc.ABC):
         lock held: its own host's jobs (left by its previous run) and expired leases are settled
         at once. See the module docstring."""
         return self.recover_expired(max_attempts, host_id=host_id)
+
+    # -- progress -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def queue_position(self, prediction: Prediction) -> int | None:
+        """How many queued predictions of its model are ahead of a queued one (0: it is next),
+        counted in created order (the fair claim may pick another key's first: an estimate);
+        None when it is not queued."""
+
+    @abc.abstractmethod
+    def put_preview(self, prediction_id: str, step: int, data: bytes, *, lease: Lease | None = None) -> bool:
+        """Keep ``data`` as the prediction's newest preview, replacing the one before. Only while
+        it is processing (under ``lease`` when given); False, changing nothing, otherwise. Every
+        end (finish, requeue, cancel, recovery) drops the preview."""
+
+    @abc.abstractmethod
+    def get_preview(self, prediction_id: str) -> Preview | None:
+        """The newest preview, or None."""
+
+    @abc.abstractmethod
+    def preview_step(self, prediction_id: str) -> int | None:
+        """The step of the newest preview (without its bytes), or None."""
 
     @abc.abstractmethod
     def running(self, worker_id: str | None = None) -> list[Prediction]:

@@ -38,7 +38,15 @@ from server.predictions.model import CANCELLED, ERROR, SUCCESS, WORKER_LOST, Lea
 from server.predictions.models import ModelRegistry
 from server.store.base import PredictionStore
 from server.store.health import StoreHealth
-from server.workers.messages import CancelJob, JobCancelled, JobFailed, JobLog, JobSucceeded, RunJob
+from server.workers.messages import (
+    CancelJob,
+    JobCancelled,
+    JobFailed,
+    JobLog,
+    JobPreview,
+    JobSucceeded,
+    RunJob,
+)
 from server.workers.slot import W_BUSY, W_READY, W_STOPPED, WorkerSlot, default_host_id
 
 log = logging.getLogger("fluxserve.supervisor")  # the name these lines always had: log filters keep working
@@ -201,7 +209,9 @@ class Jobs:
             if inputs is None:
                 continue
             try:
-                slot.conn.send(RunJob(pred.id, inputs, pred.attempts, self.models.schema_of(pred.model)))
+                previews = pred.wants_previews(self.settings.previews.enabled)
+                schema = self.models.schema_of(pred.model)
+                slot.conn.send(RunJob(pred.id, inputs, pred.attempts, schema, previews=previews))
             except OSError:
                 # The worker is gone (its exit is on the way): the job never reached it.
                 log.warning("worker %d pipe closed while sending a job; requeued", slot.index)
@@ -259,6 +269,20 @@ class Jobs:
             self.store_failed(exc)
             return
         self._notify(msg.prediction_id)
+
+    async def record_preview(self, slot: WorkerSlot, msg: JobPreview) -> None:
+        """The newest preview replaces the last one: best effort, like progress lines (the
+        worker sends at most about two a second)."""
+        try:
+            await asyncio.to_thread(
+                self.store.put_preview,
+                msg.prediction_id,
+                msg.step,
+                msg.data,
+                lease=_lease_of(slot, msg.prediction_id),
+            )
+        except Exception as exc:  # noqa: BLE001 - a lost preview is replaced by the next one
+            self.store_failed(exc)
 
     async def record_end(self, slot: WorkerSlot, msg: WorkerEnd) -> None:
         """A worker's result: recorded (or kept until the store takes it), and the slot freed."""

@@ -17,6 +17,7 @@ class RunJob:
     inputs: dict[str, Any]  # the model's inputs as a dict, validated before it is sent: the worker trusts it
     attempt: int = 1
     schema: str = "flux-dev"  # their pipelines.inputs.INPUT_SCHEMAS key
+    previews: bool = False  # send a JobPreview every few steps
 
 
 @dataclass
@@ -51,6 +52,16 @@ class SetupFailed:
 class JobLog:
     prediction_id: str
     text: str  # whole lines, each ending in "\n"
+
+
+@dataclass
+class JobPreview:
+    """The newest preview of a running job (a small WebP image); only the newest is kept."""
+
+    prediction_id: str
+    step: int  # steps done when it was made, across all images
+    total_steps: int
+    data: bytes
 
 
 @dataclass

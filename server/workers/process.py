@@ -23,6 +23,7 @@ from server.workers.messages import (
     JobCancelled,
     JobFailed,
     JobLog,
+    JobPreview,
     JobSucceeded,
     OutputImage,
     RunJob,
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from pipelines.loras.resolve import AdapterFiles, AdapterFilesConfig
 
 log = logging.getLogger("fluxserve.worker")
+
+# Previews are written to the store: at most about two a second per job (the last step's always).
+PREVIEW_MIN_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -49,6 +53,9 @@ class WorkerConfig:
     allow_private_addresses: bool = False
     allowed_hosts: list[str] = field(default_factory=list)
     progress_interval_s: float = 0.25
+    preview_every_n_steps: int = 4  # a preview every this many steps (and at the last), when asked
+    preview_max_side: int = 256
+    preview_taesd: str | None = None  # an AutoencoderTiny folder; None: the linear latent->RGB factors
     nice: int = 0  # added to the process's nice value at start
     adapter_files: AdapterFilesConfig | None = None  # where LoRA sources resolve (None: no LoRA)
     lora_max_loaded: int = 4  # LoRA adapters kept loaded
@@ -105,6 +112,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
     from pipelines.generate import FluxGenerator
     from pipelines.loading import load_model
     from pipelines.loras.adapters import LoraOptions
+    from pipelines.previews import PreviewDecoder
     from pipelines.spec import ModelSpec
     from server.workers.adapter_downloads import adapter_files
 
@@ -125,6 +133,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
     serves_loras = config.adapter_files is not None and spec.serves_lora
     lora = LoraOptions(config.lora_max_loaded, config.lora_hotswap_max_rank) if serves_loras else None
     generator = FluxGenerator(model, lora)
+    preview_decoder = PreviewDecoder(config.preview_max_side, config.preview_taesd)
     files = adapter_files(config.adapter_files) if serves_loras and config.adapter_files else None
     conn.send(
         WorkerReady(
@@ -144,7 +153,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
         control.start(job.prediction_id)
         try:
             try:
-                outcome = _run_job(job, generator, files, config, conn, control)
+                outcome = _run_job(job, generator, files, config, conn, control, preview_decoder)
             except Exception as exc:  # noqa: BLE001 - a failure outside generation must end the job, not the worker
                 log.exception("prediction %s failed", job.prediction_id)
                 outcome = JobFailed(job.prediction_id, f"Prediction failed: {type(exc).__name__}: {exc}")
@@ -170,13 +179,21 @@ def _read_commands(conn, jobs: queue.Queue, control: _JobControl) -> None:
 
 
 def _run_job(
-    job: RunJob, generator, files: AdapterFiles | None, config: WorkerConfig, conn, control: _JobControl
+    job: RunJob,
+    generator,
+    files: AdapterFiles | None,
+    config: WorkerConfig,
+    conn,
+    control: _JobControl,
+    preview_decoder=None,
 ):
-    """Run one prediction and return the final message; progress goes out as JobLog on the way."""
+    """Run one prediction and return the final message; progress goes out as JobLog (and, when
+    the job asked for them, previews as JobPreview) on the way."""
     from pipelines.errors import GenerationError
     from pipelines.generate import pick_seed
     from pipelines.images import InputImageError, decode_image
     from pipelines.inputs import INPUT_SCHEMAS, img2img_size
+    from pipelines.previews import PreviewRequest
     from server.egress.fetch import AddressPolicy, FetchError, load_image_source
 
     pid = job.prediction_id
@@ -225,12 +242,30 @@ def _run_job(
             last_sent = now
             emit(f"{done}/{total} steps ({100 * done // total}%)")
 
+    previews = None
+    if job.previews and preview_decoder is not None:
+
+        def send_preview(done: int, total: int, data: bytes) -> None:
+            conn.send(JobPreview(pid, done, total, data))
+
+        previews = PreviewRequest(
+            send_preview,
+            preview_decoder,
+            every_n_steps=config.preview_every_n_steps,
+            min_interval_s=PREVIEW_MIN_INTERVAL_S,
+        )
+
     try:
         with contextlib.ExitStack() as held:
             # Each adapter file stays held (not evicted from the cache) while it is loaded.
             loras = _adapter_files(inputs.adapters, files, config, held, emit)
             result = generator.generate(
-                inputs, source, on_progress=on_progress, should_cancel=control.cancel.is_set, loras=loras
+                inputs,
+                source,
+                on_progress=on_progress,
+                should_cancel=control.cancel.is_set,
+                loras=loras,
+                previews=previews,
             )
     except GenerationError as exc:
         return JobFailed(pid, str(exc), "".join(logs))

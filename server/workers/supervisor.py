@@ -32,6 +32,7 @@ from server.workers.messages import (
     JobCancelled,
     JobFailed,
     JobLog,
+    JobPreview,
     JobSucceeded,
     SetupFailed,
     Shutdown,
@@ -203,6 +204,9 @@ class Supervisor:
             allow_private_addresses=s.input_images.allow_private_addresses,
             allowed_hosts=list(s.input_images.allowed_hosts),
             progress_interval_s=s.workers.progress_interval_s,
+            preview_every_n_steps=s.previews.every_n_steps,
+            preview_max_side=s.previews.max_side,
+            preview_taesd=s.previews.taesd,
             nice=s.workers.nice,
             adapter_files=s.adapter_files_config(),
             lora_max_loaded=s.loras.max_loaded,
@@ -293,6 +297,8 @@ class Supervisor:
             log.error("worker %d could not load the model: %s", slot.index, msg.reason)
         elif isinstance(msg, JobLog):
             await self.jobs.record_log(slot, msg)
+        elif isinstance(msg, JobPreview):
+            await self.jobs.record_preview(slot, msg)
         elif isinstance(msg, JobSucceeded | JobFailed | JobCancelled):
             await self.jobs.record_end(slot, msg)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from server.api.context import RenderContext
 from server.predictions.model import Prediction
+from server.predictions.progress import Progress
 
 DATA_URL_ECHO_LIMIT = 256  # long data: URLs are summarised when inputs are echoed back
 
@@ -27,7 +28,32 @@ def echo_input(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def prediction_body(ctx: RenderContext, pred: Prediction) -> dict[str, Any]:
+def preview_url(base_url: str, prediction_id: str, step: int) -> str:
+    """The newest preview's URL; the step makes each new preview a new URL (no stale caches)."""
+    return f"{base_url}/v1/prediction/{prediction_id}/preview?step={step}"
+
+
+def progress_body(ctx: RenderContext, pred: Prediction, progress: Progress | None) -> dict[str, Any] | None:
+    """The ``progress`` field: null once the prediction has ended (or when not known)."""
+    if progress is None or pred.terminal:
+        return None
+    return {
+        "queue_position": progress.queue_position,
+        "step": progress.step,
+        "total_steps": progress.total_steps,
+        "percent": progress.percent,
+        "elapsed_s": progress.elapsed_s,
+        "eta_s": progress.eta_s,
+        "preview_url": (
+            preview_url(ctx.base_url, pred.id, progress.preview_step)
+            if progress.preview_step is not None
+            else None
+        ),
+    }
+
+
+def prediction_body(ctx: RenderContext, pred: Prediction, progress: Progress | None = None) -> dict[str, Any]:
+    """The Eachlabs prediction body; ``progress``: where it stands (``PredictionService.progress``)."""
     base_url = ctx.base_url
     urls = ctx.output_urls(pred)
     output: str | list[str] | None
@@ -56,6 +82,7 @@ def prediction_body(ctx: RenderContext, pred: Prediction) -> dict[str, Any]:
             "get": f"{base_url}/v1/prediction/{pred.id}",
             "cancel": f"{base_url}/v1/prediction/{pred.id}/cancel",
         },
+        "progress": progress_body(ctx, pred, progress),
     }
     if pred.data_removed:
         body["data_removed"] = True

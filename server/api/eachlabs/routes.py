@@ -6,13 +6,14 @@ rather than by FastAPI so each error has the contract's shape and names the bad 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from server.api.deps import KEY_REQUIRED, MAX_WAIT_S, app_state, authenticate, caller, check_rate, prefer_wait
 from server.api.eachlabs.errors import render_error
@@ -34,7 +35,7 @@ from server.api.openapi import prefer_header
 from server.api.routing import both
 from server.auth.keyring import Identity
 from server.predictions import service as predictions
-from server.predictions.model import ALL_STATUSES, ListFilter, Prediction
+from server.predictions.model import ALL_STATUSES, PREVIEWS, ListFilter, Prediction
 from server.predictions.models import ModelEntry
 
 log = logging.getLogger("server.routes.eachlabs")  # the name it had before the move
@@ -111,6 +112,12 @@ async def create_prediction(request: Request, identity: Identity, body: Any) -> 
             "Invalid input for model",
             {"model": f"unknown model {str(slug)[:80]!r}; this server serves {state.models.served()}"},
         )
+    extra = {}
+    previews = body.get("previews")
+    if previews is not None:
+        if not isinstance(previews, bool):
+            raise ApiError(400, "Invalid request", {"previews": "must be true or false"})
+        extra[PREVIEWS] = previews
     draft = state.predictions.prepare(
         predictions.CreateRequest(
             owner=identity.key_id,
@@ -118,6 +125,7 @@ async def create_prediction(request: Request, identity: Identity, body: Any) -> 
             input=body.get("input"),
             webhook_url=body.get("webhook_url"),
             webhook_secret=body.get("webhook_secret"),
+            extra=extra,
         )
     )
     check_rate(request, identity, "create")
@@ -166,8 +174,8 @@ async def run(request: Request, identity: Identity = Depends(authenticate)) -> d
     state = app_state(request)
     body = await _read_json(request)
     pred = await create_prediction(request, identity, body)
-    final = await state.predictions.wait_for_end(pred.id, state.settings.run_wait_timeout_s)
-    return prediction_body(state.render, final or pred)
+    final = await state.predictions.wait_for_end(pred.id, state.settings.run_wait_timeout_s) or pred
+    return prediction_body(state.render, final, await state.predictions.progress(final))
 
 
 # -- get ------------------------------------------------------------------------------------
@@ -207,7 +215,32 @@ async def get_prediction(
     seconds = requested_wait(request, wait)
     if seconds > 0 and not pred.terminal:
         pred = await state.predictions.wait_for_end(prediction_id, seconds) or pred
-    return prediction_body(state.render, pred)
+    return prediction_body(state.render, pred, await state.predictions.progress(pred))
+
+
+# -- live preview ---------------------------------------------------------------------------
+
+
+@both(
+    router,
+    "get",
+    "/v1/prediction/{prediction_id}/preview",
+    errors=render_error,
+    summary="A running prediction's newest live preview",
+    responses={
+        200: {"content": {"image/webp": {}}, "description": "A small WebP image of the latent."},
+        **{**ERRORS, 404: {"model": ErrorResponse, "description": "No such prediction, or no preview."}},
+    },
+    response_class=Response,
+    description='Made every few steps when the create asked for previews (`"previews": true`); '
+    "404 before the first one and once the prediction has ended. Its URL is the prediction's "
+    "`progress.preview_url`.",
+)
+async def get_preview(request: Request, prediction_id: str, identity: Identity = Depends(caller)) -> Response:
+    preview = await app_state(request).predictions.preview(identity.key_id, prediction_id)
+    if preview is None:
+        raise ApiError(404, "No preview", {"preview": "none yet, or the prediction has ended"})
+    return Response(preview.data, media_type=preview.content_type, headers={"Cache-Control": "no-store"})
 
 
 # -- cancel ---------------------------------------------------------------------------------
@@ -345,8 +378,9 @@ async def list_executions(
         q=q or None,
     )
     preds, total = await state.predictions.list(flt)
+    progress = await asyncio.gather(*(state.predictions.progress(p) for p in preds))
     return {
-        "executions": [prediction_body(state.render, p) for p in preds],
+        "executions": [prediction_body(state.render, p, pr) for p, pr in zip(preds, progress, strict=True)],
         "total": total,
         "limit": limit,
         "offset": offset,

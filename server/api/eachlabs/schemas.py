@@ -42,6 +42,11 @@ class CreateRequest(BaseModel):
     )
     webhook_url: str | None = Field(None, description="POSTed once the prediction ends (success or error).")
     webhook_secret: str | None = Field(None, description="Sent back verbatim in `X-Webhook-Secret`.")
+    previews: bool | None = Field(
+        None,
+        description="Make live previews while it runs (`progress.preview_url`); default: the "
+        "server's `previews.enabled` (off unless the operator turned it on).",
+    )
 
 
 class CreateResponse(BaseModel):
@@ -78,6 +83,24 @@ class PredictionUrls(BaseModel):
     cancel: str
 
 
+class Progress(BaseModel):
+    """Where a prediction that has not ended stands; every field is null when not known."""
+
+    queue_position: int | None = Field(
+        None, description="Queued only: predictions of its model queued ahead of it (0: it is next)."
+    )
+    step: int | None = Field(None, description="Denoising steps done (all images together).")
+    total_steps: int | None = None
+    percent: int | None = None
+    elapsed_s: float | None = Field(None, description="Seconds since it started.")
+    eta_s: float | None = Field(None, description="Seconds left, at the step rate measured so far.")
+    preview_url: str | None = Field(
+        None,
+        description="Its newest live preview (WebP), when the create asked for previews "
+        "(`GET /v1/prediction/{id}/preview`).",
+    )
+
+
 class PredictionResponse(BaseModel):
     id: str
     model: str
@@ -94,6 +117,9 @@ class PredictionResponse(BaseModel):
     completed_at: str | None
     urls: PredictionUrls
     data_removed: bool | None = Field(None, description="True when retention deleted the output files.")
+    progress: Progress | None = Field(
+        None, description="Queue place, steps, times and live preview; null once it has ended."
+    )
 
 
 class ExecutionsResponse(BaseModel):

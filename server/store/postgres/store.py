@@ -41,6 +41,7 @@ from server.predictions.model import (
     Lease,
     ListFilter,
     Prediction,
+    Preview,
 )
 from server.store.base import (
     DEFAULT_LEASE_S,
@@ -94,6 +95,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS predictions_retention ON predictions (completed_at) "
         "WHERE status IN ('success', 'error', 'cancelled') AND NOT data_removed",
     ],
+    2: [
+        # The newest live preview of a running prediction (a WebP image), dropped when it ends.
+        # A table of its own: the predictions rows (read by every GET and list) stay small.
+        "CREATE TABLE IF NOT EXISTS previews (prediction_id TEXT PRIMARY KEY, step INTEGER NOT NULL, "
+        "data BYTEA NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
+    ],
 }
 
 _COLUMNS = (
@@ -105,6 +112,14 @@ _TERMINAL = list(TERMINAL)
 _IN_FLIGHT = list(IN_FLIGHT)
 _NOW = "extract(epoch from clock_timestamp())"  # the database's clock, for leases
 _HELD = "status = 'processing' AND worker_id = %(worker)s AND attempts = %(attempt)s"
+_DROP_PREVIEW = "DELETE FROM previews WHERE prediction_id = %s"
+# Queued predictions of the same model ahead of %s (created before it; ties in insertion order).
+_QUEUE_POSITION = """
+SELECT count(*) AS n FROM predictions me JOIN predictions q
+  ON q.model = me.model AND q.status = 'starting' AND NOT q.cancel_requested
+ AND (q.created_at < me.created_at OR (q.created_at = me.created_at AND q.seq < me.seq))
+WHERE me.id = %s
+"""
 
 
 # The fair claim: among each key's oldest queued job, the one of the key with the fewest jobs
@@ -347,6 +362,7 @@ class PostgresPredictionStore(PredictionStore):
         )
         if cur.rowcount != 1:
             return False
+        conn.execute(_DROP_PREVIEW, (prediction_id,))
         self._notify(conn, ChangeKind.ENDED, prediction_id)
         return True
 
@@ -373,6 +389,7 @@ class PostgresPredictionStore(PredictionStore):
             "lease_expires_at = NULL WHERE id = %s",
             (str(CANCELLED), time.time(), note, prediction_id),
         )
+        conn.execute(_DROP_PREVIEW, (prediction_id,))
         self._notify(conn, ChangeKind.ENDED, prediction_id)
 
     def requeue(
@@ -401,6 +418,7 @@ class PostgresPredictionStore(PredictionStore):
             "lease_expires_at = NULL, attempts = greatest(0, attempts - %s), logs = logs || %s WHERE id = %s",
             (str(STARTING), 1 if never_ran else 0, note, current.id),
         )
+        conn.execute(_DROP_PREVIEW, (current.id,))  # the next attempt starts over
         self._notify(conn, ChangeKind.CREATED, current.id)  # queued again: a worker may take it
 
     def renew_leases(self, leases: Iterable[Lease], lease_s: float) -> list[str]:
@@ -451,6 +469,45 @@ class PostgresPredictionStore(PredictionStore):
                     self._finish(conn, pred.id, ERROR, error=WORKER_LOST, logs=LOST_LOGS)
                     outcomes.append((pred.id, FAILED))
         return outcomes
+
+    def queue_position(self, prediction: Prediction) -> int | None:
+        if prediction.status != STARTING:
+            return None
+        with self.db.transaction() as conn:
+            return conn.execute(_QUEUE_POSITION, (prediction.id,)).fetchone()["n"]
+
+    def put_preview(self, prediction_id: str, step: int, data: bytes, *, lease: Lease | None = None) -> bool:
+        with self.db.transaction() as conn:
+            # FOR SHARE: an end being written now (which drops the preview) is waited for.
+            row = conn.execute(
+                "SELECT status, worker_id, attempts FROM predictions WHERE id = %s FOR SHARE",
+                (prediction_id,),
+            ).fetchone()
+            if row is None or row["status"] != PROCESSING:
+                return False
+            if lease is not None and (row["worker_id"], row["attempts"]) != (lease.worker_id, lease.attempt):
+                return False
+            conn.execute(
+                "INSERT INTO previews (prediction_id, step, data, updated_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (prediction_id) DO UPDATE SET step = EXCLUDED.step, data = EXCLUDED.data, "
+                "updated_at = EXCLUDED.updated_at",
+                (prediction_id, step, data, time.time()),
+            )
+            return True
+
+    def get_preview(self, prediction_id: str) -> Preview | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT step, data FROM previews WHERE prediction_id = %s", (prediction_id,)
+            ).fetchone()
+        return Preview(row["step"], bytes(row["data"])) if row else None
+
+    def preview_step(self, prediction_id: str) -> int | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT step FROM previews WHERE prediction_id = %s", (prediction_id,)
+            ).fetchone()
+        return row["step"] if row else None
 
     def running(self, worker_id: str | None = None) -> list[Prediction]:
         sql, args = f"SELECT {_COLUMNS} FROM predictions WHERE status = 'processing'", []

@@ -34,6 +34,7 @@ from server.predictions.model import (
     Lease,
     ListFilter,
     Prediction,
+    Preview,
 )
 from server.store.base import (
     DEFAULT_LEASE_S,
@@ -46,7 +47,7 @@ from server.store.base import (
 from server.store.hosts import HostReport
 from server.store.sqlite.db import SQLiteDatabase, check_integrity, reporting_unusable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 10_000
 
 # MIGRATIONS[v] brings a database from version v-1 to v. Append, never edit a shipped entry.
@@ -98,6 +99,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE TABLE IF NOT EXISTS worker_hosts (host_id TEXT PRIMARY KEY, report TEXT NOT NULL, "
         "seen_at REAL NOT NULL)",
     ],
+    5: [
+        # The newest live preview of a running prediction (a WebP image), dropped when it ends.
+        # A table of its own: the predictions rows (read by every GET and list) stay small.
+        "CREATE TABLE IF NOT EXISTS previews (prediction_id TEXT PRIMARY KEY, step INTEGER NOT NULL, "
+        "data BLOB NOT NULL, updated_at REAL NOT NULL)",
+    ],
 }
 
 # The fair claim: among each key's oldest queued job, the one of the key with the fewest jobs
@@ -137,6 +144,15 @@ _PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL) + ")"
 _IN_FLIGHT_SQL = "(" + ", ".join(f"'{s}'" for s in IN_FLIGHT) + ")"
 
+
+_DROP_PREVIEW = "DELETE FROM previews WHERE prediction_id = ?"
+# Queued predictions of the same model ahead of ?1 (created before it; ties in insertion order).
+_QUEUE_POSITION = """
+SELECT count(*) FROM predictions me JOIN predictions q
+  ON q.model = me.model AND q.status = 'starting' AND q.cancel_requested = 0
+ AND (q.created_at < me.created_at OR (q.created_at = me.created_at AND q.seq < me.seq))
+WHERE me.id = ?
+"""
 
 # A row still held by a lease's worker for the lease's attempt (status, worker_id, attempt).
 _HELD_SQL = "status = ? AND worker_id = ? AND attempts = ?"
@@ -379,6 +395,7 @@ class SQLitePredictionStore(PredictionStore):
                 current.id,
             ),
         )
+        conn.execute(_DROP_PREVIEW, (current.id,))
 
     def request_cancel(self, prediction_id: str) -> CancelOutcome:
         with self.transaction() as conn:
@@ -401,6 +418,7 @@ class SQLitePredictionStore(PredictionStore):
             "WHERE id = ?",
             (CANCELLED, time.time(), note, prediction_id),
         )
+        conn.execute(_DROP_PREVIEW, (prediction_id,))
 
     def requeue(
         self, prediction_id: str, note: str, *, never_ran: bool = False, lease: Lease | None = None
@@ -425,6 +443,7 @@ class SQLitePredictionStore(PredictionStore):
             "lease_expires_at = NULL, attempts = MAX(0, attempts - ?), logs = logs || ? WHERE id = ?",
             (STARTING, 1 if never_ran else 0, note, current.id),
         )
+        conn.execute(_DROP_PREVIEW, (current.id,))  # the next attempt starts over
 
     def renew_leases(self, leases: Iterable[Lease], lease_s: float) -> list[str]:
         lost: list[str] = []
@@ -476,6 +495,44 @@ class SQLitePredictionStore(PredictionStore):
                     self._finish(conn, pred, ERROR, error=WORKER_LOST, logs=LOST_LOGS)
                     outcomes.append((pred.id, FAILED))
         return outcomes
+
+    def queue_position(self, prediction: Prediction) -> int | None:
+        if prediction.status != STARTING:
+            return None
+        return self.connection().execute(_QUEUE_POSITION, (prediction.id,)).fetchone()[0]
+
+    def put_preview(self, prediction_id: str, step: int, data: bytes, *, lease: Lease | None = None) -> bool:
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT status, worker_id, attempts FROM predictions WHERE id = ?", (prediction_id,)
+            ).fetchone()
+            if row is None or row["status"] != PROCESSING:
+                return False
+            if lease is not None and (row["worker_id"], row["attempts"]) != (lease.worker_id, lease.attempt):
+                return False
+            conn.execute(
+                "INSERT INTO previews (prediction_id, step, data, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (prediction_id) DO UPDATE SET step = excluded.step, data = excluded.data, "
+                "updated_at = excluded.updated_at",
+                (prediction_id, step, data, time.time()),
+            )
+            return True
+
+    def get_preview(self, prediction_id: str) -> Preview | None:
+        row = (
+            self.connection()
+            .execute("SELECT step, data FROM previews WHERE prediction_id = ?", (prediction_id,))
+            .fetchone()
+        )
+        return Preview(row["step"], bytes(row["data"])) if row is not None else None
+
+    def preview_step(self, prediction_id: str) -> int | None:
+        row = (
+            self.connection()
+            .execute("SELECT step FROM previews WHERE prediction_id = ?", (prediction_id,))
+            .fetchone()
+        )
+        return row["step"] if row is not None else None
 
     def running(self, worker_id: str | None = None) -> list[Prediction]:
         sql = f"SELECT {_COLUMNS} FROM predictions WHERE status = ?"

@@ -526,6 +526,74 @@ def test_counts_by_status_reports_every_status_including_zeros(predictions):
     assert predictions.counts_by_status() == {STARTING: 1, PROCESSING: 1, SUCCESS: 0, ERROR: 0, CANCELLED: 1}
 
 
+# -- progress: queue position and live previews ----------------------------------------------------
+
+
+def test_queue_position_counts_the_same_models_queued_predictions_created_before(predictions):
+    add(
+        predictions,
+        pred("first", created_at=1.0),
+        pred("tie-1", created_at=2.0, owner="key-b"),
+        pred("tie-2", created_at=2.0),
+        pred("other-model", created_at=1.5, model="flux-schnell"),
+        pred("last", created_at=3.0),
+    )
+    position = {pid: predictions.queue_position(predictions.get(pid)) for pid in ("first", "tie-2", "last")}
+    assert position == {"first": 0, "tie-2": 2, "last": 3}
+    assert predictions.queue_position(predictions.get("other-model")) == 0
+
+
+def test_queue_position_leaves_out_running_and_cancelled_ones_and_is_none_once_claimed(predictions):
+    add(predictions, *(pred(f"p{n}", created_at=float(n)) for n in range(1, 5)))
+    claimed = predictions.claim_next("w")
+    predictions.request_cancel("p2")
+    assert predictions.queue_position(predictions.get("p4")) == 1  # p3 only
+    assert predictions.queue_position(predictions.get(claimed.id)) is None
+
+
+def test_the_newest_preview_replaces_the_one_before(predictions):
+    job = running_one(predictions)
+    assert predictions.get_preview(job.id) is None
+    assert predictions.put_preview(job.id, 4, b"first", lease=job.lease)
+    assert predictions.put_preview(job.id, 8, b"second", lease=job.lease)
+    preview = predictions.get_preview(job.id)
+    assert (preview.step, preview.data, preview.content_type) == (8, b"second", "image/webp")
+    assert predictions.preview_step(job.id) == 8
+
+
+def test_a_preview_is_refused_unless_the_prediction_runs_under_the_lease(predictions):
+    job = running_one(predictions, "p1")
+    add(predictions, pred("queued", created_at=2000.0))
+    assert not predictions.put_preview("queued", 1, b"x")
+    assert not predictions.put_preview("missing", 1, b"x")
+    stale = Lease(job.id, job.worker_id, job.attempts + 1)
+    assert not predictions.put_preview(job.id, 1, b"x", lease=stale)
+    assert predictions.get_preview("queued") is None and predictions.get_preview(job.id) is None
+
+
+@pytest.mark.parametrize("end", ["success", "error", "cancelled", "requeued"])
+def test_every_end_drops_the_preview(predictions, end):
+    job = running_one(predictions)
+    predictions.put_preview(job.id, 2, b"webp", lease=job.lease)
+    if end == "requeued":
+        assert predictions.requeue(job.id, "again", lease=job.lease)
+    elif end == "cancelled":
+        predictions.request_cancel(job.id)
+        assert predictions.finish(job.id, CANCELLED, lease=job.lease)
+    else:
+        assert predictions.finish(job.id, end, lease=job.lease)
+    assert predictions.get_preview(job.id) is None
+    assert predictions.preview_step(job.id) is None
+    assert not predictions.put_preview(job.id, 3, b"late", lease=job.lease)  # a late one is refused
+
+
+def test_recovering_a_lost_worker_drops_its_preview(predictions):
+    job = running_one(predictions, lease_s=0.0)
+    predictions.put_preview(job.id, 2, b"webp")
+    assert predictions.recover_expired(1) == [(job.id, "failed")]
+    assert predictions.get_preview(job.id) is None
+
+
 # -- retention and webhooks ------------------------------------------------------------------------
 
 
