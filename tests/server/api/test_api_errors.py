@@ -477,7 +477,7 @@ def test_unknown_route_is_404_in_the_error_shape(queued_server):
 
 def test_wrong_method_is_405_in_the_error_shape(queued_server, queued_id):
     key, pid = queued_id
-    _assert_error(queued_server.client.delete(f"/v1/prediction/{pid}", headers={"X-API-Key": key}), 405)
+    _assert_error(queued_server.client.put(f"/v1/prediction/{pid}", headers={"X-API-Key": key}), 405)
 
 
 def test_405_allow_names_every_method_routed_on_the_path(queued_server):
