@@ -53,6 +53,7 @@ class WorkerConfig:
     adapter_files: AdapterFilesConfig | None = None  # where LoRA sources resolve (None: no LoRA)
     lora_max_loaded: int = 4  # LoRA adapters kept loaded
     lora_hotswap_max_rank: int = 64  # the rank of a compiled model's adapter slots
+    embed_parameters: bool = True  # outputs.embed_parameters: generation parameters inside the files
     fault_injection: bool = False  # tests only: prompts containing [[fault:...]] cause real faults
     log_level: str = "info"
 
@@ -134,6 +135,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
             is_tiny=model.is_tiny,
             load_seconds=model.load_seconds,
             warnings=list(model.warnings),
+            source="tiny" if model.is_tiny else model.weights.source,
         )
     )
 
@@ -230,7 +232,13 @@ def _run_job(
             # Each adapter file stays held (not evicted from the cache) while it is loaded.
             loras = _adapter_files(inputs.adapters, files, config, held, emit)
             result = generator.generate(
-                inputs, source, on_progress=on_progress, should_cancel=control.cancel.is_set, loras=loras
+                inputs,
+                source,
+                on_progress=on_progress,
+                should_cancel=control.cancel.is_set,
+                loras=loras,
+                embed_parameters=config.embed_parameters,
+                model_name=job.model,
             )
     except GenerationError as exc:
         return JobFailed(pid, str(exc), "".join(logs))
