@@ -20,6 +20,7 @@ from pipelines.errors import AdapterLoadError, GenerationError, NSFWContentError
 from pipelines.inputs import FluxInputs, img2img_size
 from pipelines.loading import LoadedModel, compile_transformer
 from pipelines.loras.adapters import LoadedAdapters, LoraOptions, LoraRequest
+from pipelines.metadata import image_parameters
 from pipelines.previews import PreviewRequest
 from pipelines.safety import ALL_FLAGGED_MESSAGE
 
@@ -89,8 +90,13 @@ class FluxGenerator:
         *,
         loras: Sequence[LoraRequest] = (),
         previews: PreviewRequest | None = None,
+        embed_parameters: bool = True,
+        model_name: str | None = None,
     ) -> GenerationResult:
-        """``previews``: make a preview image of the latent every few steps (None: none)."""
+        """``previews``: make a preview image of the latent every few steps (None: none).
+        ``embed_parameters``: each file carries its prompt, seed, steps, guidance, size and
+        model (pipelines/metadata.py); off, no metadata at all. ``model_name``: the model named
+        there (default: the loaded model's name; a server passes the prediction's slug)."""
         import torch
 
         started = time.perf_counter()
@@ -124,8 +130,19 @@ class FluxGenerator:
 
         kept = self._safety_stage(inputs, pil_images, warnings, result)
         checked = time.perf_counter()
+        model = model_name or self.model.spec.name
         for img, image_seed in kept:
-            data = encode_image(img, inputs.output_format, inputs.output_quality)
+            parameters = None
+            if embed_parameters:
+                parameters = image_parameters(
+                    inputs,
+                    model=model,
+                    seed=image_seed,
+                    width=img.width,
+                    height=img.height,
+                    img2img=source_image is not None,
+                )
+            data = encode_image(img, inputs.output_format, inputs.output_quality, parameters)
             result.images.append(
                 GeneratedImage(data, inputs.output_format, img.width, img.height, image_seed)
             )

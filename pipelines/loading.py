@@ -250,6 +250,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """Load the pipelines (text-to-image + img2img sharing modules) and the safety checker."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub from the worker
     started = time.perf_counter()
+    _quiet_libraries()  # first: resolving `auto` may write the tiny model, with diffusers
     weights = resolve_weights(spec)
     device = resolve_device(spec)
     check_cuda_options(spec, device)
@@ -261,8 +262,6 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     import transformers
     from diffusers import FluxImg2ImgPipeline, FluxPipeline, FluxTransformer2DModel
     from transformers import T5EncoderModel
-
-    _quiet_libraries()
 
     overrides: dict[str, Any] = {}
     if spec.transformer_file:
@@ -375,13 +374,16 @@ def _quiet_libraries() -> None:
     """No loading bars or dtype chatter in worker logs; our own log line says what loaded."""
     import warnings
 
-    import diffusers
     import transformers
+
+    # transformers before diffusers: importing diffusers makes transformers warn (a missing
+    # torchvision) unless its verbosity is already down.
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    import diffusers
 
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
     # diffusers >= 0.36 renamed torch_dtype to dtype; older releases only know torch_dtype.
     warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
 

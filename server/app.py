@@ -27,6 +27,7 @@ from server.outputs.base import OutputStorageError
 from server.services import AppState, build_state
 from server.store import PredictionStore
 from server.store.health import describe
+from server.summary import summary_lines
 
 log = logging.getLogger("fluxserve")
 
@@ -174,6 +175,9 @@ def create_app(
                 if state.heartbeat is not None:  # a store other hosts share: they read its reports
                     await state.heartbeat.start()
                     stack.push_async_callback(state.heartbeat.stop)
+            stored_keys = await asyncio.to_thread(state.keyring.stored_keys)
+            for line in summary_lines(state, runs_workers=start_workers, stored_keys=stored_keys):
+                log.info("%s", line)
             if settings.outputs.retention_hours > 0:
                 state.background.append(asyncio.create_task(_retention_loop(state)))
             state.background.append(asyncio.create_task(_checkpoint_loop(state)))

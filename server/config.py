@@ -183,6 +183,12 @@ class OutputSettings(_Section):
         description="Serve output files only to the key that made them. Off: the unguessable URL is enough "
         "(a request carrying another key still gets 404).",
     )
+    embed_parameters: bool = Field(
+        True,
+        description="Write each image's prompt, seed, steps, guidance, size, model and LoRAs into the file "
+        "(PNG text chunks, JPEG/WebP EXIF and XMP), as A1111 and ComfyUI read them. Off: output files "
+        "carry no metadata at all (`fluxserve generate` follows it too).",
+    )
     share_pages: bool = Field(
         True,
         description="Serve the share page /p/{id}: anyone holding the (unguessable) link "

@@ -28,6 +28,7 @@ from server.datalock import ServerLock
 from server.metrics import ServerMetrics
 from server.outputs import open_output_storage
 from server.outputs.base import OutputStorage
+from server.predictions.activity import PredictionLog
 from server.predictions.errors import ModelNotServed, ModelUnavailable, NotAccepting, ShuttingDown
 from server.predictions.feed import Change, ChangeFeed, ChangeKind
 from server.predictions.models import ModelEntry, ModelRegistry
@@ -156,6 +157,8 @@ def build_state(
     render = RenderContext(settings.base_url, outputs, models)
     metrics = ServerMetrics()
     webhooks = WebhookDispatcher(settings, store, backend.deliveries, render=render)
+    keyring = KeyRing(settings.api_keys, backend.keys)
+    activity = PredictionLog(keyring)  # the operator's line per create, start and end
     supervisor = Supervisor(
         settings,
         store,
@@ -164,6 +167,7 @@ def build_state(
         on_finished=lambda pred: feed.ended(pred.id),
         observe_predict_time=metrics.predict_time.observe,
         models=models,
+        activity=activity,
     )
     subscribe_workers(feed, supervisor)
     subscribe_webhooks(feed, store, webhooks)
@@ -182,12 +186,13 @@ def build_state(
         max_in_flight=settings.limits.max_in_flight,
         max_image_bytes=settings.input_images.max_bytes,
         outputs=outputs,
+        activity=activity,
     )
     metrics.bind(store, supervisor)
     return AppState(
         settings=settings,
         store=store,
-        keyring=KeyRing(settings.api_keys, backend.keys),
+        keyring=keyring,
         create_limiter=RequestRateLimiter(settings.limits.requests_per_minute, settings.limits.storage_uri),
         read_limiter=RequestRateLimiter(settings.limits.reads_per_minute, settings.limits.storage_uri),
         outputs=outputs,
@@ -247,7 +252,12 @@ def build_worker_host(settings: Settings, backend: Backend) -> WorkerHost:
     outputs = open_output_storage(settings)
     models = ModelRegistry.from_settings(settings)
     supervisor = Supervisor(
-        settings, backend.predictions, outputs, notify=backend.feed.changed, models=models
+        settings,
+        backend.predictions,
+        outputs,
+        notify=backend.feed.changed,
+        models=models,
+        activity=PredictionLog(KeyRing(settings.api_keys, backend.keys)),
     )
     subscribe_workers(backend.feed, supervisor)
     webhooks = WebhookDispatcher(

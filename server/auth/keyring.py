@@ -134,6 +134,10 @@ class KeyRing:
         self._open: bool | None = False if self._static else (True if keystore is None else None)
         self._open_checked_at = float("-inf")
         self._mode_changed_at: float | None = None  # wall time the running ring saw its first key
+        # Key names by key id, for logs: the static keys, anonymous, and each stored key once
+        # it authenticated here (or load_names read them all).
+        self._names: dict[str, str] = {i.key_id: i.name for _, i in self._static}
+        self._names[ANONYMOUS.key_id] = ANONYMOUS.name
 
     def __repr__(self) -> str:
         return f"KeyRing(static_keys={len(self._static)}, keystore={self._keystore!r})"
@@ -214,4 +218,22 @@ class KeyRing:
         if info is None:
             return None
         self._keystore.touch(info.key_id)
+        self._names[info.key_id] = info.name
         return Identity(info.key_id, info.name)
+
+    def name_of(self, key_id: str) -> str | None:
+        """The name of the key with this id, for logs, when known without reading the store
+        (None otherwise: ``load_names`` reads them). Never blocks."""
+        return self._names.get(key_id)
+
+    def stored_keys(self) -> int:
+        """How many stored keys are active (revoked ones left out). Blocking: one store read."""
+        if self._keystore is None:
+            return 0
+        return sum(1 for info in self._keystore.list() if not info.revoked)
+
+    def load_names(self) -> None:
+        """Learn the names of every stored key (revoked ones too). Blocking: one store read."""
+        if self._keystore is not None:
+            for info in self._keystore.list():
+                self._names[info.key_id] = info.name

@@ -71,6 +71,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.loading import load_model
 
     spec = _spec_for_generate(args)
+    embed = _embed_parameters(args)
+    if embed is None:
+        return 2
     try:
         t0 = time.perf_counter()
         model = load_model(spec)
@@ -91,7 +94,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        result = FluxGenerator(model).generate(inputs, source_image=source, on_progress=progress)
+        result = FluxGenerator(model).generate(
+            inputs, source_image=source, on_progress=progress, embed_parameters=embed
+        )
     except GenerationError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -122,6 +127,18 @@ def _spec_for_generate(args: argparse.Namespace):
         spec = load_settings(args.config).model_spec()  # the first configured model
         return spec
     return ModelSpec(weights=args.model, transformer_file=args.transformer_file)
+
+
+def _embed_parameters(args: argparse.Namespace) -> bool | None:
+    """``outputs.embed_parameters`` of --config, or of the environment without one (None: the
+    configuration is invalid, and said so)."""
+    from server.config import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config).outputs.embed_parameters
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _add_tiny_model(sub: argparse._SubParsersAction) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from pipelines.images import data_url_size_problem
 from pipelines.inputs import InvalidInputs
+from server.predictions.activity import PredictionLog
 from server.predictions.errors import (
     AlreadyFinished,
     CreateFailed,
@@ -130,6 +131,7 @@ class PredictionService:
         max_image_bytes: int | None = None,
         outputs: OutputFiles | None = None,
         clock: Callable[[], float] = time.time,
+        activity: PredictionLog | None = None,
     ) -> None:
         """``max_in_flight``: predictions starting or processing per owner (0: unlimited);
         ``max_image_bytes``: the largest inline (data: URL) input image; ``outputs``: where a
@@ -141,6 +143,7 @@ class PredictionService:
         self.max_image_bytes = max_image_bytes
         self.outputs = outputs
         self._clock = clock
+        self.activity = activity if activity is not None else PredictionLog()
 
     # -- create -------------------------------------------------------------------------------
     def ensure_accepting(self, model: ModelEntry | None = None) -> None:
@@ -201,6 +204,7 @@ class PredictionService:
             raise CreateFailed("the prediction could not be stored; try again") from None
         self.readiness.store_working()
         self.feed.created(prediction.id)
+        await self.activity.created(prediction)
         return prediction
 
     async def create(self, request: CreateRequest) -> Prediction:
@@ -269,6 +273,9 @@ class PredictionService:
             self.feed.cancel_requested(prediction_id)
         else:  # ended here, not in a worker: its end is told like any other (webhooks)
             self.feed.ended(prediction_id)
+            ended = await asyncio.to_thread(self.store.get, prediction_id)
+            if ended is not None:
+                await self.activity.ended(ended)
         return outcome
 
     # -- delete -------------------------------------------------------------------------------

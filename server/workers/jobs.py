@@ -33,6 +33,7 @@ from typing import Any
 from pipelines.inputs import InvalidInputs, parse_inputs
 from server.outputs.base import OutputStorage, OutputStorageError
 from server.outputs.local import output_name
+from server.predictions.activity import PredictionLog
 from server.predictions.feed import wait_event
 from server.predictions.model import CANCELLED, ERROR, SUCCESS, WORKER_LOST, Lease, Prediction
 from server.predictions.models import ModelRegistry
@@ -98,6 +99,7 @@ class Jobs:
         observe_predict_time: Callable[[float], None] | None = None,
         host_id: str | None = None,
         models: ModelRegistry | None = None,
+        activity: PredictionLog | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -110,6 +112,7 @@ class Jobs:
         self._notify = notify
         self._on_finished = on_finished
         self._observe = observe_predict_time
+        self.activity = activity if activity is not None else PredictionLog()
         self._wake = asyncio.Event()
         self._retry_now = asyncio.Event()
         self.store_health = StoreHealth(on_recovered=self._retry_now.set)
@@ -211,7 +214,7 @@ class Jobs:
             try:
                 previews = pred.wants_previews(self.settings.previews.enabled)
                 schema = self.models.schema_of(pred.model)
-                slot.conn.send(RunJob(pred.id, inputs, pred.attempts, schema, previews=previews))
+                slot.conn.send(RunJob(pred.id, inputs, pred.attempts, schema, pred.model, previews=previews))
             except OSError:
                 # The worker is gone (its exit is on the way): the job never reached it.
                 log.warning("worker %d pipe closed while sending a job; requeued", slot.index)
@@ -220,6 +223,7 @@ class Jobs:
                 continue
             slot.job, slot.state, slot.job_started = pred, W_BUSY, time.monotonic()
             self._notify(pred.id)
+            await self.activity.started(pred, slot.index)
 
     async def _inputs(self, pred: Prediction) -> dict[str, Any] | None:
         """What the worker runs: the params resolved at create, trusted as they are. A row made
@@ -551,9 +555,10 @@ class Jobs:
 
     async def _finished(self, pid: str) -> None:
         self._notify(pid)
-        if self._on_finished is not None:
-            pred = await asyncio.to_thread(self.store.get, pid)
-            if pred is not None and pred.terminal:
+        pred = await asyncio.to_thread(self.store.get, pid)
+        if pred is not None and pred.terminal:
+            await self.activity.ended(pred)
+            if self._on_finished is not None:
                 self._on_finished(pred)
 
 

@@ -17,6 +17,7 @@ class RunJob:
     inputs: dict[str, Any]  # the model's inputs as a dict, validated before it is sent: the worker trusts it
     attempt: int = 1
     schema: str = "flux-dev"  # their pipelines.inputs.INPUT_SCHEMAS key
+    model: str | None = None  # the prediction's model slug (None: the worker's model name)
     previews: bool = False  # send a JobPreview every few steps
 
 
@@ -41,6 +42,7 @@ class WorkerReady:
     is_tiny: bool
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
+    source: str = ""  # where the weights came from: folder, hf-cache or tiny
 
 
 @dataclass

@@ -60,6 +60,7 @@ class WorkerConfig:
     adapter_files: AdapterFilesConfig | None = None  # where LoRA sources resolve (None: no LoRA)
     lora_max_loaded: int = 4  # LoRA adapters kept loaded
     lora_hotswap_max_rank: int = 64  # the rank of a compiled model's adapter slots
+    embed_parameters: bool = True  # outputs.embed_parameters: generation parameters inside the files
     fault_injection: bool = False  # tests only: prompts containing [[fault:...]] cause real faults
     log_level: str = "info"
 
@@ -143,6 +144,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
             is_tiny=model.is_tiny,
             load_seconds=model.load_seconds,
             warnings=list(model.warnings),
+            source="tiny" if model.is_tiny else model.weights.source,
         )
     )
 
@@ -266,6 +268,8 @@ def _run_job(
                 should_cancel=control.cancel.is_set,
                 loras=loras,
                 previews=previews,
+                embed_parameters=config.embed_parameters,
+                model_name=job.model,
             )
     except GenerationError as exc:
         return JobFailed(pid, str(exc), "".join(logs))

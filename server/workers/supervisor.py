@@ -22,6 +22,7 @@ from typing import Any
 
 from pipelines.spec import ModelSpec
 from server.outputs.base import OutputStorage
+from server.predictions.activity import PredictionLog
 from server.predictions.model import Prediction
 from server.predictions.models import ModelRegistry
 from server.store import PredictionStore
@@ -108,7 +109,9 @@ class Supervisor:
         observe_predict_time: Callable[[float], None] | None = None,
         host_id: str | None = None,
         models: ModelRegistry | None = None,
+        activity: PredictionLog | None = None,
     ) -> None:
+        """``activity``: where each job's start and end is logged (default: owners shown by id)."""
         self.settings = settings
         self.store = store
         self.outputs = outputs
@@ -125,12 +128,14 @@ class Supervisor:
             on_finished=on_finished,
             observe_predict_time=observe_predict_time,
             host_id=host_id,
+            activity=activity,
         )
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._stopped = False
         self._drain_deadline: float | None = None  # one grace period, however many callers wait on it
+        self._announced_ready = False  # the "ready" line is logged once, when every worker first is
 
     @property
     def accepting(self) -> bool:
@@ -213,6 +218,7 @@ class Supervisor:
             lora_hotswap_max_rank=s.loras.hotswap_max_rank,
             fault_injection=os.environ.get("FLUXSERVE_FAULT_INJECTION") == "1",
             log_level=s.log_level,
+            embed_parameters=s.outputs.embed_parameters,
         )
 
     def _spawn(self, slot: WorkerSlot) -> None:
@@ -289,8 +295,24 @@ class Supervisor:
                 msg.dtype,
                 msg.load_seconds,
             )
+            log.info(
+                "worker %d: model %s, weights %s (%s), device %s, dtype %s",
+                slot.index,
+                slot.spec.name if slot.spec is not None else "?",
+                msg.weights,
+                msg.source or "folder",
+                msg.device,
+                msg.dtype,
+            )
             for warning in msg.warnings:
                 log.warning("worker %d: %s", slot.index, warning)
+            if not self._announced_ready and all(s.state in (W_READY, W_BUSY) for s in self.slots):
+                self._announced_ready = True
+                log.info(
+                    "ready: %d worker(s) loaded; predictions run at %s/v1/prediction",
+                    len(self.slots),
+                    self.settings.base_url,
+                )
             self.wake()
         elif isinstance(msg, SetupFailed):
             slot.state, slot.setup_error = W_FAILED, msg.reason
