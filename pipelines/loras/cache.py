@@ -45,6 +45,9 @@ Fetch = Callable[[BinaryIO], None]
 
 _SUFFIX = ".safetensors"
 _TEMP_PREFIX = ".tmp-"
+# A temporary file younger than this may be one another worker has just created and not locked
+# yet: left alone by the start-up clean-up (an older unlocked one is a dead process's).
+_TEMP_GRACE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,11 @@ class AdapterCache:
     def _remove_leftovers(self) -> None:
         """Temporary files of a killed process, and sidecars or locks without an entry."""
         for temp in self.root.glob(f"{_TEMP_PREFIX}*"):
+            try:
+                if time.time() - temp.stat().st_mtime < _TEMP_GRACE_S:
+                    continue
+            except FileNotFoundError:
+                continue
             held = _try_lock(temp, fcntl.LOCK_EX, create=False)
             if held is not None:  # no live writer holds it
                 temp.unlink(missing_ok=True)
@@ -228,7 +236,34 @@ class AdapterCache:
             if extra.suffix == ".json":
                 extra.unlink(missing_ok=True)
             else:
-                self._delete_if_unused(extra.stem)
+                self._remove_orphan_locks(extra.stem)
+
+    def _remove_orphan_locks(self, stem: str) -> None:
+        """The lock files of a key with no entry, unless another process is fetching or using it
+        right now (another worker of this host may be: this runs whenever a worker starts)."""
+        fetch_path, lock_path = self.root / f"{stem}.fetch", self.root / f"{stem}.lock"
+        fetching = _try_lock(fetch_path, fcntl.LOCK_EX, create=False)
+        if fetching is None and fetch_path.exists():
+            return  # a download is under way: its entry is about to appear
+        try:
+            using = _try_lock(lock_path, fcntl.LOCK_EX, create=False)
+            if using is None and lock_path.exists():
+                return
+            try:
+                # Holding the fetch lock, no entry can appear meanwhile: check once more. Only a
+                # lock file held here is unlinked (one created since is another asker's, in use);
+                # waiters on an unlinked one notice and reopen.
+                if not (self.root / f"{stem}{_SUFFIX}").exists():
+                    if using is not None:
+                        lock_path.unlink(missing_ok=True)
+                    if fetching is not None:
+                        fetch_path.unlink(missing_ok=True)
+            finally:
+                if using is not None:
+                    _unlock(using)
+        finally:
+            if fetching is not None:
+                _unlock(fetching)
 
 
 # --- locks ----------------------------------------------------------------------------------

@@ -178,13 +178,48 @@ def test_a_file_bigger_than_the_whole_budget_is_refused(tmp_path, adapter_bytes)
 
 def test_leftover_temp_files_are_removed_at_start_but_not_a_live_download(tmp_path, adapter_bytes):
     AdapterCache(tmp_path, 10**6)
-    (tmp_path / ".tmp-dead-1.safetensors").write_bytes(b"partial")
+    an_hour_ago = time.time() - 3600
+    dead = tmp_path / ".tmp-dead-1.safetensors"
+    dead.write_bytes(b"partial")
     live = tmp_path / ".tmp-live-2.safetensors"
+    just_made = tmp_path / ".tmp-new-3.safetensors"  # made by another worker, not locked yet
+    just_made.write_bytes(b"")
     with open(live, "wb") as writing:
         fcntl.flock(writing, fcntl.LOCK_EX)  # what a download in another process holds
+        for old in (dead, live):
+            os.utime(old, (an_hour_ago, an_hour_ago))
         AdapterCache(tmp_path, 10**6)
-        assert not (tmp_path / ".tmp-dead-1.safetensors").exists()
-        assert live.exists()
+        assert not dead.exists()
+        assert live.exists() and just_made.exists()
+
+
+def test_a_worker_starting_during_a_download_leaves_it_alone(tmp_path):
+    # Another worker's cache opened while a download runs: it neither deletes the temporary file
+    # nor the locks, so the download completes once and every asker gets the entry.
+    data = safetensors_bytes(64)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(sink):
+        started.set()
+        release.wait(10)
+        sink.write(data)
+
+    got = []
+    asker = threading.Thread(target=lambda: got.append(_read(AdapterCache(tmp_path, 10**6), source(1), slow)))
+    asker.start()
+    started.wait(10)
+    AdapterCache(tmp_path, 10**6)  # a worker starting now
+    release.set()
+    asker.join(10)
+
+    calls: list[int] = []
+    assert got == [data]
+    assert _read(AdapterCache(tmp_path, 10**6), source(1), writer(data, calls)) == data and calls == []
+
+
+def _read(cache, src, fetch) -> bytes:
+    with cache.use(src, fetch) as path:
+        return path.read_bytes()
 
 
 def test_an_evicted_entry_is_fetched_again(tmp_path):
@@ -196,3 +231,27 @@ def test_an_evicted_entry_is_fetched_again(tmp_path):
             pass
     assert len(calls) == 3
     assert [os.path.basename(e.key) for e in cache.entries()] == ["a1.safetensors"]
+
+
+def test_workers_starting_and_asking_at_once_download_once(tmp_path):
+    # Each asker opens its own cache (a worker starting: its clean-up runs) at the same moment as
+    # the others ask: the clean-up must never unlink a lock another asker holds. Repeated, since
+    # the race it guards against needs a particular interleaving.
+    data = safetensors_bytes(16)
+    for trial in range(120):
+        root = tmp_path / f"trial-{trial}"
+        calls: list[int] = []
+        got: list[bytes] = []
+        barrier = threading.Barrier(3)
+
+        def ask(calls=calls, got=got, root=root, barrier=barrier) -> None:
+            barrier.wait()
+            got.append(_read(AdapterCache(root, 10**6), source(1), writer(data, calls, delay_s=0.01)))
+
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert got == [data] * 3, f"trial {trial}: {len(got)} of 3 askers got the file"
+        assert len(calls) == 1, f"trial {trial}: {len(calls)} downloads"

@@ -63,16 +63,21 @@ def test_three_workers_asking_for_the_same_url_at_once_make_one_request(tmp_path
     file_host.routes["/a.safetensors"] = Route(ADAPTER, delay_s=0.3)
     start = threading.Barrier(3)
     got: list[bytes] = []
+    errors: list[BaseException] = []
 
     def ask() -> None:
         start.wait()
-        got.append(fetch(tmp_path, file_host.url("/a.safetensors")))
+        try:
+            got.append(fetch(tmp_path, file_host.url("/a.safetensors")))
+        except BaseException as exc:  # noqa: BLE001 - reported below, not lost in the thread
+            errors.append(exc)
 
     threads = [threading.Thread(target=ask) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(20)
+        t.join(60)
+    assert errors == []
     assert got == [ADAPTER] * 3 and file_host.hits == {"/a.safetensors": 1}
 
 
