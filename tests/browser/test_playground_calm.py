@@ -99,6 +99,7 @@ def test_two_generations_queue_each_with_a_running_card(new_page, live_server, a
 
     generate = page.get_by_role("button", name="Generate", exact=True)
     fill_small_run(page, "queued first: a harbour at night", steps=50)
+    page.get_by_label("Megapixels").select_option("1")  # long enough to watch, even on a busy box
     generate.click()
     expect(page.locator("#running .run-card")).to_have_count(1)
     expect(generate).to_be_enabled()
@@ -109,12 +110,13 @@ def test_two_generations_queue_each_with_a_running_card(new_page, live_server, a
     expect(cards).to_have_count(2)
     first = cards.filter(has_text="queued first")
     expect(first.get_by_role("button", name="Cancel")).to_be_visible()
-    expect(first.locator(".run-preview-img")).to_be_visible(timeout=30_000)
+    expect(first.locator(".run-preview-img")).to_be_visible(timeout=90_000)
     assert first.locator(".run-preview-img").get_attribute("src").startswith("blob:")
     expect(first.locator(".run-times")).to_contain_text("elapsed")
     expect(first.locator(".run-times")).to_contain_text("left")
     full_screenshot_queue = artifacts / "playground-queue.png"
     page.screenshot(path=str(full_screenshot_queue), full_page=True)
+    first.get_by_role("button", name="Cancel").click()  # seen enough: the second one runs next
 
     expect(page.locator("#running-box")).to_be_hidden(timeout=180_000)
     expect(page.locator("#status-text")).to_contain_text("Done")  # the latest one, in focus
