@@ -187,6 +187,7 @@ def build_state(
         max_image_bytes=settings.input_images.max_bytes,
         outputs=outputs,
         activity=activity,
+        previews_default=settings.previews.enabled,
     )
     metrics.bind(store, supervisor)
     return AppState(

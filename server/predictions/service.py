@@ -132,10 +132,12 @@ class PredictionService:
         outputs: OutputFiles | None = None,
         clock: Callable[[], float] = time.time,
         activity: PredictionLog | None = None,
+        previews_default: bool = False,
     ) -> None:
         """``max_in_flight``: predictions starting or processing per owner (0: unlimited);
         ``max_image_bytes``: the largest inline (data: URL) input image; ``outputs``: where a
-        deleted prediction's images are removed from."""
+        deleted prediction's images are removed from; ``previews_default``: whether a prediction
+        that did not say gets live previews (``previews.enabled``)."""
         self.store = store
         self.feed = feed
         self.readiness = readiness
@@ -144,6 +146,7 @@ class PredictionService:
         self.outputs = outputs
         self._clock = clock
         self.activity = activity if activity is not None else PredictionLog()
+        self.previews_default = previews_default
 
     # -- create -------------------------------------------------------------------------------
     def ensure_accepting(self, model: ModelEntry | None = None) -> None:
@@ -248,6 +251,8 @@ class PredictionService:
         if pred.status == STARTING:
             position = await asyncio.to_thread(self.store.queue_position, pred)
             return progress_of(pred, self._clock(), queue_position=position)
+        if not pred.wants_previews(self.previews_default):  # no preview to look for: one read less
+            return progress_of(pred, self._clock())
         preview_step = await asyncio.to_thread(self.store.preview_step, pred.id)
         return progress_of(pred, self._clock(), preview_step=preview_step)
 
