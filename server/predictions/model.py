@@ -86,9 +86,7 @@ class Prediction:
     def allows(self, lease: Lease | None) -> bool:
         """Whether a write under ``lease`` may change this prediction: always without a lease,
         else only while that worker holds it for that attempt (fencing)."""
-        return lease is None or (
-            self.status == PROCESSING and self.worker_id == lease.worker_id and self.attempts == lease.attempt
-        )
+        return lease is None or lease.holds(self.status, self.worker_id, self.attempts)
 
     @property
     def webhook_signer(self) -> str:
@@ -117,6 +115,11 @@ class Lease:
     prediction_id: str
     worker_id: str
     attempt: int
+
+    def holds(self, status: str, worker_id: str | None, attempts: int) -> bool:
+        """Whether a prediction in this state (its status, worker and attempt) is still held under
+        this lease: the one fencing rule, for a loaded Prediction and a store's row alike."""
+        return status == PROCESSING and worker_id == self.worker_id and attempts == self.attempt
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from server.auth.keyring import Identity
 from server.predictions import service as predictions
 from server.predictions.model import ALL_STATUSES, PREVIEWS, ListFilter, Prediction
 from server.predictions.models import ModelEntry
+from server.services import AppState
 
 log = logging.getLogger("server.routes.eachlabs")  # the name it had before the move
 
@@ -132,6 +133,11 @@ async def create_prediction(request: Request, identity: Identity, body: Any) -> 
     return await state.predictions.submit(draft)
 
 
+async def answer(state: AppState, pred: Prediction) -> dict:
+    """A prediction's body, with where it stands (``progress``) while it has not ended."""
+    return prediction_body(state.render, pred, await state.predictions.progress(pred))
+
+
 @both(
     router,
     "post",
@@ -175,7 +181,7 @@ async def run(request: Request, identity: Identity = Depends(authenticate)) -> d
     body = await _read_json(request)
     pred = await create_prediction(request, identity, body)
     final = await state.predictions.wait_for_end(pred.id, state.settings.run_wait_timeout_s) or pred
-    return prediction_body(state.render, final, await state.predictions.progress(final))
+    return await answer(state, final)
 
 
 # -- get ------------------------------------------------------------------------------------
@@ -215,7 +221,7 @@ async def get_prediction(
     seconds = requested_wait(request, wait)
     if seconds > 0 and not pred.terminal:
         pred = await state.predictions.wait_for_end(prediction_id, seconds) or pred
-    return prediction_body(state.render, pred, await state.predictions.progress(pred))
+    return await answer(state, pred)
 
 
 # -- live preview ---------------------------------------------------------------------------
@@ -378,9 +384,9 @@ async def list_executions(
         q=q or None,
     )
     preds, total = await state.predictions.list(flt)
-    progress = await asyncio.gather(*(state.predictions.progress(p) for p in preds))
+    bodies = await asyncio.gather(*(answer(state, p) for p in preds))
     return {
-        "executions": [prediction_body(state.render, p, pr) for p, pr in zip(preds, progress, strict=True)],
+        "executions": list(bodies),
         "total": total,
         "limit": limit,
         "offset": offset,

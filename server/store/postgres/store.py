@@ -485,7 +485,7 @@ class PostgresPredictionStore(PredictionStore):
             ).fetchone()
             if row is None or row["status"] != PROCESSING:
                 return False
-            if lease is not None and (row["worker_id"], row["attempts"]) != (lease.worker_id, lease.attempt):
+            if lease is not None and not lease.holds(row["status"], row["worker_id"], row["attempts"]):
                 return False
             conn.execute(
                 "INSERT INTO previews (prediction_id, step, data, updated_at) VALUES (%s, %s, %s, %s) "

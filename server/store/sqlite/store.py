@@ -508,7 +508,7 @@ class SQLitePredictionStore(PredictionStore):
             ).fetchone()
             if row is None or row["status"] != PROCESSING:
                 return False
-            if lease is not None and (row["worker_id"], row["attempts"]) != (lease.worker_id, lease.attempt):
+            if lease is not None and not lease.holds(row["status"], row["worker_id"], row["attempts"]):
                 return False
             conn.execute(
                 "INSERT INTO previews (prediction_id, step, data, updated_at) VALUES (?, ?, ?, ?) "
