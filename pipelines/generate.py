@@ -17,8 +17,9 @@ from PIL import Image
 
 from pipelines.encoding import CONTENT_TYPES, encode_image
 from pipelines.errors import AdapterLoadError, GenerationError, NSFWContentError, OutOfMemory
+from pipelines.fast import RunMode
 from pipelines.inputs import FluxInputs, img2img_size
-from pipelines.loading import LoadedModel, compile_transformer
+from pipelines.loading import LoadedModel
 from pipelines.loras.adapters import LoadedAdapters, LoraOptions, LoraRequest
 from pipelines.metadata import image_parameters
 from pipelines.previews import PreviewRequest
@@ -102,7 +103,8 @@ class FluxGenerator:
         started = time.perf_counter()
         seed = pick_seed(inputs.seed)
         warnings: list[str] = list(self.model.warnings)
-        warnings += self._go_fast(inputs)
+        mode, mode_warnings = self.model.run_modes().select(inputs.go_fast, with_adapters=bool(loras))
+        warnings += mode_warnings
         lora_load_time = self._activate_loras(loras, warnings)
 
         if source_image is not None:
@@ -116,9 +118,19 @@ class FluxGenerator:
         if lora_load_time is not None:
             result.timings["lora_load_time"] = lora_load_time
         try:
-            pil_images = self._denoise(
-                inputs, seed, width, height, source_image, on_progress, should_cancel, warnings, previews
-            )
+            with mode.running():
+                pil_images = self._denoise(
+                    mode,
+                    inputs,
+                    seed,
+                    width,
+                    height,
+                    source_image,
+                    on_progress,
+                    should_cancel,
+                    warnings,
+                    previews,
+                )
         except Cancelled:
             result.cancelled = True
             result.timings["predict_time"] = time.perf_counter() - started
@@ -157,11 +169,20 @@ class FluxGenerator:
 
     # -- stages ---------------------------------------------------------------------------
     def _denoise(
-        self, inputs, seed, width, height, source_image, on_progress, should_cancel, warnings, previews=None
+        self,
+        mode: RunMode,
+        inputs,
+        seed,
+        width,
+        height,
+        source_image,
+        on_progress,
+        should_cancel,
+        warnings,
+        previews=None,
     ):
         import torch
 
-        pipe = self.model.pipe
         n = inputs.num_outputs
         steps = _effective_steps(inputs, source_image is not None)
         total = steps * n
@@ -190,12 +211,12 @@ class FluxGenerator:
             output_type="pil",
         )
         if source_image is not None:
-            runner = self.model.img2img
+            runner = mode.img2img
             # At least one denoising step must run, whatever the strength.
             strength = max(inputs.prompt_strength, 1.0 / inputs.num_inference_steps)
             common.update(image=source_image, strength=strength, height=height, width=width)
         else:
-            runner = pipe
+            runner = mode.pipe
             common.update(height=height, width=width)
 
         if should_cancel is not None and should_cancel():
@@ -262,20 +283,6 @@ class FluxGenerator:
             return None
         warnings += self.adapters.activate(list(loras))
         return self.adapters.last_load_seconds or None
-
-    def _go_fast(self, inputs: FluxInputs) -> list[str]:
-        spec = self.model.spec
-        if not inputs.go_fast:
-            return []
-        if self.model.compiled or spec.quantize_transformer in ("fp8", "int8"):
-            return []
-        if spec.go_fast_compile:
-            if self.adapters is not None:
-                self.adapters.prepare_for_compile()  # slots first: adapters then swap in, no recompile
-            compile_transformer(self.model.pipe)
-            self.model.compiled = True
-            return ["go_fast: compiling the transformer; this first fast run is slower."]
-        return ["go_fast: no faster mode is configured on this server; ran the standard mode."]
 
     # -- helpers --------------------------------------------------------------------------
     def _generator_device(self) -> str:

@@ -21,7 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.attention import BackendChoice, apply_attention_backend
 from pipelines.errors import ModelLoadError
+from pipelines.fast import (
+    GO_FAST,
+    STANDARD,
+    RunMode,
+    RunModes,
+    check_fp8_device,
+    fp8_config,
+    quantized_copy,
+    separate_mode,
+)
 from pipelines.safetensors_check import NotSafetensors, TruncatedSafetensors, check_safetensors_header
 from pipelines.spec import HF_REPO_IDS, ModelSpec
 from pipelines.tiny import is_tiny_model, write_tiny_model
@@ -88,7 +99,14 @@ class LoadedModel:
     safety: Any | None = None  # pipelines.safety.SafetyChecker
     warnings: list[str] = field(default_factory=list)
     load_seconds: float = 0.0
-    compiled: bool = False
+    compiled: bool = False  # pipe.transformer's blocks are compiled (for every request or for go_fast)
+    modes: RunModes | None = None  # standard and go_fast (None: built from pipe/img2img, as in tests)
+    attention: BackendChoice | None = None
+
+    def run_modes(self) -> RunModes:
+        if self.modes is None:
+            self.modes = RunModes(RunMode(STANDARD, self.pipe, self.img2img, compiled=self.compiled))
+        return self.modes
 
     @property
     def is_tiny(self) -> bool:
@@ -207,7 +225,9 @@ def check_cuda_options(spec: ModelSpec, device: str) -> None:
             f"{', '.join(needs)} needs a CUDA GPU, but the model runs on {device}; "
             "remove the option or run on a machine with an NVIDIA GPU"
         )
-    for option in (spec.quantize_transformer, spec.quantize_text_encoder):
+    if spec.go_fast_transformer_separate:
+        check_fp8_device(device)
+    for option in (spec.quantize_transformer, spec.quantize_text_encoder, spec.go_fast.quantize):
         _require_quant_backend(option)
 
 
@@ -304,13 +324,14 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     if spec.vae_tiling:
         pipe.vae.enable_tiling()
 
-    compiled = False
-    if spec.compile:
-        compile_transformer(pipe)
-        compiled = True
-
     img2img = FluxImg2ImgPipeline.from_pipe(pipe)
     img2img.set_progress_bar_config(disable=True)
+    try:
+        modes = _run_modes(spec, pipe, img2img)
+    except torch.OutOfMemoryError as exc:
+        raise _load_error("the go_fast transformer", exc) from exc
+    transformers = list({id(m.transformer): m.transformer for m in modes.all}.values())
+    attention = apply_attention_backend(transformers, spec.attention_backend, device, dtype)
 
     safety = None
     if spec.safety_checker:
@@ -328,7 +349,20 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         dtype,
         elapsed,
     )
-    return LoadedModel(spec, pipe, img2img, device, dtype, weights, safety, warnings, elapsed, compiled)
+    return LoadedModel(
+        spec,
+        pipe,
+        img2img,
+        device,
+        dtype,
+        weights,
+        safety,
+        warnings,
+        elapsed,
+        compiled=spec.compiles_standard_transformer,
+        modes=modes,
+        attention=attention,
+    )
 
 
 def _load_single_file_transformer(spec: ModelSpec, config_folder: Path, dtype):
@@ -413,7 +447,33 @@ def _place(pipe, spec: ModelSpec, device: str) -> None:
                 )
 
 
-def compile_transformer(pipe) -> None:
+def _run_modes(spec: ModelSpec, pipe, img2img) -> RunModes:
+    """The standard mode and, where go_fast differs from it, the go_fast mode (pipelines/fast.py).
+    Compiling here only wraps the blocks; tracing happens at the first call (the warm-up)."""
+    if spec.compiles_standard_transformer:
+        compile_transformer(pipe.transformer)
+    standard = RunMode(
+        STANDARD,
+        pipe,
+        img2img,
+        compiled=spec.compile,
+        force_eager=spec.compiles_standard_transformer and not spec.compile,
+    )
+    already_fast = spec.compile or spec.quantize_transformer in ("fp8", "int8")
+    if spec.go_fast_transformer_separate:
+        fast_transformer = quantized_copy(pipe.transformer, fp8_config())
+        if spec.go_fast.compile:
+            compile_transformer(fast_transformer)
+        return RunModes(standard, separate_mode(pipe, fast_transformer, compiled=spec.go_fast.compile))
+    if spec.go_fast.compile and not spec.compile:
+        return RunModes(standard, RunMode(GO_FAST, pipe, img2img, compiled=True))
+    if spec.go_fast.enabled or already_fast:
+        return RunModes(standard, standard)  # the standard mode already is what go_fast asks for
+    return RunModes(standard)
+
+
+def compile_transformer(transformer) -> None:
     """Compile the transformer's repeated blocks: one graph reused by every block, so the first
-    call is minutes on FLUX.1-dev rather than tens of minutes. Each new image size recompiles."""
-    pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    call is minutes on FLUX.1-dev rather than tens of minutes. Dynamic shapes: the image's token
+    count is symbolic, so the 22 output sizes and any img2img size share that one graph."""
+    transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)

@@ -5,6 +5,7 @@ Torch-free so the server can read and validate configs without loading torch.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,6 +22,29 @@ HF_SCHNELL_REPO_ID = "black-forest-labs/FLUX.1-schnell"
 # The LoRA face of a flux-dev model: Eachlabs' slug and Replicate's model name.
 LORA_SLUG = "black-forest-labs-flux-dev-lora"
 LORA_NAME = "flux-dev-lora"
+
+
+class GoFastSpec(BaseModel):
+    """What a request's ``go_fast: true`` means on this model (the contract: may change pixels)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quantize: Literal["none", "fp8"] = Field(
+        "none",
+        description="`fp8`: go_fast requests run on a second copy of the transformer quantized to fp8 "
+        "(torchao dynamic activation + weight; CUDA compute capability 8.9+: Ada, Hopper). Its "
+        "non-quantized parts share memory with the standard transformer: about +12 GB for FLUX.1-dev. "
+        "Standard requests keep the unquantized weights.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the go_fast transformer's repeated blocks (dynamic shapes: one graph "
+        "for every size), warmed up before the worker reports ready.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.quantize != "none" or self.compile
 
 
 class ModelSpec(BaseModel):
@@ -86,10 +110,25 @@ class ModelSpec(BaseModel):
     compile: bool = Field(
         False, description="torch.compile the transformer's repeated blocks (slow first call)."
     )
+    go_fast: GoFastSpec = Field(
+        default_factory=GoFastSpec,
+        description="What `go_fast: true` in a request runs: `{quantize: fp8, compile: true}` is the "
+        "fastest on Ada/Hopper GPUs. Unset: go_fast runs the standard mode (the logs say so).",
+    )
     go_fast_compile: bool = Field(
-        False,
-        description="When a request sets go_fast, compile even if `compile` is off "
-        "(first go_fast call is slow).",
+        False, description="Older spelling of `go_fast: {compile: true}`; still accepted."
+    )
+    attention_backend: str = Field(
+        "native",
+        description="diffusers attention backend of the transformer: `native` (PyTorch SDPA), `auto` "
+        "(on a GPU, time every installed backend at start and keep the fastest that agrees with "
+        "`native`), or a backend name (flash, _flash_3, sage, xformers, _native_cudnn, ...).",
+    )
+    warmup: bool = Field(
+        True,
+        description="Run a short generation before the worker reports ready, at every output size when "
+        "a transformer is compiled, so no request pays first-call or compile time. /health-check "
+        "says STARTING (warming up) meanwhile.",
     )
     safety_checker: str | None = Field(
         None, description="A local folder with a StableDiffusionSafetyChecker and its image processor."
@@ -124,7 +163,31 @@ class ModelSpec(BaseModel):
             raise ValueError("gpus and workers: give one (gpus: one worker per GPU listed)")
         if self.gpus is not None and not self.gpus:
             raise ValueError("gpus: list at least one GPU index, or leave it out")
+        if (
+            self.go_fast_compile
+            and not self.go_fast.compile
+            and self.quantize_transformer not in ("fp8", "int8")
+        ):
+            # The older flag never compiled a torchao-quantized transformer (already the fast path).
+            self.go_fast = self.go_fast.model_copy(update={"compile": True})
+        if self.go_fast.quantize == "fp8" and self.offload != "none":
+            raise ValueError(
+                "go_fast.quantize: fp8 keeps a second transformer on the GPU, which offload is meant to "
+                "avoid: use offload: none, or quantize_transformer: fp8 for every request"
+            )
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.attention_backend):
+            raise ValueError(f"attention_backend: {self.attention_backend!r} is not a backend name")
         return self
+
+    @property
+    def go_fast_transformer_separate(self) -> bool:
+        """go_fast runs on its own (fp8) copy of the transformer rather than the standard one."""
+        return self.go_fast.quantize == "fp8" and self.quantize_transformer != "fp8"
+
+    @property
+    def compiles_standard_transformer(self) -> bool:
+        """The standard transformer's blocks get compiled (for every request, or for go_fast ones)."""
+        return self.compile or (self.go_fast.compile and not self.go_fast_transformer_separate)
 
     @property
     def serves_lora(self) -> bool:

@@ -161,7 +161,7 @@ def build_model(args: argparse.Namespace, work: Path):
         spec, pipe, None, "cuda", torch.bfloat16, ResolvedWeights(work, False, "random FLUX.1-dev shapes")
     )
     if args.compile:
-        compile_transformer(pipe)  # traces on the first call: the hotswap slots go in before it
+        compile_transformer(pipe.transformer)  # traces on the first call: the hotswap slots go in before it
         model.compiled = True
     return model
 

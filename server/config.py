@@ -91,7 +91,15 @@ class WorkerSettings(_Section):
         description="This worker host's name in leases and in /health-check's hosts (default: the "
         "machine's host name). Two worker hosts on one machine need one each, and a data_dir each.",
     )
-    load_timeout_s: float = Field(1800, description="Model load longer than this is a setup failure.")
+    load_timeout_s: float = Field(
+        1800, description="Model load (and warm-up, compiling included) longer than this is a setup failure."
+    )
+    compile_cache_dir: str | None = Field(
+        None,
+        description="torch.compile's caches (inductor, Triton, compiled artifacts), kept so that a "
+        "compiled model's second start skips most of the compiling (default: <data_dir>/compile-cache; "
+        "`none`: torch's default, usually lost with /tmp).",
+    )
     shutdown_grace_s: float = Field(
         60, description="On SIGTERM, how long a running prediction may take to finish."
     )
@@ -568,6 +576,13 @@ class Settings(BaseSettings):
         if self.loras.cache_dir:
             return Path(self.loras.cache_dir).expanduser().resolve()
         return self.data_path / "lora-cache"
+
+    @property
+    def compile_cache_path(self) -> Path | None:
+        folder = self.workers.compile_cache_dir
+        if folder == "none":
+            return None
+        return Path(folder).expanduser().resolve() if folder else self.data_path / "compile-cache"
 
     def adapter_files_config(self) -> AdapterFilesConfig:
         """The plain-data settings a worker resolves adapter sources with (picklable)."""

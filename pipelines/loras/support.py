@@ -20,15 +20,11 @@ from __future__ import annotations
 
 from pipelines.spec import ModelSpec
 
-# torchao modes that generate.py never compiles for go_fast (they are already the fast path)
-_NOT_COMPILED_FOR_GO_FAST = ("fp8", "int8")
-
 
 def may_compile(spec: ModelSpec) -> bool:
-    """Whether the transformer is, or may later be, torch.compiled (at load, or by a go_fast request)."""
-    return spec.compile or (
-        spec.go_fast_compile and spec.quantize_transformer not in _NOT_COMPILED_FOR_GO_FAST
-    )
+    """Whether the transformer that holds adapters is torch.compiled (for every request, or for
+    go_fast ones when go_fast has no transformer of its own)."""
+    return spec.compiles_standard_transformer
 
 
 def lora_support_problem(spec: ModelSpec) -> str | None:
@@ -44,6 +40,6 @@ def lora_support_problem(spec: ModelSpec) -> str | None:
         return (
             f"Model {spec.name!r} cannot apply LoRA adapters: its transformer is quantized ({quant}) and "
             "compiled, and swapping adapters in a compiled model is not supported on quantized layers. "
-            "Turn off compile/go_fast_compile or quantization for this model."
+            "Turn off compile/go_fast.compile or quantization for this model."
         )
     return None

@@ -43,6 +43,16 @@ class WorkerReady:
     load_seconds: float
     warnings: list[str] = field(default_factory=list)
     source: str = ""  # where the weights came from: folder, hf-cache or tiny
+    warmup_seconds: float = 0.0  # the warm-up run after loading (compiling, when a mode is compiled)
+    attention: str = ""  # the attention backend in use, with what was measured for `auto`
+    compile_cache: str = ""  # "hit" / "miss" for a compiled model's cache of a previous start
+
+
+@dataclass
+class WorkerWarming:
+    """Loaded, now warming up (compiling, for a compiled mode): health says STARTING with this reason."""
+
+    reason: str
 
 
 @dataclass

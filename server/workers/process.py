@@ -30,6 +30,7 @@ from server.workers.messages import (
     SetupFailed,
     Shutdown,
     WorkerReady,
+    WorkerWarming,
 )
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ class WorkerConfig:
     lora_max_loaded: int = 4  # LoRA adapters kept loaded
     lora_hotswap_max_rank: int = 64  # the rank of a compiled model's adapter slots
     embed_parameters: bool = True  # outputs.embed_parameters: generation parameters inside the files
+    compile_cache_dir: str | None = (
+        None  # torch.compile's caches, kept across restarts (None: torch's default)
+    )
     fault_injection: bool = False  # tests only: prompts containing [[fault:...]] cause real faults
     log_level: str = "info"
 
@@ -98,6 +102,10 @@ def worker_main(conn, config: WorkerConfig) -> None:
     """Entry point of the spawned process."""
     if config.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu  # before torch is imported
+    if config.compile_cache_dir:
+        from pipelines.compile_cache import use_folder
+
+        use_folder(config.compile_cache_dir)  # before torch reads its inductor settings
     if config.adapter_files is None or not config.adapter_files.hub_downloads:
         # Never reach for the hub. huggingface_hub reads this once, when first imported: with
         # LoRA hub downloads allowed it stays unset (the weights load with local_files_only anyway).
@@ -133,7 +141,13 @@ def worker_main(conn, config: WorkerConfig) -> None:
         return
     serves_loras = config.adapter_files is not None and spec.serves_lora
     lora = LoraOptions(config.lora_max_loaded, config.lora_hotswap_max_rank) if serves_loras else None
-    generator = FluxGenerator(model, lora)
+    generator = FluxGenerator(model, lora)  # LoRA hotswap slots go in before the warm-up compiles
+    try:
+        warmup_seconds, cache_state = _warm_up(model, config, conn)
+    except Exception as exc:  # noqa: BLE001 - a model that cannot run its warm-up cannot serve
+        log.exception("warm-up failed")
+        conn.send(SetupFailed(f"warm-up failed: {type(exc).__name__}: {exc}"))
+        return
     preview_decoder = PreviewDecoder(config.preview_max_side, config.preview_taesd)
     files = adapter_files(config.adapter_files) if serves_loras and config.adapter_files else None
     conn.send(
@@ -145,6 +159,9 @@ def worker_main(conn, config: WorkerConfig) -> None:
             load_seconds=model.load_seconds,
             warnings=list(model.warnings),
             source="tiny" if model.is_tiny else model.weights.source,
+            warmup_seconds=warmup_seconds,
+            attention=model.attention.describe() if model.attention is not None else "",
+            compile_cache=cache_state,
         )
     )
 
@@ -162,6 +179,28 @@ def worker_main(conn, config: WorkerConfig) -> None:
             conn.send(outcome)
         finally:
             control.done()
+
+
+def _warm_up(model, config: WorkerConfig, conn) -> tuple[float, str]:
+    """Warm the model up (pipelines/warmup.py) unless its spec says not to, loading a compiled
+    model's artifacts of a previous start first and saving them after; (seconds, cache state)."""
+    from pipelines import compile_cache
+    from pipelines.warmup import warm_up
+
+    if not model.spec.warmup:
+        return 0.0, ""
+    compiled = any(mode.compiled for mode in model.run_modes().all)
+    cache_state, folder, key = "", None, ""
+    if compiled and config.compile_cache_dir:
+        folder = compile_cache.use_folder(config.compile_cache_dir)
+        key = compile_cache.artifacts_key(model.spec.model_dump(exclude={"defaults", "name"}), model.device)
+        cache_state = "hit" if compile_cache.load_artifacts(folder, key) else "miss"
+    conn.send(WorkerWarming("warming up"))
+    report = warm_up(model, say=lambda text: conn.send(WorkerWarming(text)))
+    if folder is not None:
+        compile_cache.save_artifacts(folder, key)
+    log.info("warm-up: %d run(s) in %.2f s", report.runs, report.seconds)
+    return report.seconds, cache_state
 
 
 def _read_commands(conn, jobs: queue.Queue, control: _JobControl) -> None:

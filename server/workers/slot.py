@@ -44,6 +44,7 @@ class WorkerSlot:
     stopping: bool = False
     load_crashes: int = 0
     setup_error: str | None = None
+    warming: str | None = None  # loaded, warming up: what it is doing (health's STARTING reason)
     ready: WorkerReady | None = None
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     reader: threading.Thread | None = None  # forwards the pipe to ``inbox``; ends at the worker's exit

@@ -38,6 +38,7 @@ from server.workers.messages import (
     SetupFailed,
     Shutdown,
     WorkerReady,
+    WorkerWarming,
 )
 from server.workers.process import WorkerConfig, worker_main
 from server.workers.slot import (
@@ -219,6 +220,7 @@ class Supervisor:
             fault_injection=os.environ.get("FLUXSERVE_FAULT_INJECTION") == "1",
             log_level=s.log_level,
             embed_parameters=s.outputs.embed_parameters,
+            compile_cache_dir=str(s.compile_cache_path) if s.compile_cache_path else None,
         )
 
     def _spawn(self, slot: WorkerSlot) -> None:
@@ -226,6 +228,7 @@ class Supervisor:
         slot.generation += 1
         slot.state = W_STARTING
         slot.ready = None
+        slot.warming = None
         slot.timed_out = False
         slot.started_at = time.monotonic()
         proc = self._ctx.Process(
@@ -286,7 +289,7 @@ class Supervisor:
         elif isinstance(msg, WorkerReady):
             if slot.state != W_STARTING:
                 return  # the load timed out and the process is being killed: too late
-            slot.ready, slot.state, slot.load_crashes = msg, W_READY, 0
+            slot.ready, slot.state, slot.load_crashes, slot.warming = msg, W_READY, 0, None
             log.info(
                 "worker %d ready: %s on %s (%s) in %.1f s",
                 slot.index,
@@ -304,6 +307,11 @@ class Supervisor:
                 msg.device,
                 msg.dtype,
             )
+            if msg.attention:
+                log.info("worker %d: %s", slot.index, msg.attention)
+            if msg.warmup_seconds:
+                cache = f" (compile cache {msg.compile_cache})" if msg.compile_cache else ""
+                log.info("worker %d warmed up in %.1f s%s", slot.index, msg.warmup_seconds, cache)
             for warning in msg.warnings:
                 log.warning("worker %d: %s", slot.index, warning)
             if not self._announced_ready and all(s.state in (W_READY, W_BUSY) for s in self.slots):
@@ -314,6 +322,11 @@ class Supervisor:
                     self.settings.base_url,
                 )
             self.wake()
+        elif isinstance(msg, WorkerWarming):
+            if slot.state == W_STARTING:
+                if slot.warming is None:
+                    log.info("worker %d loaded the model; %s", slot.index, msg.reason)
+                slot.warming = msg.reason
         elif isinstance(msg, SetupFailed):
             slot.state, slot.setup_error = W_FAILED, msg.reason
             log.error("worker %d could not load the model: %s", slot.index, msg.reason)
@@ -441,6 +454,11 @@ class Supervisor:
             return BUSY, details
         if not states:
             details["reason"] = "no worker processes in this server (workers.count: 0)"
+        warming = [
+            f"worker {s.index}: {s.warming}" for s in self.slots if s.state == W_STARTING and s.warming
+        ]
+        if warming:
+            details["reason"] = "; ".join(warming)
         return STARTING, details
 
     @property
@@ -465,6 +483,8 @@ class Supervisor:
             info.update(device=slot.ready.device, dtype=slot.ready.dtype, tiny_model=slot.ready.is_tiny)
         if slot.setup_error:
             info["error"] = slot.setup_error
+        if slot.state == W_STARTING and slot.warming:
+            info["warming"] = slot.warming
         return info
 
     @property

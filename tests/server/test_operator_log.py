@@ -85,6 +85,9 @@ def test_a_live_server_logs_a_summary_writes_parameters_and_no_library_chatter(
     assert "keys         2 in the config, 0 stored" in log
     assert "worker 0: model flux-dev, weights " in log and "(tiny), device cpu, dtype float32" in log
     assert "ready: 1 worker(s) loaded" in log
+    # The worker warms up before it says it is ready: health is STARTING until then.
+    assert log.index("worker 0 loaded the model; warming up") < log.index("worker 0 warmed up in ")
+    assert log.index("worker 0 warmed up in ") < log.index("ready: 1 worker(s) loaded")
     assert re.search(r"fluxserve\.predictions INFO prediction \S+ ended key=config-1 .* outcome=success", log)
     for chatter in ("[transformers]", "it/s]", "FutureWarning", "UserWarning", "torchvision"):
         assert chatter not in log, chatter
