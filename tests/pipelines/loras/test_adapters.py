@@ -229,7 +229,9 @@ def test_lora_options_need_room_for_two_adapters():
         LoraOptions(max_loaded=1)
 
 
-def test_a_model_compiled_for_go_fast_takes_adapters_in_hotswap_slots(tiny_model_dir, tiny_loras, monkeypatch):
+def test_a_model_compiled_for_go_fast_takes_adapters_in_hotswap_slots(
+    tiny_model_dir, tiny_loras, monkeypatch
+):
     import pipelines.loading
     from pipelines.generate import FluxGenerator
     from pipelines.loading import load_model
