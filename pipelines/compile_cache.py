@@ -24,9 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def use_folder(folder: str | os.PathLike[str]) -> Path:
-    """Point inductor's and Triton's caches into ``folder`` (created); returns it."""
+    """Point inductor's and Triton's caches into ``folder`` (made when something is first written)."""
     root = Path(folder).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
     os.environ["TRITON_CACHE_DIR"] = str(root / "triton")
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
@@ -76,6 +75,7 @@ def save_artifacts(folder: Path, key: str) -> int:
     if not saved:
         return 0
     data = saved[0]
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"artifacts-{key}.bin"
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_bytes(data)
