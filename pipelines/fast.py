@@ -78,11 +78,14 @@ class RunModes:
 
 
 def separate_mode(pipe: Any, transformer: Any, compiled: bool) -> RunMode:
-    """The go_fast mode on its own ``transformer``: pipelines sharing every other module of ``pipe``."""
+    """The go_fast mode on its own ``transformer``: pipelines sharing every other module of ``pipe``.
+    Built from the components directly: ``from_pipe`` would cast every shared module to one dtype
+    (float32 unless told otherwise), and a quantized transformer must not be cast at all."""
     from diffusers import FluxImg2ImgPipeline, FluxPipeline
 
-    fast_pipe = FluxPipeline.from_pipe(pipe, transformer=transformer)
-    fast_img2img = FluxImg2ImgPipeline.from_pipe(pipe, transformer=transformer)
+    components = {**pipe.components, "transformer": transformer}
+    fast_pipe = FluxPipeline(**components)
+    fast_img2img = FluxImg2ImgPipeline(**components)
     for p in (fast_pipe, fast_img2img):
         p.set_progress_bar_config(disable=True)
     return RunMode(GO_FAST, fast_pipe, fast_img2img, compiled=compiled)
