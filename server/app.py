@@ -213,9 +213,10 @@ def create_app(
 
     from server.api import health, outputs
     from server.api.eachlabs import routes as eachlabs
+    from server.api.openai import routes as openai_images
     from server.api.playground import routes as playground
     from server.api.replicate import routes as replicate
 
-    for module in (eachlabs, outputs, health, replicate, playground):
+    for module in (eachlabs, outputs, health, replicate, openai_images, playground):
         app.include_router(module.router)
     return app
