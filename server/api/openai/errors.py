@@ -104,5 +104,17 @@ def _from_api_error(err: ApiError) -> OpenAIError:
     return OpenAIError(err.status, detail, type=kind, code=code, headers=err.headers)
 
 
+def too_large(max_bytes: int) -> dict[str, Any]:
+    """The body-size middleware's 413 for the OpenAI routes."""
+    message = f"Request body too large: the limit is {max_bytes} bytes"
+    return {
+        "error": {"message": message, "type": INVALID_REQUEST, "param": None, "code": "request_too_large"}
+    }
+
+
+# The paths whose 413 is in OpenAI's shape (the app gives them to the body-size middleware).
+TOO_LARGE_BY_PREFIX = {"/openai/": too_large, "/v1/images/": too_large}
+
+
 def _text(details: Any) -> str:
     return details if isinstance(details, str) else json.dumps(details)

@@ -1,9 +1,9 @@
 """The official ``openai`` Python client (PyPI) against a live ``fluxserve serve`` on a loopback port,
 one real worker process running the tiny random FLUX pipeline on CPU.
 
-One server for the module (its start is the expensive part). Each test takes a fresh API key, so
-its predictions and its per-minute create budget (1 here, for the 429 test) are its own. Images are
-512x512 (0.25 megapixels) in 2 steps: fast on CPU.
+One server for the module (``openai_server``, conftest.py); each test takes a fresh API key, so its
+predictions and its per-minute create budget (1, for the 429 test) are its own. Images are 512x512
+(0.25 megapixels) in 2 steps: fast on CPU.
 """
 
 from __future__ import annotations
@@ -15,44 +15,13 @@ import time
 import httpx
 import openai
 import pytest
-from openai import OpenAI
 
-from tests.server.helpers import FAST_MODEL, LiveServer
+from tests.server.api.openai.conftest import openai_client_for
+from tests.server.helpers import LiveServer
 
 pytestmark = pytest.mark.slow
 
 FAST = {"num_inference_steps": 2}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    folder = tmp_path_factory.mktemp("openai-live")
-    with LiveServer(
-        folder / "data",
-        tiny_model_dir,
-        model={"dtype": "float32", **FAST_MODEL},
-        workers={"count": 1, "shutdown_grace_s": 5},
-        limits={"requests_per_minute": 1},
-        openai={"model_aliases": {"dall-e-3": "flux-dev"}},
-    ) as srv:
-        srv.start(timeout=240)
-        yield srv
-
-
-def client_for(server: LiveServer, key: str, **options) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/openai/v1", api_key=key, max_retries=0, **options)
-
-
-@pytest.fixture
-def key(server) -> str:
-    return server.new_key()
-
-
-@pytest.fixture
-def client(server, key):
-    client = client_for(server, key)
-    yield client
-    client.close()
 
 
 def decode(data: bytes):
@@ -80,8 +49,10 @@ def executions(server: LiveServer, key: str, **params) -> list[dict]:
 # -- images -------------------------------------------------------------------------------------
 
 
-def test_generate_two_images_returns_two_urls_serving_images_of_the_requested_size(server, client):
-    result = client.images.generate(
+def test_generate_two_images_returns_two_urls_serving_images_of_the_requested_size(
+    openai_server, openai_client
+):
+    result = openai_client.images.generate(
         prompt="a lighthouse at dawn", n=2, size="512x512", output_format="webp", extra_body=FAST
     )
 
@@ -91,8 +62,8 @@ def test_generate_two_images_returns_two_urls_serving_images_of_the_requested_si
         assert (image.format, image.size) == ("WEBP", (512, 512))
 
 
-def test_b64_json_answers_the_png_itself(client):
-    result = client.images.generate(
+def test_b64_json_answers_the_png_itself(openai_client):
+    result = openai_client.images.generate(
         prompt="a red fox", size="512x512", response_format="b64_json", extra_body=FAST
     )
 
@@ -100,8 +71,8 @@ def test_b64_json_answers_the_png_itself(client):
     assert (image.format, image.size) == ("PNG", (512, 512))
 
 
-def test_edit_redraws_the_image_at_the_img2img_size(client):
-    result = client.images.edit(
+def test_edit_redraws_the_image_at_the_img2img_size(openai_client):
+    result = openai_client.images.edit(
         image=("source.png", png(200, 120), "image/png"),
         prompt="the same scene at night",
         response_format="b64_json",
@@ -111,19 +82,19 @@ def test_edit_redraws_the_image_at_the_img2img_size(client):
     assert decode(base64.b64decode(result.data[0].b64_json)).size == (208, 128)  # sides rounded to 16
 
 
-def test_the_prediction_is_listed_in_the_keys_executions(server, key, client):
-    client.images.generate(prompt="a quiet harbour", size="512x512", extra_body={**FAST, "seed": 11})
+def test_the_prediction_is_listed_in_the_keys_executions(openai_server, openai_key, openai_client):
+    openai_client.images.generate(prompt="a quiet harbour", size="512x512", extra_body={**FAST, "seed": 11})
 
-    [listed] = executions(server, key)
+    [listed] = executions(openai_server, openai_key)
     assert listed["status"] == "success"
     assert listed["input"]["prompt"] == "a quiet harbour" and listed["input"]["seed"] == 11
 
 
-def test_a_model_alias_runs_the_model_it_stands_for(server, key, client):
-    result = client.images.generate(model="dall-e-3", prompt="a kite", size="512x512", extra_body=FAST)
+def test_a_model_alias_runs_the_model_it_stands_for(openai_server, openai_key, openai_client):
+    result = openai_client.images.generate(model="dall-e-3", prompt="a kite", size="512x512", extra_body=FAST)
 
     assert len(result.data) == 1
-    assert executions(server, key)[0]["model"] == "flux-dev"
+    assert executions(openai_server, openai_key)[0]["model"] == "flux-dev"
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -136,47 +107,52 @@ def assert_openai_shape(exc: openai.APIStatusError, param: str | None, code: str
     assert error["message"]
 
 
-def test_a_size_with_no_table_ratio_is_a_bad_request_naming_size(client):
+def test_a_size_with_no_table_ratio_is_a_bad_request_naming_size(openai_client):
     with pytest.raises(openai.BadRequestError) as refused:
-        client.images.generate(prompt="a cat", size="1000x300")
+        openai_client.images.generate(prompt="a cat", size="1000x300")
 
     assert_openai_shape(refused.value, "size", "unsupported_size")
     assert "1024x1024" in refused.value.message
 
 
-def test_a_missing_prompt_is_a_bad_request_naming_prompt(client):
+def test_a_missing_prompt_is_a_bad_request_naming_prompt(openai_client):
     with pytest.raises(openai.BadRequestError) as refused:
-        client.images.generate(prompt=openai.NOT_GIVEN, size="512x512")
+        openai_client.images.generate(prompt=openai.NOT_GIVEN, size="512x512")
 
     assert_openai_shape(refused.value, "prompt", "missing_required_parameter")
 
 
-def test_a_mask_is_refused_since_inpainting_is_not_offered(client):
+def test_a_mask_is_refused_since_inpainting_is_not_offered(openai_client):
     with pytest.raises(openai.BadRequestError) as refused:
-        client.images.edit(image=("a.png", png(64, 64), "image/png"), mask=("m.png", png(64, 64)), prompt="x")
+        openai_client.images.edit(
+            image=("a.png", png(64, 64), "image/png"), mask=("m.png", png(64, 64)), prompt="x"
+        )
 
     assert_openai_shape(refused.value, "mask", "invalid_value")
 
 
-def test_a_wrong_key_is_an_authentication_error(server):
-    with client_for(server, "not-a-key") as client, pytest.raises(openai.AuthenticationError) as refused:
+def test_a_wrong_key_is_an_authentication_error(openai_server):
+    with (
+        openai_client_for(openai_server, "not-a-key") as client,
+        pytest.raises(openai.AuthenticationError) as refused,
+    ):
         client.images.generate(prompt="a cat", size="512x512")
 
     assert_openai_shape(refused.value, None, "invalid_api_key")
 
 
-def test_an_unknown_model_is_not_found(client):
+def test_an_unknown_model_is_not_found(openai_client):
     with pytest.raises(openai.NotFoundError) as refused:
-        client.images.generate(model="gpt-image-1", prompt="a cat", size="512x512")
+        openai_client.images.generate(model="gpt-image-1", prompt="a cat", size="512x512")
 
     assert_openai_shape(refused.value, "model", "model_not_found")
 
 
-def test_past_the_create_limit_is_a_rate_limit_error_with_retry_after(client):
-    client.images.generate(prompt="one", size="512x512", extra_body=FAST)
+def test_past_the_create_limit_is_a_rate_limit_error_with_retry_after(openai_client):
+    openai_client.images.generate(prompt="one", size="512x512", extra_body=FAST)
 
     with pytest.raises(openai.RateLimitError) as refused:
-        client.images.generate(prompt="two", size="512x512", extra_body=FAST)
+        openai_client.images.generate(prompt="two", size="512x512", extra_body=FAST)
 
     assert_openai_shape(refused.value, None, "rate_limit_exceeded")
     assert int(refused.value.response.headers["Retry-After"]) >= 1
@@ -185,30 +161,35 @@ def test_past_the_create_limit_is_a_rate_limit_error_with_retry_after(client):
 # -- models -------------------------------------------------------------------------------------
 
 
-def test_models_list_names_the_configured_models(client):
-    models = client.models.list()
+def test_models_list_names_the_configured_models(openai_client):
+    models = openai_client.models.list()
 
     assert [m.id for m in models.data] == ["flux-dev", "black-forest-labs-flux-dev-lora"]
     assert {m.object for m in models.data} == {"model"}
-    assert client.models.retrieve("dall-e-3").id == "dall-e-3"
+    assert openai_client.models.retrieve("dall-e-3").id == "dall-e-3"
 
 
 # -- disconnect -----------------------------------------------------------------------------------
 
 
-def test_a_client_gone_before_its_prediction_started_has_it_cancelled(server, key):
-    blocker_key = server.new_key()
+def test_a_client_gone_before_its_prediction_started_has_it_cancelled(openai_server, openai_key):
+    blocker_key = openai_server.new_key()
     # 1024x1024 in 50 steps keeps the one worker busy for many seconds on this CPU
-    blocker = server.create(blocker_key, {"megapixels": "1", "num_inference_steps": "50"})
-    server.wait_until(blocker_key, blocker, lambda body: body["status"] == "processing")
+    blocker = openai_server.create(blocker_key, {"megapixels": "1", "num_inference_steps": "50"})
+    openai_server.wait_until(blocker_key, blocker, lambda body: body["status"] == "processing")
     try:
-        with client_for(server, key, timeout=1.5) as client, pytest.raises(openai.APITimeoutError):
+        with (
+            openai_client_for(openai_server, openai_key, timeout=1.5) as client,
+            pytest.raises(openai.APITimeoutError),
+        ):
             client.images.generate(prompt="never drawn", size="512x512", extra_body=FAST)
 
         deadline = time.monotonic() + 15
-        while not executions(server, key, status="cancelled") and time.monotonic() < deadline:
+        while not executions(openai_server, openai_key, status="cancelled") and time.monotonic() < deadline:
             time.sleep(0.2)
-        [cancelled] = executions(server, key, status="cancelled")
+        [cancelled] = executions(openai_server, openai_key, status="cancelled")
         assert cancelled["input"]["prompt"] == "never drawn" and cancelled["started_at"] is None
     finally:
-        server.http.post(f"/v1/prediction/{blocker}/cancel", headers=server.headers(blocker_key))
+        openai_server.http.post(
+            f"/v1/prediction/{blocker}/cancel", headers=openai_server.headers(blocker_key)
+        )
