@@ -43,7 +43,7 @@ from server.api.openai.schemas import (
 from server.api.routing import both
 from server.auth.keyring import Identity
 from server.predictions.errors import AlreadyFinished, NotFound
-from server.predictions.model import CANCELLED, STARTING, SUCCESS, Prediction
+from server.predictions.model import CANCELLED, INVALID_INPUT_IMAGE, STARTING, SUCCESS, Prediction
 from server.predictions.models import ModelEntry
 from server.predictions.service import CreateRequest
 from server.services import AppState
@@ -239,6 +239,8 @@ def _failure(pred: Prediction, headers: dict[str, str]) -> OpenAIError:
     message = pred.error or "The prediction failed"
     if message == ALL_FLAGGED_MESSAGE:
         return OpenAIError(400, message, code="content_policy_violation", headers=headers)
+    if message.startswith(INVALID_INPUT_IMAGE):  # an image URL that could not be fetched or read
+        return OpenAIError(400, message, param="image", code="invalid_image", headers=headers)
     return OpenAIError(500, message, type=SERVER_ERROR, headers=headers)
 
 

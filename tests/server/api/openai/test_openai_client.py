@@ -158,6 +158,18 @@ def test_past_the_create_limit_is_a_rate_limit_error_with_retry_after(openai_cli
     assert int(refused.value.response.headers["Retry-After"]) >= 1
 
 
+def test_an_edit_whose_image_url_is_no_image_is_a_bad_request_naming_image(openai_server, openai_key):
+    not_an_image = "data:image/png;base64," + base64.b64encode(b"plain text, no pixels").decode()
+    r = openai_server.http.post(
+        "/openai/v1/images/edits",
+        json={"image": not_an_image, "prompt": "x"},
+        headers={"Authorization": f"Bearer {openai_key}"},
+    )
+
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["param"], r.json()["error"]["code"]) == ("image", "invalid_image")
+
+
 # -- models -------------------------------------------------------------------------------------
 
 
