@@ -21,6 +21,7 @@ from server.api.errors import install_error_handlers
 from server.api.middleware.blank_query import BlankQueryMiddleware
 from server.api.middleware.body_limit import BodySizeLimitMiddleware
 from server.api.middleware.hostguard import HostGuardMiddleware, HostPolicy
+from server.api.openai import errors as openai_errors
 from server.config import Settings
 from server.datalock import ServerLock
 from server.outputs.base import OutputStorageError
@@ -201,7 +202,11 @@ def create_app(
     )
     app.state.fluxserve = state
     app.router.redirect_slashes = False  # both slash forms are routed explicitly; a 307 breaks clients
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.limits.max_body_bytes,
+        bodies_by_prefix=openai_errors.TOO_LARGE_BY_PREFIX,
+    )
     app.add_middleware(BlankQueryMiddleware)
     # Outermost (added last): a refused Host or cross-site write is answered before anything else.
     policy = HostPolicy.from_settings(
@@ -213,9 +218,10 @@ def create_app(
 
     from server.api import health, outputs
     from server.api.eachlabs import routes as eachlabs
+    from server.api.openai import routes as openai_images
     from server.api.playground import routes as playground
     from server.api.replicate import routes as replicate
 
-    for module in (eachlabs, outputs, health, replicate, playground):
+    for module in (eachlabs, outputs, health, replicate, openai_images, playground):
         app.include_router(module.router)
     return app

@@ -335,6 +335,20 @@ class PreviewSettings(_Section):
     )
 
 
+class OpenAISettings(_Section):
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model names OpenAI clients may send, each standing for a configured model "
+        "(e.g. `dall-e-3: flux-dev`); an OpenAI request without `model` runs the first model.",
+    )
+    wait_timeout_s: float = Field(
+        300,
+        gt=0,
+        description="Longest an OpenAI images request waits for its prediction; then it is cancelled "
+        "and the request answers 504.",
+    )
+
+
 class MetricsSettings(_Section):
     require_key: bool = Field(
         False, description="/metrics needs a valid API key (401 without one); no effect without keys."
@@ -447,6 +461,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     loras: LoraSettings = Field(default_factory=LoraSettings)
     previews: PreviewSettings = Field(default_factory=PreviewSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
     @field_validator("api_keys", mode="before")
@@ -491,6 +506,17 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("two models' LoRA faces share a lora_name: give each its own")
         return models
+
+    @model_validator(mode="after")
+    def _aliases_name_served_models(self) -> Settings:
+        slugs = [slug for spec in self.model_specs for slug in spec.slugs]
+        for alias, slug in self.openai.model_aliases.items():
+            if slug not in slugs:
+                raise ValueError(
+                    f"openai.model_aliases: {alias!r} stands for {slug!r}, which is not a configured "
+                    f"model ({', '.join(slugs)})"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(

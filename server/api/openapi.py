@@ -4,7 +4,7 @@
   contract's shape) and point their ``requestBody`` at ``#/components/schemas/CreateRequest``
   (``ReplicateModelCreate``, ``ReplicateVersionCreate``) through ``openapi_extra``; FastAPI never
   sees those models, so they are added here (with the models they refer to), else the reference
-  dangles.
+  dangles. The OpenAI image routes do the same (``ImageGenerationRequest``, ``ImageEditRequest``).
 - **Validation errors are 400, not 422.** FastAPI documents a 422 ``HTTPValidationError`` on
   every route with parameters, but ``server.api.errors`` answers a bad parameter with a 400 in the
   contract's shape. Those 422s are replaced by that 400; a 422 a route declares itself (the
@@ -44,11 +44,19 @@ def prefer_header(description: str) -> dict[str, Any]:
 def _models() -> dict[str, type[BaseModel]]:
     """Models routes refer to by name without FastAPI knowing them."""
     from server.api.eachlabs.schemas import CreateRequest, ErrorResponse
+    from server.api.openai.schemas import ImageEditRequest, ImageGenerationRequest
     from server.api.replicate.routes import ReplicateModelCreate, ReplicateVersionCreate
 
     return {
         model.__name__: model
-        for model in (CreateRequest, ErrorResponse, ReplicateModelCreate, ReplicateVersionCreate)
+        for model in (
+            CreateRequest,
+            ErrorResponse,
+            ReplicateModelCreate,
+            ReplicateVersionCreate,
+            ImageGenerationRequest,
+            ImageEditRequest,
+        )
     }
 
 

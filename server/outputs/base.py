@@ -39,6 +39,17 @@ class OutputStorage(abc.ABC):
     def open(self, prediction_id: str, name: str) -> StoredOutput | None:
         """The file for a URL's parts, or None when there is none (or the parts are not ours)."""
 
+    def read(self, prediction_id: str, name: str) -> bytes | None:
+        """A stored file's bytes (answers that carry the image itself), or None when there is none.
+        This default reads a local path; a storage whose files are elsewhere overrides it."""
+        stored = self.open(prediction_id, name)
+        if stored is None or stored.path is None:
+            return None
+        try:
+            return stored.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
     @abc.abstractmethod
     def delete(self, prediction_id: str) -> None:
         """Remove a prediction's files (retention); nothing to remove is not an error."""

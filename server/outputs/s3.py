@@ -153,6 +153,17 @@ class S3OutputStorage(OutputStorage):
             log.warning("output storage %r could not look up %s/%s: %s", self, prediction_id, name, exc)
         return StoredOutput(content_type=content_type_for(name), url=self.direct_url(prediction_id, name))
 
+    def read(self, prediction_id: str, name: str) -> bytes | None:
+        if not ID_PATTERN.fullmatch(prediction_id) or not NAME_PATTERN.fullmatch(name):
+            return None
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.key_for(prediction_id, name))
+            return answer["Body"].read()
+        except _storage_errors() as exc:
+            if _error_code(exc) in NOT_FOUND_CODES:
+                return None
+            raise OutputStorageError(f"could not read {prediction_id}/{name} from {self!r}: {exc}") from None
+
     # -- writing and deleting ---------------------------------------------------------------
     def save_all(self, prediction_id: str, files: list[tuple[str, bytes]]) -> list[str]:
         """Upload every file; on any failure delete the ones already uploaded and raise

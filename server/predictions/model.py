@@ -34,6 +34,8 @@ IN_FLIGHT = (STARTING, PROCESSING)
 TERMINAL = (SUCCESS, ERROR, CANCELLED)
 
 WORKER_LOST = "worker lost"
+# How the error of a prediction whose input image could not be used begins (the client's mistake).
+INVALID_INPUT_IMAGE = "Invalid input image"
 # Prediction.extra: the owner whose webhook secret signs the prediction's webhooks (the owner when
 # it was made). Absent on rows from before it was recorded: the owner then.
 WEBHOOK_SIGNER = "webhook_signer"

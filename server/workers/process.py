@@ -236,6 +236,7 @@ def _run_job(
     from pipelines.inputs import INPUT_SCHEMAS, img2img_size
     from pipelines.previews import PreviewRequest
     from server.egress.fetch import AddressPolicy, FetchError, load_image_source
+    from server.predictions.model import INVALID_INPUT_IMAGE
 
     pid = job.prediction_id
     logs: list[str] = []
@@ -263,7 +264,7 @@ def _run_job(
             data = load_image_source(inputs.image, policy, config.max_image_bytes)
             source = decode_image(data, max_pixels=config.max_image_pixels, max_bytes=config.max_image_bytes)
         except (FetchError, InputImageError) as exc:
-            return JobFailed(pid, f"Invalid input image: {exc}", "".join(logs))
+            return JobFailed(pid, f"{INVALID_INPUT_IMAGE}: {exc}", "".join(logs))
         w, h = img2img_size(*source.size)
         emit(
             f"img2img from a {source.width}x{source.height} image: output {w}x{h}, "

@@ -476,3 +476,14 @@ def test_no_worker_for_any_model_with_workers_count_zero():
 def test_one_model_alone_keeps_the_workers_count_rule(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert _plan(workers={"count": 3}) == [(0, "0", "flux-dev"), (1, "1", "flux-dev"), (2, "0", "flux-dev")]
+
+
+def test_an_openai_model_alias_takes_a_configured_model():
+    assert load_settings(openai={"model_aliases": {"dall-e-3": "flux-dev"}}).openai.model_aliases == {
+        "dall-e-3": "flux-dev"
+    }
+
+
+def test_an_openai_model_alias_for_a_model_not_configured_is_refused_naming_both():
+    with pytest.raises(ConfigError, match=r"'dall-e-3' stands for 'flux-pro'"):
+        load_settings(openai={"model_aliases": {"dall-e-3": "flux-pro"}})

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# The refusal's JSON body for a limit in bytes, in the shape of the contract a path belongs to.
+TooLargeBody = Callable[[int], dict[str, Any]]
+
+
+def eachlabs_too_large(max_bytes: int) -> dict[str, Any]:
+    return {"error": "Request body too large", "status": 413, "details": f"the limit is {max_bytes} bytes"}
 
 
 class BodyTooLarge(Exception):
@@ -14,9 +23,14 @@ class BodyTooLarge(Exception):
 class BodySizeLimitMiddleware:
     """Checks Content-Length up front and counts streamed (chunked) bodies as they arrive."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, bodies_by_prefix: Mapping[str, TooLargeBody] | None = None
+    ) -> None:
+        """``bodies_by_prefix``: the refusal's body for paths under a prefix (another contract's
+        shape); every other path gets the Eachlabs one."""
         self.app = app
         self.max_bytes = max_bytes
+        self.bodies_by_prefix = dict(bodies_by_prefix or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -29,7 +43,7 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     too_large = False
                 if too_large:
-                    await self._refuse(send)
+                    await self._refuse(scope, send)
                     return
         received = 0
         response_started = False
@@ -53,16 +67,15 @@ class BodySizeLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await self._refuse(send)
+                await self._refuse(scope, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": "Request body too large",
-                "status": 413,
-                "details": f"the limit is {self.max_bytes} bytes",
-            }
-        ).encode()
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        path = scope.get("path", "")
+        make = next(
+            (make for prefix, make in self.bodies_by_prefix.items() if path.startswith(prefix)),
+            eachlabs_too_large,
+        )
+        body = json.dumps(make(self.max_bytes)).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -48,6 +48,15 @@ def test_saved_files_download_from_their_url_with_their_bytes_and_content_type(s
         assert answer.headers["content-type"] == CONTENT_TYPES[name]
 
 
+def test_read_gives_a_stored_files_bytes_and_none_for_a_file_not_there(storage):
+    pid = new_id()
+    storage.save_all(pid, FILES)
+
+    assert [storage.read(pid, name) for name, _ in FILES] == [data for _, data in FILES]
+    assert storage.read(pid, "out-9.png") is None
+    assert storage.read(new_id(), "out-0.png") is None
+
+
 def test_urls_are_presigned_for_url_expiry_s(s3_server, s3_bucket):
     storage = S3OutputStorage(client_for(s3_server), s3_bucket, url_expiry_s=900)
     pid = new_id()
