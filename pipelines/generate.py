@@ -104,6 +104,7 @@ class FluxGenerator:
         warnings: list[str] = list(self.model.warnings)
         warnings += self._go_fast(inputs)
         lora_load_time = self._activate_loras(loras, warnings)
+        self._use_step_cache(inputs, img2img=source_image is not None)
 
         if source_image is not None:
             width, height = img2img_size(*source_image.size)
@@ -263,10 +264,17 @@ class FluxGenerator:
         warnings += self.adapters.activate(list(loras))
         return self.adapters.last_load_seconds or None
 
+    def _use_step_cache(self, inputs: FluxInputs, img2img: bool) -> None:
+        cache = self.model.step_cache
+        if cache is not None:
+            cache.use(cache.wanted(inputs.go_fast), steps=_effective_steps(inputs, img2img))
+
     def _go_fast(self, inputs: FluxInputs) -> list[str]:
         spec = self.model.spec
         if not inputs.go_fast:
             return []
+        if self.model.step_cache is not None:
+            return []  # the step cache is the fast mode
         if self.model.compiled or spec.quantize_transformer in ("fp8", "int8"):
             return []
         if spec.go_fast_compile:

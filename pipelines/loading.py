@@ -24,6 +24,7 @@ from typing import Any
 from pipelines.errors import ModelLoadError
 from pipelines.safetensors_check import NotSafetensors, TruncatedSafetensors, check_safetensors_header
 from pipelines.spec import HF_REPO_IDS, ModelSpec
+from pipelines.step_cache import StepCache
 from pipelines.tiny import is_tiny_model, write_tiny_model
 from pipelines.weights_check import FLUX_COMPONENTS, FLUX_PIPELINE_CLASSES
 
@@ -89,6 +90,7 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     load_seconds: float = 0.0
     compiled: bool = False
+    step_cache: StepCache | None = None  # set when spec.step_cache is
 
     @property
     def is_tiny(self) -> bool:
@@ -301,16 +303,25 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         _place(pipe, spec, device)
     except torch.OutOfMemoryError as exc:
         raise _load_error("the model onto the GPU", exc) from exc
+    # from_pipe casts the shared modules to its dtype (float32 when none is given), so it gets
+    # the model's, and comes before anything that changes how weights are stored.
+    img2img = FluxImg2ImgPipeline.from_pipe(pipe, torch_dtype=dtype)
+    img2img.set_progress_bar_config(disable=True)
     if spec.vae_tiling:
         pipe.vae.enable_tiling()
+    if spec.layerwise_casting == "fp8":
+        # Weights stored in float8, each layer cast up to the model's dtype while it runs.
+        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+
+    step_cache = None
+    if spec.step_cache is not None:
+        step_cache = StepCache(pipe.transformer, spec.step_cache)
+        step_cache.use(step_cache.wanted(go_fast=False))  # applies_to: all is on from the start
 
     compiled = False
     if spec.compile:
         compile_transformer(pipe)
         compiled = True
-
-    img2img = FluxImg2ImgPipeline.from_pipe(pipe)
-    img2img.set_progress_bar_config(disable=True)
 
     safety = None
     if spec.safety_checker:
@@ -328,7 +339,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         dtype,
         elapsed,
     )
-    return LoadedModel(spec, pipe, img2img, device, dtype, weights, safety, warnings, elapsed, compiled)
+    return LoadedModel(
+        spec, pipe, img2img, device, dtype, weights, safety, warnings, elapsed, compiled, step_cache
+    )
 
 
 def _load_single_file_transformer(spec: ModelSpec, config_folder: Path, dtype):
