@@ -326,3 +326,16 @@ def test_vae_tiling_decodes_in_tiles_at_the_requested_size(tiny_model_dir):
 
 def _pixels(data: bytes):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64) / 255
+
+
+CARD_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("gpu-*gb.yaml"))
+
+
+@no_cuda
+@pytest.mark.parametrize("config", CARD_CONFIGS, ids=lambda p: p.name)
+def test_a_card_config_on_cpu_is_refused_naming_what_needs_cuda(config, tiny_model_dir):
+    import yaml
+
+    model = {**yaml.safe_load(config.read_text())["model"], "weights": str(tiny_model_dir)}
+    message = load_error(**model)
+    assert f"offload: {model['offload']}" in message and "needs a CUDA GPU" in message
