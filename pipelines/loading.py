@@ -260,9 +260,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     warnings: list[str] = [TINY_WARNING] if weights.is_tiny else []
 
     import diffusers
-    import torch
     import transformers
-    from diffusers import FluxImg2ImgPipeline, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import T5EncoderModel
 
     overrides: dict[str, Any] = {}
@@ -297,8 +296,29 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         )
     except Exception as exc:  # noqa: BLE001 - corrupt or incomplete weights end here
         raise _load_error(f"the FLUX pipeline from {weights.folder}", exc) from exc
-    pipe.set_progress_bar_config(disable=True)
+    model = prepare_model(pipe, spec, device, dtype, weights)
+    model.warnings = warnings
+    model.load_seconds = time.perf_counter() - started
+    log.info(
+        "loaded %s from %s (%s) on %s in %s in %.1f s",
+        spec.name,
+        weights.folder,
+        weights.source,
+        device,
+        dtype,
+        model.load_seconds,
+    )
+    return model
 
+
+def prepare_model(pipe, spec: ModelSpec, device: str, dtype, weights: ResolvedWeights) -> LoadedModel:
+    """A built FluxPipeline made ready to serve as ``spec`` says: placement and memory mode, the
+    img2img face, VAE tiling, layerwise casting, step cache, compile, safety checker. Quantized
+    modules are the caller's (they are chosen when the weights are read)."""
+    import torch
+    from diffusers import FluxImg2ImgPipeline
+
+    pipe.set_progress_bar_config(disable=True)
     try:
         _place(pipe, spec, device)
     except torch.OutOfMemoryError as exc:
@@ -329,18 +349,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
         safety = SafetyChecker.load(spec.safety_checker, device if spec.offload == "none" else "cpu", dtype)
 
-    elapsed = time.perf_counter() - started
-    log.info(
-        "loaded %s from %s (%s) on %s in %s in %.1f s",
-        spec.name,
-        weights.folder,
-        weights.source,
-        device,
-        dtype,
-        elapsed,
-    )
     return LoadedModel(
-        spec, pipe, img2img, device, dtype, weights, safety, warnings, elapsed, compiled, step_cache
+        spec, pipe, img2img, device, dtype, weights, safety, compiled=compiled, step_cache=step_cache
     )
 
 
