@@ -262,7 +262,11 @@ def _fmt(value, spec: str = ".2f") -> str:
 def _print_table(args, rows: list[dict], batch_rows: list[dict]) -> None:
     import torch
 
-    where = torch.cuda.get_device_name(0) if args.gpu_shapes else f"CPU ({platform.processor() or 'cpu'})"
+    where = (
+        torch.cuda.get_device_name(0)
+        if args.gpu_shapes
+        else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    )
     print(
         f"# {where}; torch {torch.__version__}; {args.size}x{args.size}, {args.steps} steps; "
         f"median of {args.repeats}; "
@@ -273,7 +277,8 @@ def _print_table(args, rows: list[dict], batch_rows: list[dict]) -> None:
     for row in rows:
         target = TARGETS.get(row["mode"], "")
         if "error" in row:
-            print(f"{row['mode']:<24}  failed: {row['error']}")
+            failed = "" if row["error"].startswith("needs CUDA") else "failed: "
+            print(f"{row['mode']:<24}  {failed}{row['error']}  [target: {target}]")
             continue
         print(
             f"{row['mode']:<24}{_fmt(row['seconds_per_image'], '.3f'):>9}{_fmt(row['peak_gb']):>9}"
