@@ -38,6 +38,7 @@ class RunMode:
     img2img: Any  # diffusers.FluxImg2ImgPipeline sharing pipe's modules
     compiled: bool  # run the transformer's compiled blocks
     force_eager: bool = False  # the transformer is compiled for the other mode: run it eagerly
+    step_cache: Any = None  # pipelines.step_cache.StepCache on this mode's transformer, if any
 
     @property
     def transformer(self) -> Any:

@@ -106,6 +106,7 @@ class FluxGenerator:
         mode, mode_warnings = self.model.run_modes().select(inputs.go_fast, with_adapters=bool(loras))
         warnings += mode_warnings
         lora_load_time = self._activate_loras(loras, warnings)
+        self._use_step_cache(mode, inputs, img2img=source_image is not None)
 
         if source_image is not None:
             width, height = img2img_size(*source_image.size)
@@ -283,6 +284,13 @@ class FluxGenerator:
             return None
         warnings += self.adapters.activate(list(loras))
         return self.adapters.last_load_seconds or None
+
+    @staticmethod
+    def _use_step_cache(mode: RunMode, inputs: FluxInputs, img2img: bool) -> None:
+        """Switch the mode's step cache on or off for this request (StepCache.wanted: its applies_to)."""
+        cache = mode.step_cache
+        if cache is not None:
+            cache.use(cache.wanted(inputs.go_fast), steps=_effective_steps(inputs, img2img))
 
     # -- helpers --------------------------------------------------------------------------
     def _generator_device(self) -> str:

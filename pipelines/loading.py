@@ -35,6 +35,7 @@ from pipelines.fast import (
 )
 from pipelines.safetensors_check import NotSafetensors, TruncatedSafetensors, check_safetensors_header
 from pipelines.spec import HF_REPO_IDS, ModelSpec
+from pipelines.step_cache import StepCache
 from pipelines.tiny import is_tiny_model, write_tiny_model
 from pipelines.weights_check import FLUX_COMPONENTS, FLUX_PIPELINE_CLASSES
 
@@ -278,9 +279,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     warnings: list[str] = [TINY_WARNING] if weights.is_tiny else []
 
     import diffusers
-    import torch
     import transformers
-    from diffusers import FluxImg2ImgPipeline, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import T5EncoderModel
 
     overrides: dict[str, Any] = {}
@@ -315,17 +315,44 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         )
     except Exception as exc:  # noqa: BLE001 - corrupt or incomplete weights end here
         raise _load_error(f"the FLUX pipeline from {weights.folder}", exc) from exc
-    pipe.set_progress_bar_config(disable=True)
+    model = prepare_model(pipe, spec, device, dtype, weights)
+    model.warnings = warnings
+    model.load_seconds = time.perf_counter() - started
+    log.info(
+        "loaded %s from %s (%s) on %s in %s in %.1f s",
+        spec.name,
+        weights.folder,
+        weights.source,
+        device,
+        dtype,
+        model.load_seconds,
+    )
+    return model
 
+
+def prepare_model(pipe, spec: ModelSpec, device: str, dtype, weights: ResolvedWeights) -> LoadedModel:
+    """A built FluxPipeline made ready to serve as ``spec`` says: placement and memory mode, the
+    img2img face, VAE tiling, layerwise casting, the run modes (go_fast, compile, step cache), the
+    attention backend, the safety checker. Quantized modules are the caller's (they are chosen when
+    the weights are read)."""
+    import torch
+    from diffusers import FluxImg2ImgPipeline
+
+    pipe.set_progress_bar_config(disable=True)
     try:
         _place(pipe, spec, device)
     except torch.OutOfMemoryError as exc:
         raise _load_error("the model onto the GPU", exc) from exc
+    # Built from the components: from_pipe would cast every shared module to one dtype (float32
+    # unless told otherwise), and a quantized module must not be cast at all.
+    img2img = FluxImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
     if spec.vae_tiling:
         pipe.vae.enable_tiling()
+    if spec.layerwise_casting == "fp8":
+        # Weights stored in float8, each layer cast up to the model's dtype while it runs.
+        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
 
-    img2img = FluxImg2ImgPipeline.from_pipe(pipe)
-    img2img.set_progress_bar_config(disable=True)
     try:
         modes = _run_modes(spec, pipe, img2img)
     except torch.OutOfMemoryError as exc:
@@ -339,16 +366,6 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
         safety = SafetyChecker.load(spec.safety_checker, device if spec.offload == "none" else "cpu", dtype)
 
-    elapsed = time.perf_counter() - started
-    log.info(
-        "loaded %s from %s (%s) on %s in %s in %.1f s",
-        spec.name,
-        weights.folder,
-        weights.source,
-        device,
-        dtype,
-        elapsed,
-    )
     return LoadedModel(
         spec,
         pipe,
@@ -357,8 +374,6 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         dtype,
         weights,
         safety,
-        warnings,
-        elapsed,
         compiled=spec.compiles_standard_transformer,
         modes=modes,
         attention=attention,
@@ -447,27 +462,44 @@ def _place(pipe, spec: ModelSpec, device: str) -> None:
                 )
 
 
-def _run_modes(spec: ModelSpec, pipe, img2img) -> RunModes:
+def _run_modes(spec: ModelSpec, pipe, img2img, fast_quantization: Any = None) -> RunModes:
     """The standard mode and, where go_fast differs from it, the go_fast mode (pipelines/fast.py).
-    Compiling here only wraps the blocks; tracing happens at the first call (the warm-up)."""
+    Compiling here only wraps the blocks; tracing happens at the first call (the warm-up).
+    ``fast_quantization``: the torchao config of the go_fast copy (default fp8; tests on the CPU
+    pass int8, which the CPU runs)."""
     if spec.compiles_standard_transformer:
         compile_transformer(pipe.transformer)
+    cache_spec = spec.step_cache
+    separate = spec.go_fast_transformer_separate
+    # A step cache sits on each transformer some request may run with it: the standard one unless
+    # only go_fast uses the cache and go_fast has its own (fp8) transformer. On a shared transformer
+    # one StepCache is switched per request (StepCache.wanted).
+    standard_cache = None
+    if cache_spec is not None and (cache_spec.applies_to == "all" or not separate):
+        standard_cache = StepCache(pipe.transformer, cache_spec)
     standard = RunMode(
         STANDARD,
         pipe,
         img2img,
         compiled=spec.compile,
         force_eager=spec.compiles_standard_transformer and not spec.compile,
+        step_cache=standard_cache,
     )
-    already_fast = spec.compile or spec.quantize_transformer in ("fp8", "int8")
-    if spec.go_fast_transformer_separate:
-        fast_transformer = quantized_copy(pipe.transformer, fp8_config())
+    if separate:
+        fast_transformer = quantized_copy(pipe.transformer, fast_quantization or fp8_config())
         if spec.go_fast.compile:
             compile_transformer(fast_transformer)
-        return RunModes(standard, separate_mode(pipe, fast_transformer, compiled=spec.go_fast.compile))
+        fast = separate_mode(pipe, fast_transformer, compiled=spec.go_fast.compile)
+        fast.step_cache = StepCache(fast_transformer, cache_spec) if cache_spec is not None else None
+        return RunModes(standard, fast)
     if spec.go_fast.compile and not spec.compile:
-        return RunModes(standard, RunMode(GO_FAST, pipe, img2img, compiled=True))
-    if spec.go_fast.enabled or already_fast:
+        return RunModes(standard, RunMode(GO_FAST, pipe, img2img, compiled=True, step_cache=standard_cache))
+    if standard_cache is not None and cache_spec.applies_to == "go_fast":
+        # go_fast differs from standard by the step cache alone.
+        return RunModes(
+            standard, RunMode(GO_FAST, pipe, img2img, compiled=spec.compile, step_cache=standard_cache)
+        )
+    if spec.go_fast.enabled or spec.compile or spec.quantize_transformer in ("fp8", "int8"):
         return RunModes(standard, standard)  # the standard mode already is what go_fast asks for
     return RunModes(standard)
 

@@ -14,6 +14,8 @@ DType = Literal["auto", "bfloat16", "float16", "float32"]
 Offload = Literal["none", "model", "sequential", "group"]
 Quantization = Literal["none", "fp8", "int8", "nf4"]
 Family = Literal["flux-dev", "flux-schnell"]
+StepCacheMethod = Literal["first_block", "taylorseer", "mag"]
+LayerwiseCasting = Literal["none", "fp8"]
 
 HF_REPO_ID = "black-forest-labs/FLUX.1-dev"
 # Where `weights: auto` looks in the local Hugging Face cache, per family.
@@ -45,6 +47,91 @@ class GoFastSpec(BaseModel):
     @property
     def enabled(self) -> bool:
         return self.quantize != "none" or self.compile
+
+
+# Per method: the knobs it reads and their defaults. A knob given for a method that does not read
+# it is refused, so a config never carries a setting that silently does nothing.
+STEP_CACHE_KNOBS: dict[str, dict[str, float | int]] = {
+    # ParaAttention's figure for FLUX.1-dev: ~1.6-2x fewer block passes at little visible change.
+    "first_block": {"threshold": 0.08},
+    # diffusers' defaults: a full pass every `interval` steps, first-order prediction in between.
+    "taylorseer": {"interval": 5, "order": 1, "warmup_steps": 3},
+    # diffusers' defaults with its shipped FLUX.1 magnitude ratios (calibrated for 28 steps and
+    # interpolated to the request's step count).
+    "mag": {"threshold": 0.06, "max_skip_steps": 3, "retention_ratio": 0.2},
+}
+
+
+class StepCacheSpec(BaseModel):
+    """Reuse transformer work across denoising steps (diffusers' cache hooks): faster, changes pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: StepCacheMethod = Field(
+        "first_block",
+        description="`first_block`: skip the remaining blocks when the first block's output barely "
+        "changed since the last step; `taylorseer`: compute fully every `interval` steps and "
+        "predict attention outputs in between; `mag`: MagCache, skips steps by the magnitude "
+        "ratios diffusers ships for FLUX.1 (or `mag_ratios`).",
+    )
+    applies_to: Literal["all", "go_fast"] = Field(
+        "go_fast",
+        description="`go_fast`: only requests with go_fast on use the cache; `all`: every request.",
+    )
+    threshold: float | None = Field(
+        None,
+        gt=0,
+        description="first_block (default 0.08) and mag (default 0.06): higher skips more steps, "
+        "changes more pixels.",
+    )
+    interval: int | None = Field(
+        None, ge=1, description="taylorseer: steps between full computations (default 5)."
+    )
+    order: int | None = Field(
+        None, ge=1, le=3, description="taylorseer: order of the Taylor prediction (default 1)."
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="taylorseer: steps always computed fully at the start (default 3)."
+    )
+    max_skip_steps: int | None = Field(
+        None, ge=1, description="mag: most steps skipped in a row (default 3)."
+    )
+    retention_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="mag: the fraction of first steps never skipped (default 0.2).",
+    )
+    mag_ratios: list[float] | None = Field(
+        None,
+        min_length=2,
+        description="mag: per-step magnitude ratios calibrated for this checkpoint (diffusers' "
+        "MagCacheConfig(calibrate=True) prints them). Unset: the ratios diffusers ships for FLUX.1; "
+        "a fine-tune far from FLUX.1 needs its own.",
+    )
+
+    @model_validator(mode="after")
+    def _knobs_fit_the_method(self) -> StepCacheSpec:
+        knobs = set(STEP_CACHE_KNOBS[self.method]) | ({"mag_ratios"} if self.method == "mag" else set())
+        for name in (
+            "threshold",
+            "interval",
+            "order",
+            "warmup_steps",
+            "max_skip_steps",
+            "retention_ratio",
+            "mag_ratios",
+        ):
+            if getattr(self, name) is not None and name not in knobs:
+                raise ValueError(
+                    f"{name}: method {self.method} does not use it (it reads {', '.join(sorted(knobs))})"
+                )
+        return self
+
+    def knob(self, name: str) -> float | int:
+        """A knob's configured value, else the method's default."""
+        value = getattr(self, name)
+        return STEP_CACHE_KNOBS[self.method][name] if value is None else value
 
 
 class ModelSpec(BaseModel):
@@ -130,6 +217,16 @@ class ModelSpec(BaseModel):
         "a transformer is compiled, so no request pays first-call or compile time. /health-check "
         "says STARTING (warming up) meanwhile.",
     )
+    step_cache: StepCacheSpec | None = Field(
+        None,
+        description="Reuse work across denoising steps (faster, changes pixels): `method`, "
+        "`applies_to` and the method's knobs (README, Fast and lean); unset: off.",
+    )
+    layerwise_casting: LayerwiseCasting = Field(
+        "none",
+        description="`fp8`: store the transformer's weights in float8 (e4m3) and cast each layer to "
+        "`dtype` when it runs: about half the transformer's memory, slightly different pixels.",
+    )
     safety_checker: str | None = Field(
         None, description="A local folder with a StableDiffusionSafetyChecker and its image processor."
     )
@@ -177,6 +274,23 @@ class ModelSpec(BaseModel):
             )
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.attention_backend):
             raise ValueError(f"attention_backend: {self.attention_backend!r} is not a backend name")
+        if self.layerwise_casting != "none" and self.quantize_transformer != "none":
+            raise ValueError(
+                "layerwise_casting: the transformer is already quantized (quantize_transformer); "
+                "use one or the other"
+            )
+        if self.layerwise_casting != "none" and self.go_fast.quantize != "none":
+            raise ValueError(
+                "layerwise_casting: go_fast.quantize makes an fp8 copy of the transformer's weights, "
+                "which layerwise casting already stores in fp8; use one or the other"
+            )
+        if self.step_cache is not None and (self.compile or self.go_fast.compile):
+            # diffusers runs its cache hooks under torch.compiler.disable, which the transformer's
+            # fullgraph compile refuses (measured with diffusers 0.42, every method).
+            raise ValueError(
+                "step_cache: cannot run in a compiled transformer (diffusers' cache hooks are not "
+                "compilable); turn compile and go_fast.compile off, or remove step_cache"
+            )
         return self
 
     @property

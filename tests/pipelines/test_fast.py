@@ -299,3 +299,27 @@ def test_compiled_go_fast_warms_every_size_then_never_recompiles(tiny_model_dir,
         torch._dynamo.config.error_on_recompile = False
     assert compile_cache.save_artifacts(tmp_path, "k") > 0
     assert compile_cache.load_artifacts(tmp_path, "k")
+
+
+def test_a_go_fast_copy_carries_its_own_step_cache_and_standard_requests_none(tiny_model_dir):
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    from pipelines.generate import FluxGenerator
+    from pipelines.loading import _run_modes, load_model
+
+    model = load_model(ModelSpec(weights=str(tiny_model_dir)))
+    expected = FluxGenerator(model).generate(inputs()).images[0].data
+    spec = ModelSpec(
+        weights=str(tiny_model_dir),
+        go_fast={"quantize": "fp8"},
+        step_cache={"method": "first_block", "threshold": 1.0},
+    )
+    model.spec = spec
+    model.modes = _run_modes(spec, model.pipe, model.img2img, fast_quantization=Int8WeightOnlyConfig())
+    modes = model.run_modes()
+    assert modes.standard.step_cache is None  # applies_to: go_fast, and go_fast has its own transformer
+    assert modes.go_fast.step_cache.transformer is modes.go_fast.transformer
+    generator = FluxGenerator(model)
+    assert generator.generate(inputs()).images[0].data == expected
+    assert generator.generate(inputs(go_fast=True)).images[0].data != expected
+    assert modes.go_fast.step_cache.active

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from pipelines.errors import ModelLoadError
@@ -53,6 +56,13 @@ def test_dtype_auto_is_float32_on_cpu(tiny_model_dir):
 def test_dtype_auto_is_bfloat16_on_cuda():
     assert resolve_dtype(ModelSpec(), "cuda") == torch.bfloat16
     assert resolve_dtype(ModelSpec(dtype="float16"), "cpu") == torch.float16
+
+
+def test_the_img2img_pipeline_keeps_the_models_dtype(tiny_model_dir):
+    """Making the img2img face must not cast the shared modules (diffusers' default is float32)."""
+    model = load_model(ModelSpec(weights=str(tiny_model_dir), dtype="bfloat16"))
+    assert model.pipe.transformer.dtype == torch.bfloat16
+    assert model.img2img.text_encoder_2.dtype == torch.bfloat16
 
 
 def test_tiny_folder_is_recognised_and_warns_its_images_are_noise(tiny_model):
@@ -283,3 +293,49 @@ def test_weights_auto_looks_for_the_familys_own_repo_in_the_hf_cache(
     weights = loading.resolve_weights(ModelSpec(family=family, weights="auto"))
 
     assert asked == [repo] and (weights.folder, weights.source) == (tiny_model_dir, "hf-cache")
+
+
+# -- memory modes that run on the CPU -------------------------------------------------------
+
+
+def test_fp8_layerwise_casting_stores_the_transformer_in_float8(tiny_model_dir):
+    model = load_model(ModelSpec(weights=str(tiny_model_dir), layerwise_casting="fp8"))
+    linear = model.pipe.transformer.transformer_blocks[0].attn.to_q
+    assert linear.weight.dtype == torch.float8_e4m3fn
+
+
+def test_fp8_layerwise_casting_changes_the_image_only_a_little(tiny_model_dir, generator):
+    cast = FluxGenerator(load_model(ModelSpec(weights=str(tiny_model_dir), layerwise_casting="fp8")))
+    image = _pixels(cast.generate(request(seed=31)).images[0].data)
+    reference = _pixels(generator.generate(request(seed=31)).images[0].data)
+    mse = float(np.mean((image - reference) ** 2))
+    assert 0 < mse and 10 * np.log10(1 / mse) > 30  # PSNR in dB; measured ~50 on this model
+
+
+def test_fp8_layerwise_casting_with_a_quantized_transformer_is_refused():
+    with pytest.raises(ValueError, match="layerwise_casting: the transformer is already quantized"):
+        ModelSpec(layerwise_casting="fp8", quantize_transformer="nf4")
+
+
+def test_vae_tiling_decodes_in_tiles_at_the_requested_size(tiny_model_dir):
+    model = load_model(ModelSpec(weights=str(tiny_model_dir), vae_tiling=True))
+    assert model.pipe.vae.use_tiling
+    image = FluxGenerator(model).generate(request()).images[0]
+    assert (image.width, image.height) == request().size
+
+
+def _pixels(data: bytes):
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64) / 255
+
+
+CARD_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("gpu-*gb.yaml"))
+
+
+@no_cuda
+@pytest.mark.parametrize("config", CARD_CONFIGS, ids=lambda p: p.name)
+def test_a_card_config_on_cpu_is_refused_naming_what_needs_cuda(config, tiny_model_dir):
+    import yaml
+
+    model = {**yaml.safe_load(config.read_text())["model"], "weights": str(tiny_model_dir)}
+    message = load_error(**model)
+    assert f"offload: {model['offload']}" in message and "needs a CUDA GPU" in message
