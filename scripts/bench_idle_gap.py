@@ -187,7 +187,8 @@ def main() -> None:
         gaps, rate = results[overlap]["gaps"], results[overlap]["rate"]
         print(
             f"overlap {'on ' if overlap else 'off'}: idle gap median {statistics.median(gaps):7.2f} ms, "
-            f"p95 {pct(gaps, 95):7.2f} ms, max {max(gaps):7.2f} ms; "
+            f"p95 {pct(gaps, 95):7.2f} ms, max {max(gaps):7.2f} ms, "
+            f"{sum(g < 5 for g in gaps)}/{len(gaps)} under 5 ms; "
             f"{statistics.median(rate):.2f} predictions/s"
         )
     ratio = statistics.median(results[True]["rate"]) / statistics.median(results[False]["rate"])
