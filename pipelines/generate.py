@@ -3,6 +3,13 @@
 One call runs one prediction on a loaded model: seeds, sizes, text-to-image or img2img,
 progress and cancel every denoising step, the safety stage, and encoding. Not thread-safe
 (diffusers pipelines are not): one call at a time per loaded model.
+
+It runs in two stages so a worker can keep the GPU busy: ``start`` (prompt encoding and
+denoising, to latents: the transformer's work) and ``finish`` (VAE decode to PIL, safety check,
+metadata, encoding). One ``start`` at a time; a ``finish`` may run on another thread beside the
+next ``start`` (it touches only the VAE, the safety checker and the CPU), except with CPU
+offload (``overlap_safe``): accelerate's hooks move modules between devices and are not
+thread-safe. ``generate`` is the two stages one after the other.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ import gc
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
@@ -58,6 +67,23 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Denoised:
+    """What ``start`` hands to ``finish``: one prediction's latents and everything needed to turn
+    them into files. ``result.cancelled``: the run stopped; ``finish`` returns the result as is."""
+
+    inputs: FluxInputs
+    result: GenerationResult
+    img2img: bool
+    embed_parameters: bool
+    model_name: str
+    started: float  # perf_counter at the start of the run
+    # Latent batches as the pipeline returned them (packed), each with the seeds of its images;
+    # decoded batch by batch, as the pipeline itself would, so the bytes match.
+    batches: list[tuple[Any, list[int]]] = field(default_factory=list)
+    ready: Any = None  # a CUDA event recorded when the latents were complete (None off CUDA)
+
+
 class Cancelled(Exception):
     """Raised inside the run when the cancel flag is seen; never escapes ``generate``."""
 
@@ -80,6 +106,7 @@ class FluxGenerator:
     def __init__(self, model: LoadedModel, lora: LoraOptions | None = None) -> None:
         self.model = model
         self.adapters = LoadedAdapters(model, lora) if lora is not None else None
+        self._stream = None  # the finishing stage's CUDA stream, made at first use
 
     # -- public -------------------------------------------------------------------------
     def generate(
@@ -98,6 +125,38 @@ class FluxGenerator:
         ``embed_parameters``: each file carries its prompt, seed, steps, guidance, size and
         model (pipelines/metadata.py); off, no metadata at all. ``model_name``: the model named
         there (default: the loaded model's name; a server passes the prediction's slug)."""
+        denoised = self.start(
+            inputs,
+            source_image,
+            on_progress,
+            should_cancel,
+            loras=loras,
+            previews=previews,
+            embed_parameters=embed_parameters,
+            model_name=model_name,
+        )
+        return self.finish(denoised)
+
+    @property
+    def overlap_safe(self) -> bool:
+        """``finish`` may run on another thread beside the next ``start``: not with CPU offload,
+        whose hooks move modules between devices (not thread-safe)."""
+        return self.model.spec.offload == "none"
+
+    def start(
+        self,
+        inputs: FluxInputs,
+        source_image: Image.Image | None = None,
+        on_progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+        *,
+        loras: Sequence[LoraRequest] = (),
+        previews: PreviewRequest | None = None,
+        embed_parameters: bool = True,
+        model_name: str | None = None,
+    ) -> Denoised:
+        """The GPU stage: LoRA activation, prompt encoding and denoising, to latents (arguments as
+        ``generate``). OutOfMemory and other errors raise; a cancel returns a cancelled result."""
         import torch
 
         started = time.perf_counter()
@@ -118,9 +177,17 @@ class FluxGenerator:
         result = GenerationResult([], seed, width, height, inputs.num_outputs, warnings=warnings)
         if lora_load_time is not None:
             result.timings["lora_load_time"] = lora_load_time
+        denoised = Denoised(
+            inputs,
+            result,
+            img2img=source_image is not None,
+            embed_parameters=embed_parameters,
+            model_name=model_name or self.model.spec.name,
+            started=started,
+        )
         try:
             with mode.running():
-                pil_images = self._denoise(
+                denoised.batches = self._denoise(
                     mode,
                     inputs,
                     seed,
@@ -135,25 +202,44 @@ class FluxGenerator:
         except Cancelled:
             result.cancelled = True
             result.timings["predict_time"] = time.perf_counter() - started
-            return result
+            return denoised
         except (torch.OutOfMemoryError, MemoryError) as exc:
             self._free_memory()
             raise OutOfMemory(_oom_message(inputs, width, height, exc)) from None
-        denoised = time.perf_counter()
+        if torch.cuda.is_available() and str(self.model.device).startswith("cuda"):
+            denoised.ready = torch.cuda.Event()
+            denoised.ready.record()  # finish's stream waits for it, not for the next job's work
+        result.timings["denoise_time"] = time.perf_counter() - started
+        return denoised
 
-        kept = self._safety_stage(inputs, pil_images, warnings, result)
+    def finish(self, denoised: Denoised) -> GenerationResult:
+        """The finishing stage: VAE decode to PIL, safety, metadata and encoding. May run on
+        another thread beside the next ``start`` when ``overlap_safe``."""
+        import torch
+
+        result, inputs = denoised.result, denoised.inputs
+        if result.cancelled:
+            return result
+        decode_started = time.perf_counter()
+        try:
+            pil_images = self._decode(denoised)
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            self._free_memory()
+            raise OutOfMemory(_oom_message(inputs, result.width, result.height, exc)) from None
+        decoded = time.perf_counter()
+
+        kept = self._safety_stage(inputs, pil_images, result.warnings, result)
         checked = time.perf_counter()
-        model = model_name or self.model.spec.name
         for img, image_seed in kept:
             parameters = None
-            if embed_parameters:
+            if denoised.embed_parameters:
                 parameters = image_parameters(
                     inputs,
-                    model=model,
+                    model=denoised.model_name,
                     seed=image_seed,
                     width=img.width,
                     height=img.height,
-                    img2img=source_image is not None,
+                    img2img=denoised.img2img,
                 )
             data = encode_image(img, inputs.output_format, inputs.output_quality, parameters)
             result.images.append(
@@ -161,9 +247,9 @@ class FluxGenerator:
             )
         finished = time.perf_counter()
         result.timings.update(
-            predict_time=finished - started,
-            denoise_time=denoised - started,
-            safety_time=checked - denoised,
+            predict_time=finished - denoised.started,
+            decode_time=decoded - decode_started,
+            safety_time=checked - decoded,
             encode_time=finished - checked,
         )
         return result
@@ -209,33 +295,75 @@ class FluxGenerator:
             guidance_scale=inputs.guidance,
             num_inference_steps=inputs.num_inference_steps,
             callback_on_step_end=on_step_end,
-            output_type="pil",
+            output_type="latent",  # decoded by finish, on the finishing stage
         )
+        runner = mode.img2img if source_image is not None else mode.pipe
         if source_image is not None:
-            runner = mode.img2img
             # At least one denoising step must run, whatever the strength.
             strength = max(inputs.prompt_strength, 1.0 / inputs.num_inference_steps)
             common.update(image=source_image, strength=strength, height=height, width=width)
         else:
-            runner = mode.pipe
             common.update(height=height, width=width)
 
         if should_cancel is not None and should_cancel():
             raise Cancelled()
         device = self._generator_device()
-        images: list[tuple[Image.Image, int]] = []
+        batches: list[tuple[Any, list[int]]] = []
         with torch.inference_mode():
-            if self.model.spec.batch_outputs and n > 1:
+            if self._batched(n, width, height):
                 generators = [torch.Generator(device).manual_seed(seed + i) for i in range(n)]
                 out = runner(generator=generators, num_images_per_prompt=n, **common)
-                images = [(img, seed + i) for i, img in enumerate(out.images)]
+                batches.append((out.images, [seed + i for i in range(n)]))
             else:
                 # One image after another: image i is exactly what seed+i gives alone.
                 for i in range(n):
                     generator = torch.Generator(device).manual_seed(seed + i)
                     out = runner(generator=generator, num_images_per_prompt=1, **common)
-                    images.append((out.images[0], seed + i))
+                    batches.append((out.images, [seed + i]))
+        return batches
+
+    def _batched(self, n: int, width: int, height: int) -> bool:
+        """Denoise the n outputs in one batch: batch_outputs on, and the size within batch_max_pixels."""
+        spec = self.model.spec
+        if not spec.batch_outputs or n < 2:
+            return False
+        return spec.batch_max_pixels is None or width * height <= spec.batch_max_pixels
+
+    def _decode(self, denoised: Denoised) -> list[tuple[Image.Image, int]]:
+        """Latents to PIL exactly as the pipeline's own ``output_type="pil"`` path does (unpack,
+        scale and shift, VAE decode, postprocess), batch by batch. On CUDA on a stream of its
+        own, after the latents were complete: the next job's denoising is not waited for."""
+        import torch
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        pipe = self.model.pipe
+        height, width = denoised.result.height, denoised.result.width
+        stream = None
+        if denoised.ready is not None:
+            stream = self._finish_stream()
+            stream.wait_event(denoised.ready)
+        images: list[tuple[Image.Image, int]] = []
+        with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else nullcontext():
+            for latents, seeds in denoised.batches:
+                if stream is not None:
+                    latents.record_stream(stream)  # its memory is not reused before this stream is done
+                latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+                latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+                latents = latents.to(get_module_execution_device(pipe.vae))
+                decoded = pipe.vae.decode(latents, return_dict=False)[0]
+                pil = pipe.image_processor.postprocess(decoded, output_type="pil")
+                images += list(zip(pil, seeds, strict=True))
+        denoised.batches = []  # the latents are freed now, not when the result is dropped
+        if self.model.spec.offload != "none":
+            pipe.maybe_free_model_hooks()  # the VAE goes back to the CPU, as after a pipeline call
         return images
+
+    def _finish_stream(self):
+        import torch
+
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        return self._stream
 
     def _encode_prompt(self, prompt: str, warnings: list[str]):
         """Encode once for all images; warn when T5 (or CLIP) truncates the prompt."""
@@ -307,6 +435,11 @@ class FluxGenerator:
             torch.cuda.empty_cache()
 
 
+def total_steps(inputs: FluxInputs, img2img: bool) -> int:
+    """Denoising steps a run makes across all its images (what progress counts to)."""
+    return _effective_steps(inputs, img2img) * inputs.num_outputs
+
+
 def _effective_steps(inputs: FluxInputs, img2img: bool) -> int:
     """Steps actually run: img2img starts part-way down the schedule (diffusers' get_timesteps)."""
     if not img2img:
@@ -325,4 +458,12 @@ def _oom_message(inputs: FluxInputs, width: int, height: int, exc: BaseException
     )
 
 
-__all__ = ["FluxGenerator", "GenerationResult", "GeneratedImage", "GenerationError", "pick_seed"]
+__all__ = [
+    "Denoised",
+    "FluxGenerator",
+    "GenerationResult",
+    "GeneratedImage",
+    "GenerationError",
+    "pick_seed",
+    "total_steps",
+]

@@ -421,7 +421,12 @@ def _check_safetensors_header(path: Path) -> None:
 
 def _quiet_libraries() -> None:
     """No loading bars or dtype chatter in worker logs; our own log line says what loaded."""
+    import logging
     import warnings
+
+    # torchao (go_fast's fp8) warns at import about kernels built for other GPUs and Pythons.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
     import transformers
 

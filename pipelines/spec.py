@@ -238,6 +238,14 @@ class ModelSpec(BaseModel):
         description="Denoise all num_outputs images in one batch. Off: one after another, so image i is "
         "byte-identical to seed+i generated alone (batching differs by ~1 level per channel).",
     )
+    batch_max_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="With batch_outputs, batch only sizes of at most this many pixels (width*height); "
+        "larger ones run one after another (seed+i reproducible). A batch keeps a GPU busier at small "
+        "sizes but needs n times the activation memory and gains little where one image already "
+        "fills the GPU. Unset: batch every size.",
+    )
     max_sequence_length: int = Field(
         512, ge=1, le=512, description="T5 token limit; longer prompts are truncated."
     )

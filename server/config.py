@@ -104,6 +104,13 @@ class WorkerSettings(_Section):
         60, description="On SIGTERM, how long a running prediction may take to finish."
     )
     progress_interval_s: float = Field(0.25, description="Minimum seconds between progress log lines.")
+    overlap_finishing: bool = Field(
+        True,
+        description="Finish a job's images (decode, safety check, encoding) on a thread of their own "
+        "while the GPU already denoises the next job, which is sent as the last step begins: the GPU "
+        "does not wait between back-to-back jobs. Off: one job at a time, start to end (as before). "
+        "Always finished inline with CPU offload.",
+    )
     nice: int = Field(
         0,
         ge=0,

@@ -1,4 +1,5 @@
-"""Prometheus metrics at /metrics: queue depth, predictions by status, predict time, worker states.
+"""Prometheus metrics at /metrics: queue depth, predictions by status, predict time, worker states,
+workers' idle gaps between queued jobs.
 
 Counts come from the store at scrape time (the store is the truth, also across API hosts);
 the predict-time histogram is observed by the supervisor as jobs finish.
@@ -11,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREDICT_TIME_BUCKETS = (0.5, 1, 2, 4, 6, 8, 10, 15, 20, 30, 45, 60, 90, 120, 300)
+IDLE_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class _StateCollector(Collector):
@@ -56,6 +58,12 @@ class ServerMetrics:
             "fluxserve_predict_time_seconds",
             "Seconds of model work per successful prediction",
             buckets=PREDICT_TIME_BUCKETS,
+            registry=self.registry,
+        )
+        self.idle_gap = Histogram(
+            "fluxserve_worker_idle_gap_seconds",
+            "Seconds a worker's GPU sat without work while a job was queued (before each job)",
+            buckets=IDLE_GAP_BUCKETS,
             registry=self.registry,
         )
         self.registry.register(_StateCollector(self))

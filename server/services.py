@@ -168,6 +168,7 @@ def build_state(
         observe_predict_time=metrics.predict_time.observe,
         models=models,
         activity=activity,
+        observe_idle_gap=metrics.idle_gap.observe,
     )
     subscribe_workers(feed, supervisor)
     subscribe_webhooks(feed, store, webhooks)

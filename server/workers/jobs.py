@@ -9,6 +9,10 @@ this host (its lease expired and another host recovered it) the store refuses it
 - **Dispatch**: a ready slot gets the oldest queued prediction of the models it serves; its
   ``params`` (the inputs resolved at create) go to the worker as they are, with the name of their
   input schema. Rows made before params were stored are resolved from their ``input`` here.
+- **Overlap**: a worker says ``GpuFreeSoon`` as its job's last denoising step begins; the job
+  then waits in ``slot.finishing`` while its images are finished, and the slot takes the next
+  job at once (up to ``MAX_FINISHING`` finishing). Every held job (on the GPU or finishing) has
+  its lease renewed, its cancel forwarded, and is settled if the worker dies.
 - **Leases**: every third of ``workers.lease_s`` the host renews the leases of the jobs it holds
   (running, or ended with the end not yet recorded), then settles expired leases of any host
   (``recover_expired``). At start it settles its own previous run's jobs at once
@@ -41,14 +45,16 @@ from server.store.base import PredictionStore
 from server.store.health import StoreHealth
 from server.workers.messages import (
     CancelJob,
+    GpuFreeSoon,
     JobCancelled,
     JobFailed,
     JobLog,
     JobPreview,
+    JobStarted,
     JobSucceeded,
     RunJob,
 )
-from server.workers.slot import W_BUSY, W_READY, W_STOPPED, WorkerSlot, default_host_id
+from server.workers.slot import W_BUSY, W_READY, W_STOPPED, FinishingJob, WorkerSlot, default_host_id
 
 log = logging.getLogger("fluxserve.supervisor")  # the name these lines always had: log filters keep working
 
@@ -164,8 +170,8 @@ class Jobs:
 
     @property
     def busy(self) -> bool:
-        """A job runs, or an end waits for the store."""
-        return bool(self._pending) or any(s.job is not None for s in self.slots)
+        """A job runs (or is being finished), or an end waits for the store."""
+        return bool(self._pending) or any(s.held() for s in self.slots)
 
     # -- dispatch -------------------------------------------------------------------------
     def wake(self) -> None:
@@ -184,10 +190,11 @@ class Jobs:
                 log.exception("dispatch failed")
 
     async def dispatch(self) -> None:
-        """Give each ready, idle slot the oldest queued prediction of its models, while there are some."""
+        """Give each slot that takes jobs (ready, its GPU free) the oldest queued prediction of its
+        models, while there are some."""
         empty: set[tuple[str, ...] | None] = set()  # the model sets found with nothing queued
         for slot in self.slots:
-            if slot.state != W_READY or slot.job is not None:
+            if not slot.takes_jobs:
                 continue
             models = tuple(slot.models) if slot.models is not None else None
             if models in empty:
@@ -204,7 +211,7 @@ class Jobs:
                 empty.add(models)
                 continue
             self.store_working()
-            if slot.generation != generation or slot.state != W_READY or slot.job is not None:
+            if slot.generation != generation or not slot.takes_jobs:
                 # The worker exited (or was replaced) while the claim ran: put the job back.
                 await self._give_back(pred)
                 continue
@@ -214,7 +221,8 @@ class Jobs:
             try:
                 previews = pred.wants_previews(self.settings.previews.enabled)
                 schema = self.models.schema_of(pred.model)
-                slot.conn.send(RunJob(pred.id, inputs, pred.attempts, schema, pred.model, previews=previews))
+                run = RunJob(pred.id, inputs, pred.attempts, schema, pred.model, previews, pred.created_at)
+                slot.conn.send(run)
             except OSError:
                 # The worker is gone (its exit is on the way): the job never reached it.
                 log.warning("worker %d pipe closed while sending a job; requeued", slot.index)
@@ -222,6 +230,7 @@ class Jobs:
                 await self._give_back(pred)
                 continue
             slot.job, slot.state, slot.job_started = pred, W_BUSY, time.monotonic()
+            slot.job_taken = False
             self._notify(pred.id)
             await self.activity.started(pred, slot.index)
 
@@ -288,6 +297,23 @@ class Jobs:
         except Exception as exc:  # noqa: BLE001 - a lost preview is replaced by the next one
             self.store_failed(exc)
 
+    def job_started(self, slot: WorkerSlot, msg: JobStarted) -> None:
+        """The worker took the slot's job from its queue: from now on it runs there."""
+        if slot.job is not None and slot.job.id == msg.prediction_id:
+            slot.job_taken = True
+
+    def gpu_free_soon(self, slot: WorkerSlot, msg: GpuFreeSoon) -> None:
+        """The slot's GPU job is in its last step: it moves to ``finishing`` and the slot takes the
+        next job now, so that job is queued in the worker when the GPU stage ends."""
+        job = slot.job
+        if job is None or job.id != msg.prediction_id:
+            return  # already ended (a result overtook nothing, but be safe) or not this slot's
+        slot.finishing[job.id] = FinishingJob(job, slot.job_started)
+        slot.job = None
+        if slot.state == W_BUSY:
+            slot.state = W_READY
+        self.wake()
+
     async def record_end(self, slot: WorkerSlot, msg: WorkerEnd) -> None:
         """A worker's result: recorded (or kept until the store takes it), and the slot freed."""
         lease = _lease_of(slot, msg.prediction_id)
@@ -295,23 +321,34 @@ class Jobs:
             msg.prediction_id, functools.partial(self._record_result, _Result(msg, lease)), lease
         )
         written = await self._write_end(end)
+        # A worker that reported a fatal device error is exiting: give it no new job.
+        exiting = isinstance(msg, JobFailed) and msg.worker_exiting
         if slot.job is not None and slot.job.id == msg.prediction_id:
             # The slot goes on even while the result waits for the store: the result is kept.
             slot.job = None
             if slot.state == W_BUSY:
-                # A worker that reported a fatal device error is exiting: give it no new job.
-                exiting = isinstance(msg, JobFailed) and msg.worker_exiting
                 slot.state = W_STOPPED if exiting else W_READY
+        elif slot.finishing.pop(msg.prediction_id, None) is not None:
+            if exiting and slot.state in (W_BUSY, W_READY):
+                slot.state = W_STOPPED
         if not (written and await self._report_end(end)):
             self._keep(end)
         self.wake()
 
     async def settle_lost(self, slot: WorkerSlot, exit_code: int | None) -> None:
-        """The slot's worker process ended: its job (if any) ends like a lost worker's, timed out,
-        or is requeued when it has attempts left. Kept and retried if the store refuses it."""
-        job, slot.job = slot.job, None
-        if job is not None:
-            settle = functools.partial(self._settle_lost_job, job, exit_code, slot.timed_out)
+        """The slot's worker process ended: each job it held (on the GPU or finishing) ends like a
+        lost worker's, timed out (the one whose timeout killed it), or is requeued when it has
+        attempts left. Kept and retried if the store refuses it."""
+        held = [job for job, _started in slot.held()]
+        never_ran = slot.job if slot.job is not None and not slot.job_taken else None
+        slot.job = None
+        slot.finishing.clear()
+        for job in held:
+            if job is never_ran:  # still queued in the worker, sent ahead: it goes back to the queue
+                await self._give_back(job)
+                continue
+            timed_out = slot.timed_out and slot.timed_out_job in (None, job.id)
+            settle = functools.partial(self._settle_lost_job, job, exit_code, timed_out)
             await self._end(PendingEnd(job.id, settle, job.lease))
 
     async def _record_result(self, result: _Result) -> bool:
@@ -398,9 +435,10 @@ class Jobs:
 
     # -- cancels --------------------------------------------------------------------------
     async def cancel(self, prediction_id: str) -> None:
-        """Tell the worker running this prediction to stop at its next step."""
+        """Tell the worker running this prediction to stop at its next step (one being finished
+        has no step left: its images are discarded when its result is recorded)."""
         for slot in self.slots:
-            if slot.job is not None and slot.job.id == prediction_id:
+            if slot.holding(prediction_id) is not None:
                 with contextlib.suppress(OSError):
                     slot.conn.send(CancelJob(prediction_id))
 
@@ -415,15 +453,16 @@ class Jobs:
 
     async def forward_cancels(self) -> None:
         for slot in self.slots:
-            if slot.job is not None:
-                row = await asyncio.to_thread(self.store.get, slot.job.id)
-                if row is not None and row.cancel_requested and slot.job is not None:
+            for job, _started in slot.held():
+                row = await asyncio.to_thread(self.store.get, job.id)
+                if row is not None and row.cancel_requested and slot.holding(job.id) is not None:
                     await self.cancel(row.id)
 
     # -- leases ---------------------------------------------------------------------------
     def held_leases(self) -> list[Lease]:
-        """The leases this host holds: its running jobs and the kept ends not yet written."""
-        leases = [s.job.lease for s in self.slots if s.job is not None]
+        """The leases this host holds: its running and finishing jobs and the kept ends not yet
+        written."""
+        leases = [job.lease for s in self.slots for job, _started in s.held()]
         leases += [e.lease for e in self._pending.values() if not e.written]
         return [lease for lease in leases if lease is not None]
 
@@ -445,7 +484,7 @@ class Jobs:
             return []
         lost = await asyncio.to_thread(self.store.renew_leases, held, self.lease_s)
         for pid in lost:
-            if any(s.job is not None and s.job.id == pid for s in self.slots):
+            if any(s.holding(pid) is not None for s in self.slots):
                 log.warning("prediction %s: its lease was taken from this host; stopping its worker", pid)
                 await self.cancel(pid)
         return lost
@@ -563,6 +602,6 @@ class Jobs:
 
 
 def _lease_of(slot: WorkerSlot, prediction_id: str) -> Lease | None:
-    """The lease under which the slot runs this prediction (None if it runs another)."""
-    job = slot.job
-    return job.lease if job is not None and job.id == prediction_id else None
+    """The lease under which the slot runs (or finishes) this prediction (None if it does not)."""
+    job = slot.holding(prediction_id)
+    return job.lease if job is not None else None

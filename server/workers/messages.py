@@ -19,6 +19,7 @@ class RunJob:
     schema: str = "flux-dev"  # their pipelines.inputs.INPUT_SCHEMAS key
     model: str | None = None  # the prediction's model slug (None: the worker's model name)
     previews: bool = False  # send a JobPreview every few steps
+    created_at: float = 0.0  # the prediction's (unix seconds): the worker's idle-gap measure needs it
 
 
 @dataclass
@@ -64,6 +65,25 @@ class SetupFailed:
 class JobLog:
     prediction_id: str
     text: str  # whole lines, each ending in "\n"
+
+
+@dataclass
+class GpuFreeSoon:
+    """The job's GPU stage is about to end (its last denoising step began): the next job may be
+    sent now, so it waits in the worker's queue instead of the GPU waiting for it. The job itself
+    still ends with its own JobSucceeded / JobFailed / JobCancelled once its images are finished."""
+
+    prediction_id: str
+
+
+@dataclass
+class JobStarted:
+    """The worker's GPU thread took the job from its queue (a job sent ahead may wait there).
+    ``idle_gap_s``: how long the GPU thread sat without work while this job was already queued,
+    from the end of the previous GPU stage (or the job's creation, if later); None for the first."""
+
+    prediction_id: str
+    idle_gap_s: float | None = None
 
 
 @dataclass

@@ -1,8 +1,13 @@
-"""The worker process: loads the model once, then runs one prediction at a time.
+"""The worker process: loads the model once, then runs one prediction at a time on the GPU.
 
 Started with the ``spawn`` method (never forked after CUDA is initialised). It talks to the
 supervisor only through its Pipe end: a reader thread takes RunJob / CancelJob / Shutdown
 messages, the main thread runs jobs and sends events back. The child never touches the store.
+
+With ``overlap_finishing`` the main thread runs only a job's GPU stage (``FluxGenerator.start``)
+and hands the latents to a finishing thread (decode, safety, encoding, the result message); it
+says ``GpuFreeSoon`` as the last step begins, so the next RunJob is already queued here when the
+GPU stage ends. Each job's images stay in its own ``Denoised``: two predictions never mix.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 from server.workers import faults
 from server.workers.messages import (
     CancelJob,
+    GpuFreeSoon,
     JobCancelled,
     JobFailed,
     JobLog,
     JobPreview,
+    JobStarted,
     JobSucceeded,
     OutputImage,
     RunJob,
@@ -34,6 +41,7 @@ from server.workers.messages import (
 )
 
 if TYPE_CHECKING:
+    from pipelines.generate import Denoised
     from pipelines.loras.resolve import AdapterFiles, AdapterFilesConfig
 
 log = logging.getLogger("fluxserve.worker")
@@ -66,17 +74,34 @@ class WorkerConfig:
         None  # torch.compile's caches, kept across restarts (None: torch's default)
     )
     fault_injection: bool = False  # tests only: prompts containing [[fault:...]] cause real faults
+    overlap_finishing: bool = True  # workers.overlap_finishing: finish images beside the next GPU stage
     log_level: str = "info"
 
 
+class _Outbox:
+    """The pipe's sending side, shared by the main and the finishing thread (a Connection's send
+    is not thread-safe: two messages must not interleave)."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, msg: Any) -> None:
+        with self._lock:
+            self._conn.send(msg)
+
+
 class _JobControl:
-    """The job being run and its cancel flag, shared by the reader thread and the main thread."""
+    """The job on the GPU and its cancel flag, shared by the reader thread and the main thread;
+    the jobs being finished, whose cancels need no flag (they have no step left: the supervisor
+    discards their images)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.current: str | None = None
         self.cancel = threading.Event()
         self.cancelled_early: set[str] = set()
+        self.finishing: set[str] = set()
 
     def start(self, prediction_id: str) -> None:
         with self.lock:
@@ -90,12 +115,71 @@ class _JobControl:
         with self.lock:
             if self.current == prediction_id:
                 self.cancel.set()
-            else:  # the RunJob may still be in the pipe behind this message
+            elif prediction_id not in self.finishing:  # the RunJob may still be in the pipe behind this
                 self.cancelled_early.add(prediction_id)
 
     def done(self) -> None:
         with self.lock:
             self.current = None
+
+    def finishing_started(self, prediction_id: str) -> None:
+        with self.lock:
+            self.finishing.add(prediction_id)
+
+    def finishing_done(self, prediction_id: str) -> None:
+        with self.lock:
+            self.finishing.discard(prediction_id)
+
+
+class _IdleGap:
+    """Measures how long the GPU thread sat without work while a job was queued: from the end of
+    the previous GPU stage (or the job's creation, if later) to taking the job. Wall-clock time,
+    to compare with the prediction's ``created_at``."""
+
+    def __init__(self) -> None:
+        self.gpu_stage_ended: float | None = None  # None: no GPU stage yet in this process
+
+    def ended(self) -> None:
+        self.gpu_stage_ended = time.time()
+
+    def before(self, job: RunJob) -> float | None:
+        """The gap before this job (None before the first one, or with a clock running behind)."""
+        if self.gpu_stage_ended is None:
+            return None
+        gap = time.time() - max(self.gpu_stage_ended, job.created_at)
+        return gap if gap >= 0 else None
+
+
+@dataclass
+class _Finishing:
+    """A job past its GPU stage: its latents and what its result message needs."""
+
+    job: RunJob
+    denoised: Denoised
+    logs: list[str]
+    emit: Any  # Callable[[str], None]: a progress line, sent and kept in logs
+
+
+class _Finisher:
+    """The finishing thread: turns each job's latents into its result message and sends it, in
+    the order the jobs were denoised. ``close`` finishes what is queued, then ends the thread."""
+
+    def __init__(self, generator, out: _Outbox, control: _JobControl) -> None:
+        self._generator, self._out, self._control = generator, out, control
+        self._queue: queue.Queue[_Finishing | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="finishing")
+        self._thread.start()
+
+    def put(self, item: _Finishing) -> None:
+        self._queue.put(item)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            _send_finished(item, self._generator, self._out, self._control)
 
 
 def worker_main(conn, config: WorkerConfig) -> None:
@@ -129,15 +213,16 @@ def worker_main(conn, config: WorkerConfig) -> None:
     # the pipe's EOF ends this process instead of leaving it loading for minutes.
     jobs: queue.Queue[RunJob | None] = queue.Queue()
     control = _JobControl()
+    out = _Outbox(conn)
     threading.Thread(target=_read_commands, args=(conn, jobs, control), daemon=True, name="commands").start()
     spec = ModelSpec.model_validate(config.model)
     try:
         model = load_model(spec)
     except ModelLoadError as exc:
-        conn.send(SetupFailed(str(exc)))
+        out.send(SetupFailed(str(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - report any load failure instead of dying silently
-        conn.send(SetupFailed(f"{type(exc).__name__}: {exc}"))
+        out.send(SetupFailed(f"{type(exc).__name__}: {exc}"))
         return
     serves_loras = config.adapter_files is not None and spec.serves_lora
     lora = LoraOptions(config.lora_max_loaded, config.lora_hotswap_max_rank) if serves_loras else None
@@ -150,7 +235,12 @@ def worker_main(conn, config: WorkerConfig) -> None:
         return
     preview_decoder = PreviewDecoder(config.preview_max_side, config.preview_taesd)
     files = adapter_files(config.adapter_files) if serves_loras and config.adapter_files else None
-    conn.send(
+    # Finishing inline (on this thread) with overlap off, or with CPU offload (not thread-safe).
+    finisher = (
+        _Finisher(generator, out, control) if config.overlap_finishing and generator.overlap_safe else None
+    )
+    gap = _IdleGap()
+    out.send(
         WorkerReady(
             device=model.device,
             dtype=str(model.dtype).removeprefix("torch."),
@@ -168,15 +258,25 @@ def worker_main(conn, config: WorkerConfig) -> None:
     while True:
         job = jobs.get()
         if job is None:
+            if finisher is not None:
+                finisher.close()  # the jobs already denoised still end with their images
             return
+        out.send(JobStarted(job.prediction_id, gap.before(job)))
         control.start(job.prediction_id)
         try:
             try:
-                outcome = _run_job(job, generator, files, config, conn, control, preview_decoder)
+                outcome = _start_job(job, generator, files, config, out, control, preview_decoder)
             except Exception as exc:  # noqa: BLE001 - a failure outside generation must end the job, not the worker
                 log.exception("prediction %s failed", job.prediction_id)
                 outcome = JobFailed(job.prediction_id, f"Prediction failed: {type(exc).__name__}: {exc}")
-            conn.send(outcome)
+            gap.ended()
+            if not isinstance(outcome, _Finishing):
+                out.send(outcome)
+            elif finisher is not None:
+                control.finishing_started(job.prediction_id)
+                finisher.put(outcome)
+            else:
+                _send_finished(outcome, generator, out, control)
         finally:
             control.done()
 
@@ -219,19 +319,19 @@ def _read_commands(conn, jobs: queue.Queue, control: _JobControl) -> None:
             return
 
 
-def _run_job(
+def _start_job(
     job: RunJob,
     generator,
     files: AdapterFiles | None,
     config: WorkerConfig,
-    conn,
+    conn: _Outbox,
     control: _JobControl,
     preview_decoder=None,
-):
-    """Run one prediction and return the final message; progress goes out as JobLog (and, when
-    the job asked for them, previews as JobPreview) on the way."""
-    from pipelines.errors import GenerationError
-    from pipelines.generate import pick_seed
+) -> _Finishing | JobFailed | JobCancelled:
+    """Run one prediction's GPU stage: its final message if it ended there (failed, cancelled),
+    else its latents to finish. Progress goes out as JobLog (and, when the job asked for them,
+    previews as JobPreview) on the way; with overlap, GpuFreeSoon as the last step begins."""
+    from pipelines.generate import pick_seed, total_steps
     from pipelines.images import InputImageError, decode_image
     from pipelines.inputs import INPUT_SCHEMAS, img2img_size
     from pipelines.previews import PreviewRequest
@@ -276,9 +376,18 @@ def _run_job(
 
     last_sent = 0.0
 
+    def gpu_free_soon() -> None:
+        if config.overlap_finishing:
+            conn.send(GpuFreeSoon(pid))
+
+    if total_steps(inputs, source is not None) <= 1:
+        gpu_free_soon()  # its one step is its last
+
     def on_progress(done: int, total: int) -> None:
         nonlocal last_sent
-        faults.maybe_inject(config.fault_injection, inputs.prompt, step=done)
+        faults.maybe_inject(config.fault_injection, inputs.prompt, step=done)  # a fault in this step
+        if done == total - 1:
+            gpu_free_soon()  # the last step begins now
         now = time.monotonic()
         if done == total or now - last_sent >= config.progress_interval_s:
             last_sent = now
@@ -301,7 +410,7 @@ def _run_job(
         with contextlib.ExitStack() as held:
             # Each adapter file stays held (not evicted from the cache) while it is loaded.
             loras = _adapter_files(inputs.adapters, files, config, held, emit)
-            result = generator.generate(
+            denoised = generator.start(
                 inputs,
                 source,
                 on_progress=on_progress,
@@ -311,16 +420,35 @@ def _run_job(
                 embed_parameters=config.embed_parameters,
                 model_name=job.model,
             )
-    except GenerationError as exc:
-        return JobFailed(pid, str(exc), "".join(logs))
     except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
-        log.exception("prediction %s failed", pid)
-        if _is_fatal_device_error(exc):
-            conn.send(
-                JobFailed(pid, f"GPU error, worker restarting: {exc}", "".join(logs), worker_exiting=True)
-            )
-            os._exit(70)
-        return JobFailed(pid, f"Prediction failed: {type(exc).__name__}: {exc}", "".join(logs))
+        return _failed(pid, exc, logs, conn)
+    if denoised.result.cancelled:
+        emit("Cancelled: the run stopped and its images were discarded.")
+        return JobCancelled(pid, "".join(logs))
+    return _Finishing(job, denoised, logs, emit)
+
+
+def _send_finished(item: _Finishing, generator, conn: _Outbox, control: _JobControl) -> None:
+    """Finish a job's images and send its final message (on the finishing thread, or inline)."""
+    pid = item.job.prediction_id
+    try:
+        try:
+            outcome = _finish_job(item, generator, conn)
+        except Exception as exc:  # noqa: BLE001 - a failure outside generation must end the job, not the worker
+            log.exception("prediction %s failed", pid)
+            outcome = JobFailed(pid, f"Prediction failed: {type(exc).__name__}: {exc}", "".join(item.logs))
+        conn.send(outcome)
+    finally:
+        control.finishing_done(pid)
+
+
+def _finish_job(item: _Finishing, generator, conn: _Outbox) -> JobSucceeded | JobFailed | JobCancelled:
+    """Decode, check and encode a job's images: its final message."""
+    pid, logs, emit = item.job.prediction_id, item.logs, item.emit
+    try:
+        result = generator.finish(item.denoised)
+    except Exception as exc:  # noqa: BLE001 - one bad job must not take the worker down
+        return _failed(pid, exc, logs, conn)
 
     if result.cancelled:
         emit("Cancelled: the run stopped and its images were discarded.")
@@ -336,6 +464,20 @@ def _run_job(
         "nsfw_dropped": result.nsfw_dropped,
     }
     return JobSucceeded(pid, images, result.seed, result.timings["predict_time"], "".join(logs), extra)
+
+
+def _failed(pid: str, exc: Exception, logs: list[str], conn: _Outbox) -> JobFailed:
+    """A job's failure as its final message. A fatal device error ends the process here (after
+    saying so): the CUDA context is unusable."""
+    from pipelines.errors import GenerationError
+
+    if isinstance(exc, GenerationError):
+        return JobFailed(pid, str(exc), "".join(logs))
+    log.error("prediction %s failed", pid, exc_info=exc)
+    if _is_fatal_device_error(exc):
+        conn.send(JobFailed(pid, f"GPU error, worker restarting: {exc}", "".join(logs), worker_exiting=True))
+        os._exit(70)
+    return JobFailed(pid, f"Prediction failed: {type(exc).__name__}: {exc}", "".join(logs))
 
 
 def _adapter_files(adapters, files, config: WorkerConfig, held: contextlib.ExitStack, emit) -> list:

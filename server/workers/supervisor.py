@@ -30,10 +30,12 @@ from server.store.health import StoreHealth
 from server.workers.gpus import visible_gpus
 from server.workers.jobs import Jobs
 from server.workers.messages import (
+    GpuFreeSoon,
     JobCancelled,
     JobFailed,
     JobLog,
     JobPreview,
+    JobStarted,
     JobSucceeded,
     SetupFailed,
     Shutdown,
@@ -111,9 +113,12 @@ class Supervisor:
         host_id: str | None = None,
         models: ModelRegistry | None = None,
         activity: PredictionLog | None = None,
+        observe_idle_gap: Callable[[float], None] | None = None,
     ) -> None:
-        """``activity``: where each job's start and end is logged (default: owners shown by id)."""
+        """``activity``: where each job's start and end is logged (default: owners shown by id).
+        ``observe_idle_gap``: gets each worker's idle gap before a queued job (JobStarted)."""
         self.settings = settings
+        self._observe_idle_gap = observe_idle_gap
         self.store = store
         self.outputs = outputs
         self._notify = notify
@@ -221,6 +226,7 @@ class Supervisor:
             log_level=s.log_level,
             embed_parameters=s.outputs.embed_parameters,
             compile_cache_dir=str(s.compile_cache_path) if s.compile_cache_path else None,
+            overlap_finishing=s.workers.overlap_finishing,
         )
 
     def _spawn(self, slot: WorkerSlot) -> None:
@@ -230,6 +236,7 @@ class Supervisor:
         slot.ready = None
         slot.warming = None
         slot.timed_out = False
+        slot.timed_out_job = None
         slot.started_at = time.monotonic()
         proc = self._ctx.Process(
             target=worker_main,
@@ -334,6 +341,15 @@ class Supervisor:
             await self.jobs.record_log(slot, msg)
         elif isinstance(msg, JobPreview):
             await self.jobs.record_preview(slot, msg)
+        elif isinstance(msg, GpuFreeSoon):
+            self.jobs.gpu_free_soon(slot, msg)
+        elif isinstance(msg, JobStarted):
+            self.jobs.job_started(slot, msg)
+            if msg.idle_gap_s is not None:
+                gap_ms = msg.idle_gap_s * 1e3
+                log.debug("worker %d: GPU idle %.2f ms before %s", slot.index, gap_ms, msg.prediction_id)
+                if self._observe_idle_gap is not None:
+                    self._observe_idle_gap(msg.idle_gap_s)
         elif isinstance(msg, JobSucceeded | JobFailed | JobCancelled):
             await self.jobs.record_end(slot, msg)
 
@@ -406,22 +422,19 @@ class Supervisor:
             self.check_timeouts(time.monotonic())
 
     def check_timeouts(self, now: float) -> None:
-        """Kill the worker of a job running past job_timeout_s, or of a load past load_timeout_s."""
+        """Kill the worker of a job running (or finishing) past job_timeout_s, or of a load past
+        load_timeout_s."""
         cfg = self.settings.workers
         for slot in self.slots:
-            if (
-                slot.state == W_BUSY
-                and slot.job
-                and now - slot.job_started > cfg.job_timeout_s
-                and not slot.timed_out
-            ):
+            late = [job for job, started in slot.held() if now - started > cfg.job_timeout_s]
+            if slot.state in (W_BUSY, W_READY) and late and not slot.timed_out:
                 log.error(
                     "prediction %s timed out after %g s; killing worker %d",
-                    slot.job.id,
+                    late[0].id,
                     cfg.job_timeout_s,
                     slot.index,
                 )
-                slot.timed_out = True
+                slot.timed_out, slot.timed_out_job = True, late[0].id
                 slot.state = W_STOPPED  # no job goes to it, even if a result is already on its way
                 slot.process.kill()
             elif (
@@ -521,7 +534,7 @@ class Supervisor:
         for slot in self.slots:
             if slot.process is None:
                 continue
-            if slot.job is not None:
+            if slot.held():
                 slot.process.kill()  # it is mid-job: nothing to wait for
             await asyncio.to_thread(slot.process.join, max(0.1, deadline - time.monotonic()))
             if slot.process.is_alive():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -299,3 +300,89 @@ def test_largest_seed_generates_with_consecutive_seeds_past_it(generator):
     top = 2**63 - 1
     result = generator.generate(inputs(seed=top, num_outputs=2, num_inference_steps=1, aspect_ratio="21:9"))
     assert [img.seed for img in result.images] == [top, top + 1]
+
+
+# -- two stages: start (GPU) and finish (decode, safety, encoding) -------------------------
+
+
+def test_finish_decodes_to_the_same_bytes_as_the_pipelines_own_pil_output(generator):
+    import torch
+
+    from pipelines.encoding import encode_image
+
+    request = inputs(seed=41)
+    ours = generator.generate(request, embed_parameters=False)
+    width, height = request.size
+    with torch.inference_mode():
+        out = generator.model.pipe(
+            prompt=request.prompt,
+            guidance_scale=request.guidance,
+            num_inference_steps=request.num_inference_steps,
+            height=height,
+            width=width,
+            generator=torch.Generator("cpu").manual_seed(41),
+            output_type="pil",
+        )
+    assert ours.images[0].data == encode_image(out.images[0], "png", request.output_quality, None)
+
+
+def test_a_finish_on_another_thread_beside_the_next_start_keeps_each_predictions_own_bytes(generator):
+    import threading
+
+    first, second = inputs(seed=61, prompt="a lighthouse"), inputs(seed=62, prompt="a red barn")
+    alone = [generator.generate(first).images[0].data, generator.generate(second).images[0].data]
+
+    finished: list = []
+    denoised_first = generator.start(first)
+    finishing = threading.Thread(target=lambda: finished.append(generator.finish(denoised_first)))
+    finishing.start()
+    denoised_second = generator.start(second)  # the GPU stage of the next job, while the first finishes
+    finishing.join()
+    both = [finished[0].images[0].data, generator.finish(denoised_second).images[0].data]
+
+    assert both == alone
+
+
+def test_a_cancelled_start_finishes_as_a_cancelled_result_without_images(generator):
+    result = generator.finish(generator.start(inputs(), should_cancel=lambda: True))
+    assert result.cancelled and result.images == []
+
+
+def test_timings_include_the_decode_on_the_finishing_stage(generator):
+    timings = generator.generate(inputs(num_inference_steps=1)).timings
+    assert timings["decode_time"] > 0
+    assert timings["predict_time"] >= timings["denoise_time"] + timings["decode_time"]
+
+
+def test_offload_turns_overlap_off_and_no_offload_allows_it(generator):
+    assert generator.overlap_safe
+    offloaded = FluxGenerator(
+        replace(generator.model, spec=generator.model.spec.model_copy(update={"offload": "model"}))
+    )
+    assert not offloaded.overlap_safe
+
+
+@pytest.mark.parametrize(("max_pixels", "batches"), [(None, [2]), (10**6, [2]), (64 * 64, [1, 1])])
+def test_batch_max_pixels_batches_only_sizes_within_it(generator, monkeypatch, max_pixels, batches):
+    spec = generator.model.spec.model_copy(update={"batch_outputs": True, "batch_max_pixels": max_pixels})
+    sized = FluxGenerator(replace(generator.model, spec=spec))
+    pipeline_class = type(generator.model.pipe)
+    call = pipeline_class.__call__
+    seen: list[int] = []
+
+    def counting(self, **kwargs):
+        seen.append(kwargs["num_images_per_prompt"])
+        return call(self, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "__call__", counting)
+    result = sized.generate(inputs(seed=900, num_outputs=2, num_inference_steps=1, aspect_ratio="21:9"))
+    assert seen == batches
+    assert [img.seed for img in result.images] == [900, 901]
+
+
+def test_outputs_too_large_to_batch_equal_seed_plus_i_generated_alone(generator):
+    spec = generator.model.spec.model_copy(update={"batch_outputs": True, "batch_max_pixels": 64 * 64})
+    sized = FluxGenerator(replace(generator.model, spec=spec))
+    request = inputs(seed=900, num_outputs=2, num_inference_steps=1, aspect_ratio="21:9")
+    got = [img.data for img in sized.generate(request).images]
+    assert got == [img.data for img in generator.generate(request).images]
