@@ -70,6 +70,7 @@ def apply_attention_backend(transformers: Sequence, setting: str, device: str, d
             raise ModelLoadError(f"attention_backend {setting!r} cannot run here: {problem}")
         choice = BackendChoice(setting)
     if choice.name != "native":  # native is every transformer's default already
+        # diffusers also makes it the process's default backend: one worker process holds one model.
         for transformer in transformers:
             transformer.set_attention_backend(choice.name)
     return choice

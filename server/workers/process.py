@@ -228,10 +228,10 @@ def worker_main(conn, config: WorkerConfig) -> None:
     lora = LoraOptions(config.lora_max_loaded, config.lora_hotswap_max_rank) if serves_loras else None
     generator = FluxGenerator(model, lora)  # LoRA hotswap slots go in before the warm-up compiles
     try:
-        warmup_seconds, cache_state = _warm_up(model, config, conn)
+        warmup_seconds, cache_state = _warm_up(model, config, out)
     except Exception as exc:  # noqa: BLE001 - a model that cannot run its warm-up cannot serve
         log.exception("warm-up failed")
-        conn.send(SetupFailed(f"warm-up failed: {type(exc).__name__}: {exc}"))
+        out.send(SetupFailed(f"warm-up failed: {type(exc).__name__}: {exc}"))
         return
     preview_decoder = PreviewDecoder(config.preview_max_side, config.preview_taesd)
     files = adapter_files(config.adapter_files) if serves_loras and config.adapter_files else None
@@ -281,7 +281,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
             control.done()
 
 
-def _warm_up(model, config: WorkerConfig, conn) -> tuple[float, str]:
+def _warm_up(model, config: WorkerConfig, out: _Outbox) -> tuple[float, str]:
     """Warm the model up (pipelines/warmup.py) unless its spec says not to, loading a compiled
     model's artifacts of a previous start first and saving them after; (seconds, cache state)."""
     from pipelines import compile_cache
@@ -295,8 +295,8 @@ def _warm_up(model, config: WorkerConfig, conn) -> tuple[float, str]:
         folder = compile_cache.use_folder(config.compile_cache_dir)
         key = compile_cache.artifacts_key(model.spec.model_dump(exclude={"defaults", "name"}), model.device)
         cache_state = "hit" if compile_cache.load_artifacts(folder, key) else "miss"
-    conn.send(WorkerWarming("warming up"))
-    report = warm_up(model, say=lambda text: conn.send(WorkerWarming(text)))
+    out.send(WorkerWarming("warming up"))
+    report = warm_up(model, say=lambda text: out.send(WorkerWarming(text)))
     if folder is not None:
         compile_cache.save_artifacts(folder, key)
     log.info("warm-up: %d run(s) in %.2f s", report.runs, report.seconds)

@@ -216,7 +216,17 @@ def test_auto_attention_on_the_cpu_keeps_native(tiny_model_dir):
     assert model.attention.name == "native"
 
 
-def test_a_configured_attention_backend_is_used(tiny_model_dir):
+@pytest.fixture
+def attention_backend_restored():
+    """diffusers' set_attention_backend also sets a process-wide default backend: put it back."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    before = _AttentionBackendRegistry._active_backend
+    yield
+    _AttentionBackendRegistry.set_active_backend(before)
+
+
+def test_a_configured_attention_backend_is_used(tiny_model_dir, attention_backend_restored):
     from pipelines.generate import FluxGenerator
     from pipelines.loading import load_model
 

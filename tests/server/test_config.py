@@ -268,6 +268,7 @@ def test_tls_files_under_a_tilde_are_kept_as_absolute_paths(tmp_path, monkeypatc
     assert (tls.certfile, tls.keyfile) == (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_serve_with_tls_files_under_a_tilde_speaks_https(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # the server's home too (LiveServer passes the environment)
     self_signed_cert(tmp_path)
@@ -294,6 +295,7 @@ def test_an_encrypted_keyfile_with_a_wrong_password_is_a_clear_error(tmp_path):
         load_settings(tls={"certfile": cert, "keyfile": key, "keyfile_password": "wrong"})
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_serve_with_an_encrypted_keyfile_and_its_password_speaks_https(tmp_path):
     tls = self_signed_cert(tmp_path, password="s3cret")
     env = {"FLUXSERVE_TLS__KEYFILE_PASSWORD": "s3cret"}

@@ -73,6 +73,7 @@ def test_an_outputs_folder_that_is_the_data_folder_takes_no_second_lock(tmp_path
     lock.release()
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_second_server_on_the_same_data_folder_exits_and_leaves_the_running_job_alone(
     tmp_path, tiny_model_dir
 ):
@@ -94,6 +95,7 @@ def test_second_server_on_the_same_data_folder_exits_and_leaves_the_running_job_
         assert body["status"] == "success", body["error"]
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_second_server_with_its_own_data_folder_on_the_same_database_exits_and_leaves_the_first_alone(
     tmp_path, tiny_model_dir
 ):

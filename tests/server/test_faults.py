@@ -413,6 +413,7 @@ def _snapshot(srv: LiveServer, ids: list[str]) -> dict[str, tuple]:
     return {r["id"]: tuple(r) for r in rows}
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_api_process_killed_with_max_attempts_2_the_running_job_is_retried_once_and_every_id_ends_once(
     tmp_path, tiny_model_dir
 ):

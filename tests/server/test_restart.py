@@ -289,6 +289,7 @@ def test_after_restart_every_prediction_is_terminal_and_the_database_sound(kille
 # -- SIGTERM ------------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_sigterm_finishes_the_running_one_refuses_creates_and_keeps_the_queue(serve: ServeProcess):
     serve.start()
     serve.wait_ready()

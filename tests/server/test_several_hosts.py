@@ -213,6 +213,7 @@ def _create_once_back(api: LiveServer, key: str, timeout: float = 60) -> str:
         time.sleep(0.5)
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_postgres_restarting_loses_nothing_and_every_process_recovers(cluster: Cluster, postgres_server):
     a, b = cluster.apis
     running = [a.create(KEY_A, {"num_inference_steps": "12"}) for _ in range(3)]

@@ -581,6 +581,7 @@ def fail_signing(client: TestClient, monkeypatch, times: int) -> None:
     monkeypatch.setattr(deliveries, "signing_secret", signing_secret)
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_a_delivery_the_database_cannot_sign_waits_without_using_its_attempts(
     app_client, receiver, monkeypatch
 ):
@@ -598,6 +599,7 @@ def test_a_delivery_the_database_cannot_sign_waits_without_using_its_attempts(
     assert (delivery.state, delivery.attempts) == (DELIVERED, 1)
 
 
+@pytest.mark.heavy  # over ~15 s: the second pass (scripts/test.sh -m heavy)
 def test_a_database_outage_while_signing_is_logged_once(app_client, receiver, monkeypatch, caplog):
     client = app_client(attempts=2)
     pid = create_replicate(client, receiver.url, ["completed"])
