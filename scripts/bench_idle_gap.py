@@ -20,21 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import KEY, ROOT, free_port, pct  # noqa: E402 - a script beside this one
+from bench_server import Server, pct  # noqa: E402 - a script beside this one
 
 GAP_LINE = re.compile(r"GPU idle ([0-9.]+) ms before (\S+)")
 KINDS = [
@@ -43,64 +36,25 @@ KINDS = [
 ]
 
 
-class GapServer:
-    """``fluxserve serve`` with overlap on or off, logging at debug level to a file."""
+class GapServer(Server):
+    """``fluxserve serve`` with overlap on or off, logging at debug level (the gap lines) to a file."""
 
     def __init__(self, root: Path, weights: Path, overlap: bool) -> None:
-        self.data_dir = root / "data"
-        self.log_path = root / "serve.log"
-        root.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        config = root / "bench.yaml"
-        config.write_text(
-            f"data_dir: {json.dumps(str(self.data_dir))}\nhost: 127.0.0.1\nport: {port}\n"
-            "log_level: debug\nmodel:\n  device: cpu\n"
-            "limits:\n  requests_per_minute: 0\n  reads_per_minute: 0\n  max_in_flight: 0\n"
-            f"workers:\n  overlap_finishing: {str(overlap).lower()}\n"
+        super().__init__(
+            root,
+            weights,
+            root / "serve.log",
+            reads_per_minute=0,
+            worker_nice=0,
+            log_level="debug",
+            extra_workers_config=(f"  overlap_finishing: {str(overlap).lower()}",),
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
-        env.update(FLUXSERVE_API_KEYS=KEY, FLUXSERVE_MODEL__WEIGHTS=str(weights), HF_HUB_OFFLINE="1")
-        env["PYTHONPATH"] = str(ROOT)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve", "--config", str(config)],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.client = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=60
-        )
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited; see {self.log_path}")
-            try:
-                if self.client.get("/health-check").json()["status"] == "READY":
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"server not ready in {timeout} s; see {self.log_path}")
 
     def run(self, inputs: list[dict]) -> list[str]:
         """Create them all at once, wait for every one; their ids."""
-        ids = []
-        for body in inputs:
-            r = self.client.post("/v1/prediction", json={"model": "flux-dev", "input": body})
-            r.raise_for_status()
-            ids.append(r.json()["predictionID"])
+        ids = [self.create(body) for body in inputs]
         for pid in ids:
-            while (body := self.client.get(f"/v1/prediction/{pid}", params={"wait": 30}).json())[
-                "status"
-            ] not in ("success", "error", "cancelled"):
-                pass
-            if body["status"] != "success":
-                raise SystemExit(f"prediction {pid} ended {body['status']}: {body.get('error')}")
+            self.wait_end(pid)
         return ids
 
     def gaps_ms(self, ids: list[str]) -> list[float]:
@@ -109,25 +63,9 @@ class GapServer:
         return [float(m[1]) for m in found if m is not None and m[2] in wanted]
 
     def seconds(self, ids: list[str]) -> float:
-        with sqlite3.connect(f"file:{self.data_dir / 'fluxserve.db'}?mode=ro", uri=True) as conn:
-            marks = ",".join("?" * len(ids))
-            row = conn.execute(
-                f"SELECT MIN(created_at), MAX(completed_at) FROM predictions WHERE id IN ({marks})", ids
-            ).fetchone()
-        return row[1] - row[0]
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """First created to last completed (the server's clock)."""
+        rows = self.rows(ids)
+        return max(r["completed_at"] for r in rows) - min(r["created_at"] for r in rows)
 
 
 def main() -> None:

@@ -92,8 +92,11 @@ class Server:
         reads_per_minute: int,
         worker_nice: int,
         code: Path = ROOT,
+        log_level: str = "warning",  # warning: no access log line per request
+        extra_workers_config: tuple[str, ...] = (),
     ) -> None:
-        """``code``: the source tree whose ``server`` package runs (another commit's, to compare)."""
+        """``code``: the source tree whose ``server`` package runs (another commit's, to compare);
+        ``extra_workers_config``: more ``workers:`` lines, e.g. ``"  overlap_finishing: false"``."""
         self.root = root
         self.data_dir = root / "data"
         self.port = free_port()
@@ -107,7 +110,7 @@ class Server:
                     f"data_dir: {json.dumps(str(self.data_dir))}",
                     "host: 127.0.0.1",
                     f"port: {self.port}",
-                    "log_level: warning",  # no access log line per request
+                    f"log_level: {log_level}",
                     "model:",
                     "  device: cpu",
                     "limits:",
@@ -116,6 +119,7 @@ class Server:
                     "  max_in_flight: 0",
                     "workers:",
                     f"  nice: {worker_nice}",
+                    *extra_workers_config,
                     "",
                 ]
             )

@@ -52,10 +52,13 @@ def test_advanced_settings_are_folded_and_stay_open_once_opened(new_page, live_s
 
     open_advanced(page)
     expect(page.get_by_label("Steps")).to_be_visible()
+    # The details' toggle event (which stores the state) is dispatched after the click returns.
+    page.wait_for_function("localStorage.getItem('fluxserve.advancedOpen') === '1'")
     page.reload()
     expect(page.get_by_label("Steps")).to_be_visible()
 
     page.locator("#advanced-summary").click()
+    page.wait_for_function("localStorage.getItem('fluxserve.advancedOpen') === '0'")
     page.reload()
     expect(page.get_by_label("Steps")).to_be_hidden()
     new_page.assert_no_problems()
