@@ -74,3 +74,7 @@ class StepCache:
             self.transformer.enable_cache(cache_config(self.spec, steps))
             self._steps = steps
             log.debug("step cache %s on (%d steps)", self.spec.method, steps)
+        if active:
+            # The pipeline clears the hooks' state at the end of a run, which a cancelled run
+            # (an exception from the step callback) never reaches: clear it before every run.
+            self.transformer._reset_stateful_cache()

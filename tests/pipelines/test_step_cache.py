@@ -190,3 +190,18 @@ def test_cache_hooks_still_break_the_fullgraph_compile(method, tiny_model_dir):
     model.pipe.transformer.compile_repeated_blocks(fullgraph=True)
     with pytest.raises(Exception, match=r"torch\.compiler\.disable"):
         pixels(model, steps=4)
+
+
+@pytest.mark.parametrize(
+    "step_cache",
+    [{"method": "first_block", "threshold": 1.0}, {"method": "taylorseer"}, {"method": "mag"}],
+    ids=["first_block", "taylorseer", "mag"],
+)
+def test_a_cancelled_cached_run_leaves_nothing_for_the_next_one(tiny_model_dir, step_cache):
+    generator = FluxGenerator(load_model(ModelSpec(weights=str(tiny_model_dir), step_cache=step_cache)))
+    request = inputs(seed=24, go_fast=True, num_inference_steps=8)
+    expected = generator.generate(request).images[0].data
+    answers = iter([False, False, False, True])  # before the run, then after each step: stop after 3
+    other = inputs(seed=99, prompt="another prompt entirely", go_fast=True, num_inference_steps=8)
+    assert generator.generate(other, should_cancel=lambda: next(answers)).cancelled
+    assert generator.generate(request).images[0].data == expected
