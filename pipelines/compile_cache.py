@@ -23,14 +23,32 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def use_folder(folder: str | os.PathLike[str]) -> Path:
-    """Point inductor's and Triton's caches into ``folder`` (made when something is first written)."""
+def environment(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """The environment that points inductor's and Triton's caches into ``folder`` and turns
+    inductor's on-disk caches on: for this process (``use_folder``) or a child's."""
     root = Path(folder).expanduser()
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
-    os.environ["TRITON_CACHE_DIR"] = str(root / "triton")
-    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-    return root
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
+        "TRITON_CACHE_DIR": str(root / "triton"),
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+    }
+
+
+def use_folder(folder: str | os.PathLike[str]) -> Path:
+    """Point this process's inductor and Triton caches into ``folder`` (made when something is
+    first written); the cache switches keep a value already set in the environment."""
+    for name, value in environment(folder).items():
+        if name.endswith("_DIR"):
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
+    return Path(folder).expanduser()
+
+
+def artifacts_key_for(model: Any) -> str:
+    """``artifacts_key`` of a LoadedModel: its settings (not its name or request defaults)."""
+    return artifacts_key(model.spec.model_dump(exclude={"defaults", "name"}), model.device)
 
 
 def artifacts_key(spec_fields: dict[str, Any], device: str) -> str:

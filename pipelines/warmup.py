@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipelines.fast import RunMode
 from pipelines.inputs import ASPECT_RATIO_SIZES, output_size
@@ -29,6 +30,8 @@ class WarmupReport:
     seconds: float = 0.0
     runs: int = 0
     per_mode_s: dict[str, float] = field(default_factory=dict)
+    compile_cache: str = ""  # "hit" / "miss": a compiled model's artifacts of a previous start
+    artifacts_bytes: int = 0  # the compile artifacts saved after this warm-up
 
 
 def output_sizes() -> list[tuple[int, int]]:
@@ -71,6 +74,24 @@ def warm_up(model, say: Callable[[str], None] = lambda _: None) -> WarmupReport:
             report.runs += 1
         report.per_mode_s[mode.name] = time.perf_counter() - mode_started
     report.seconds = time.perf_counter() - started
+    return report
+
+
+def warm_up_cached(
+    model, cache_folder: Path | None, say: Callable[[str], None] = lambda _: None
+) -> WarmupReport:
+    """``warm_up``, with a compiled model's artifacts of a previous start loaded from
+    ``cache_folder`` first and this start's saved there after (pipelines/compile_cache.py)."""
+    from pipelines import compile_cache
+
+    compiled = any(mode.compiled for mode in model.run_modes().all)
+    if not compiled or cache_folder is None:
+        return warm_up(model, say)
+    key = compile_cache.artifacts_key_for(model)
+    hit = compile_cache.load_artifacts(cache_folder, key)
+    report = warm_up(model, say)
+    report.compile_cache = "hit" if hit else "miss"
+    report.artifacts_bytes = compile_cache.save_artifacts(cache_folder, key)
     return report
 
 

@@ -34,7 +34,7 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from pipelines.spec import ModelSpec
-    from pipelines.warmup import warm_up
+    from pipelines.warmup import warm_up_cached
 
     go_fast = {"quantize": "fp8" if args.fp8 else "none", "compile": True}
     if args.gpu_shapes:
@@ -64,17 +64,14 @@ def child(args: argparse.Namespace) -> dict:
         spec = ModelSpec(weights=str(tiny), device="cpu", go_fast=go_fast)
         model = load_model(spec)
     loaded = time.perf_counter()
-    key = compile_cache.artifacts_key(spec.model_dump(exclude={"defaults", "name"}), model.device)
-    hit = compile_cache.load_artifacts(folder, key)
-    report = warm_up(model)
-    saved = compile_cache.save_artifacts(folder, key)
+    report = warm_up_cached(model, folder)
     return {
         "load_s": loaded - started,
         "warmup_s": report.seconds,
         "warmup_runs": report.runs,
         "per_mode_s": report.per_mode_s,
-        "artifacts_hit": hit,
-        "artifacts_bytes": saved,
+        "artifacts_hit": report.compile_cache == "hit",
+        "artifacts_bytes": report.artifacts_bytes,
     }
 
 

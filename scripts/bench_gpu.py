@@ -192,7 +192,9 @@ def _spawn(args, job: dict, image_out: Path, cache_dir: Path) -> dict:
     cmd += ["--repeats", str(args.repeats), "--image-out", str(image_out)]
     cmd += ["--size", args.size, "--steps", str(args.steps)]
     cmd += ["--gpu-shapes"] if args.gpu_shapes else []
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    from pipelines.compile_cache import environment
+
+    env = {**os.environ, **environment(cache_dir), "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:

@@ -282,25 +282,19 @@ def worker_main(conn, config: WorkerConfig) -> None:
 
 
 def _warm_up(model, config: WorkerConfig, out: _Outbox) -> tuple[float, str]:
-    """Warm the model up (pipelines/warmup.py) unless its spec says not to, loading a compiled
-    model's artifacts of a previous start first and saving them after; (seconds, cache state)."""
-    from pipelines import compile_cache
-    from pipelines.warmup import warm_up
+    """Warm the model up (pipelines/warmup.py) unless its spec says not to, with the compile
+    cache of previous starts; (seconds, compile cache state)."""
+    from pathlib import Path
+
+    from pipelines.warmup import warm_up_cached
 
     if not model.spec.warmup:
         return 0.0, ""
-    compiled = any(mode.compiled for mode in model.run_modes().all)
-    cache_state, folder, key = "", None, ""
-    if compiled and config.compile_cache_dir:
-        folder = compile_cache.use_folder(config.compile_cache_dir)
-        key = compile_cache.artifacts_key(model.spec.model_dump(exclude={"defaults", "name"}), model.device)
-        cache_state = "hit" if compile_cache.load_artifacts(folder, key) else "miss"
     out.send(WorkerWarming("warming up"))
-    report = warm_up(model, say=lambda text: out.send(WorkerWarming(text)))
-    if folder is not None:
-        compile_cache.save_artifacts(folder, key)
+    folder = Path(config.compile_cache_dir).expanduser() if config.compile_cache_dir else None
+    report = warm_up_cached(model, folder, say=lambda text: out.send(WorkerWarming(text)))
     log.info("warm-up: %d run(s) in %.2f s", report.runs, report.seconds)
-    return report.seconds, cache_state
+    return report.seconds, report.compile_cache
 
 
 def _read_commands(conn, jobs: queue.Queue, control: _JobControl) -> None:

@@ -286,7 +286,7 @@ def test_compiled_go_fast_warms_every_size_then_never_recompiles(tiny_model_dir,
     from pipelines import compile_cache
     from pipelines.generate import FluxGenerator
     from pipelines.loading import load_model
-    from pipelines.warmup import warm_up
+    from pipelines.warmup import warm_up_cached
 
     spec = ModelSpec(weights=str(tiny_model_dir), go_fast={"compile": True})
     eager = (
@@ -295,7 +295,7 @@ def test_compiled_go_fast_warms_every_size_then_never_recompiles(tiny_model_dir,
     torch._dynamo.reset()
     model = load_model(spec)
     generator = FluxGenerator(model)
-    report = warm_up(model)
+    report = warm_up_cached(model, tmp_path)
     assert report.runs == 22 + 1 + 1  # every size, one img2img, and the standard (eager) mode
     torch._dynamo.config.error_on_recompile = True
     try:
@@ -307,8 +307,8 @@ def test_compiled_go_fast_warms_every_size_then_never_recompiles(tiny_model_dir,
         assert generator.generate(inputs()).images[0].data == eager  # standard: eager bytes
     finally:
         torch._dynamo.config.error_on_recompile = False
-    assert compile_cache.save_artifacts(tmp_path, "k") > 0
-    assert compile_cache.load_artifacts(tmp_path, "k")
+    assert report.compile_cache == "miss" and report.artifacts_bytes > 0
+    assert compile_cache.load_artifacts(tmp_path, compile_cache.artifacts_key_for(model))
 
 
 def test_a_go_fast_copy_carries_its_own_step_cache_and_standard_requests_none(tiny_model_dir):
