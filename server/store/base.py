@@ -38,7 +38,7 @@ import abc
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from server.predictions.model import CancelOutcome, Lease, ListFilter, Prediction, Preview
+from server.predictions.model import PROCESSING, CancelOutcome, Lease, ListFilter, Prediction, Preview
 from server.store.hosts import HostReport
 
 DEFAULT_LEASE_S = 30.0
@@ -46,6 +46,12 @@ DEFAULT_LEASE_S = 30.0
 LOST_REQUEUE_NOTE = "Requeued after the worker was lost (attempt {attempts})."
 LOST_LOGS = "Worker lost: the process running this prediction died.\n"
 REQUEUED, FAILED = "requeued", "failed"
+
+
+def takes_preview(status: str, worker_id: str | None, attempts: int, lease: Lease | None) -> bool:
+    """Whether a prediction in this state takes a preview: only while it is processing, and under
+    ``lease`` (when given) only while that lease holds it. The rule of ``put_preview``, for every store."""
+    return status == PROCESSING and (lease is None or lease.holds(status, worker_id, attempts))
 
 
 class PredictionStore(abc.ABC):

@@ -50,6 +50,7 @@ from server.store.base import (
     LOST_REQUEUE_NOTE,
     REQUEUED,
     PredictionStore,
+    takes_preview,
 )
 from server.store.hosts import HostReport
 from server.store.postgres.db import PostgresDatabase, is_outage
@@ -483,9 +484,7 @@ class PostgresPredictionStore(PredictionStore):
                 "SELECT status, worker_id, attempts FROM predictions WHERE id = %s FOR SHARE",
                 (prediction_id,),
             ).fetchone()
-            if row is None or row["status"] != PROCESSING:
-                return False
-            if lease is not None and not lease.holds(row["status"], row["worker_id"], row["attempts"]):
+            if row is None or not takes_preview(row["status"], row["worker_id"], row["attempts"], lease):
                 return False
             conn.execute(
                 "INSERT INTO previews (prediction_id, step, data, updated_at) VALUES (%s, %s, %s, %s) "

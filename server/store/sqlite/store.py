@@ -43,6 +43,7 @@ from server.store.base import (
     LOST_REQUEUE_NOTE,
     REQUEUED,
     PredictionStore,
+    takes_preview,
 )
 from server.store.hosts import HostReport
 from server.store.sqlite.db import SQLiteDatabase, check_integrity, reporting_unusable
@@ -506,9 +507,7 @@ class SQLitePredictionStore(PredictionStore):
             row = conn.execute(
                 "SELECT status, worker_id, attempts FROM predictions WHERE id = ?", (prediction_id,)
             ).fetchone()
-            if row is None or row["status"] != PROCESSING:
-                return False
-            if lease is not None and not lease.holds(row["status"], row["worker_id"], row["attempts"]):
+            if row is None or not takes_preview(row["status"], row["worker_id"], row["attempts"], lease):
                 return False
             conn.execute(
                 "INSERT INTO previews (prediction_id, step, data, updated_at) VALUES (?, ?, ?, ?) "
